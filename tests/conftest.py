@@ -1,0 +1,99 @@
+"""Shared fixtures: a real moto HTTP server, a clean AWS environment, a deadline on every Trio test."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+import trio_sqs
+
+# Every Trio test fails (instead of hanging CI) if it runs longer than this; override per test
+# with @pytest.mark.deadline(seconds).
+DEFAULT_DEADLINE = 30.0
+
+TEST_KEYS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "deadline(seconds): per-test deadline for a Trio test")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        func = getattr(item, "function", None)
+        if func is not None and inspect.iscoroutinefunction(func):
+            item.fixturenames.append("_trio_deadline")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def _trio_deadline(request: pytest.FixtureRequest, nursery: trio.Nursery) -> None:
+    marker = request.node.get_closest_marker("deadline")
+    seconds = float(marker.args[0]) if marker else DEFAULT_DEADLINE
+
+    async def watchdog() -> None:
+        await trio.sleep(seconds)
+        raise trio.TooSlowError(f"test exceeded its {seconds} s deadline")
+
+    nursery.start_soon(watchdog)
+
+
+@pytest.fixture(autouse=True)
+def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Strip the developer's AWS_* variables and point config files at empty files."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    config = tmp_path / "aws-config"
+    creds = tmp_path / "aws-credentials"
+    config.write_text("")
+    creds.write_text("")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    # An unreachable instance metadata service costs seconds per lookup.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name, value in TEST_KEYS.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real moto HTTP server on 127.0.0.1 (a free port), shared by the whole session.
+
+    moto's state is global: every test makes its own queue (``queue_name``).
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def queue_name(request: pytest.FixtureRequest) -> str:
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:40]
+    return f"{base}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def sqs(moto_endpoint: str) -> AsyncIterator[trio_sqs.SQSClient]:
+    async with trio_sqs.open_client(region="us-east-1", endpoint_url=moto_endpoint) as client:
+        yield client
+
+
+@pytest.fixture
+async def queue_url(sqs: trio_sqs.SQSClient, queue_name: str) -> str:
+    return await sqs.create_queue(queue_name)

@@ -1,0 +1,261 @@
+"""The message model: what a ReceiveMessage call hands to a handler, and the MD5 checks on it."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any
+
+from ._exceptions import BatchEntryError, MessageCorruptError
+
+__all__ = [
+    "BatchResult",
+    "CorruptMessage",
+    "Message",
+    "MessageAttributeValue",
+    "ReceiveResult",
+    "SendResult",
+    "md5_of_message_attributes",
+    "message_from_wire",
+]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAttributeValue:
+    """A typed message attribute.
+
+    ``data_type`` is ``"String"``, ``"Number"`` or ``"Binary"``, optionally followed by a custom
+    suffix (``"Number.int"``). Exactly one of ``string_value`` and ``binary_value`` is set.
+    """
+
+    data_type: str
+    string_value: str | None = None
+    binary_value: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.string_value is None) == (self.binary_value is None):
+            raise ValueError("exactly one of string_value and binary_value must be set")
+
+    @classmethod
+    def string(cls, value: str) -> MessageAttributeValue:
+        return cls("String", string_value=value)
+
+    @classmethod
+    def number(cls, value: int | float | str) -> MessageAttributeValue:
+        return cls("Number", string_value=str(value))
+
+    @classmethod
+    def binary(cls, value: bytes) -> MessageAttributeValue:
+        return cls("Binary", binary_value=value)
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"DataType": self.data_type}
+        if self.binary_value is not None:
+            out["BinaryValue"] = self.binary_value
+        else:
+            out["StringValue"] = self.string_value
+        return out
+
+
+def _ts(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One received SQS message. Its body and attributes passed their MD5 checks.
+
+    Attributes:
+        message_id: The message id SQS assigned.
+        receipt_handle: The handle to delete or change the visibility of this receipt.
+        body: The message body.
+        md5_of_body: The MD5 digest SQS sent with the body (verified).
+        queue_url: The URL of the queue it was received from.
+        attributes: System attributes as sent by SQS (strings), e.g. ``ApproximateReceiveCount``.
+        message_attributes: User message attributes.
+        md5_of_message_attributes: The digest of the message attributes (verified), or ``None``.
+    """
+
+    message_id: str
+    receipt_handle: str
+    body: str
+    md5_of_body: str
+    queue_url: str
+    attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    message_attributes: Mapping[str, MessageAttributeValue] = field(default_factory=lambda: _EMPTY)
+    md5_of_message_attributes: str | None = None
+
+    @property
+    def receive_count(self) -> int:
+        """``ApproximateReceiveCount`` (1 on the first delivery; 1 if SQS did not send it)."""
+        return int(self.attributes.get("ApproximateReceiveCount", "1"))
+
+    @property
+    def sent_at(self) -> datetime | None:
+        """``SentTimestamp`` as an aware UTC datetime."""
+        return _ts(self.attributes.get("SentTimestamp"))
+
+    @property
+    def first_received_at(self) -> datetime | None:
+        """``ApproximateFirstReceiveTimestamp`` as an aware UTC datetime."""
+        return _ts(self.attributes.get("ApproximateFirstReceiveTimestamp"))
+
+    @property
+    def message_group_id(self) -> str | None:
+        """``MessageGroupId`` (FIFO queues and fair queues)."""
+        return self.attributes.get("MessageGroupId")
+
+    @property
+    def message_deduplication_id(self) -> str | None:
+        return self.attributes.get("MessageDeduplicationId")
+
+    @property
+    def sequence_number(self) -> str | None:
+        return self.attributes.get("SequenceNumber")
+
+    @property
+    def aws_trace_header(self) -> str | None:
+        return self.attributes.get("AWSTraceHeader")
+
+    @property
+    def sender_id(self) -> str | None:
+        return self.attributes.get("SenderId")
+
+    def __repr__(self) -> str:
+        # Never put bodies in reprs: they end up in logs.
+        return f"Message(message_id={self.message_id!r}, receive_count={self.receive_count})"
+
+
+@dataclass(frozen=True, slots=True)
+class CorruptMessage:
+    """A received message that failed its MD5 check. It is never handed to a handler."""
+
+    message_id: str
+    receipt_handle: str
+    error: MessageCorruptError
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveResult:
+    """The outcome of one ReceiveMessage call: the valid messages, and any that were corrupt.
+
+    Iterating over it (or ``len()``) covers only the valid messages.
+    """
+
+    messages: tuple[Message, ...]
+    corrupt: tuple[CorruptMessage, ...] = ()
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(self.messages)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """The outcome of a batch call: the ids of the entries that succeeded and those that failed."""
+
+    successful: tuple[str, ...]
+    failed: tuple[BatchEntryError, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The outcome of a SendMessage call (or of one SendMessageBatch entry)."""
+
+    message_id: str
+    md5_of_body: str
+    sequence_number: str | None = None
+    id: str | None = None
+
+
+def _md5_hex(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def md5_of_message_attributes(attributes: Mapping[str, MessageAttributeValue]) -> str:
+    """The digest SQS computes over message attributes (names sorted, length-prefixed fields)."""
+    buf = bytearray()
+    for name in sorted(attributes):
+        value = attributes[name]
+        for part in (name.encode(), value.data_type.encode()):
+            buf += struct.pack(">I", len(part))
+            buf += part
+        if value.binary_value is not None:
+            buf += b"\x02"
+            raw = value.binary_value
+        else:
+            buf += b"\x01"
+            raw = (value.string_value or "").encode()
+        buf += struct.pack(">I", len(raw))
+        buf += raw
+    return _md5_hex(bytes(buf))
+
+
+def message_from_wire(raw: Mapping[str, Any], queue_url: str) -> Message | CorruptMessage:
+    """Build a :class:`Message` from a parsed ReceiveMessage entry, verifying its MD5 digests.
+
+    Returns a :class:`CorruptMessage` instead when a digest does not match.
+    """
+    message_id = raw["MessageId"]
+    receipt_handle = raw["ReceiptHandle"]
+    body = raw.get("Body", "")
+    md5_body = raw.get("MD5OfBody", "")
+    if _md5_hex(body.encode()) != md5_body:
+        return CorruptMessage(
+            message_id,
+            receipt_handle,
+            MessageCorruptError(
+                f"body of message {message_id} does not match its MD5OfBody",
+                message_id=message_id,
+                receipt_handle=receipt_handle,
+            ),
+        )
+    wire_attrs = raw.get("MessageAttributes")
+    attrs: Mapping[str, MessageAttributeValue] = _EMPTY
+    md5_attrs = raw.get("MD5OfMessageAttributes")
+    if wire_attrs:
+        attrs = MappingProxyType(
+            {
+                name: MessageAttributeValue(
+                    v["DataType"],
+                    string_value=v.get("StringValue"),
+                    binary_value=v.get("BinaryValue"),
+                )
+                for name, v in wire_attrs.items()
+            }
+        )
+        if md5_attrs is None or md5_of_message_attributes(attrs) != md5_attrs:
+            return CorruptMessage(
+                message_id,
+                receipt_handle,
+                MessageCorruptError(
+                    f"attributes of message {message_id} do not match MD5OfMessageAttributes",
+                    message_id=message_id,
+                    receipt_handle=receipt_handle,
+                ),
+            )
+    system = raw.get("Attributes")
+    return Message(
+        message_id=message_id,
+        receipt_handle=receipt_handle,
+        body=body,
+        md5_of_body=md5_body,
+        queue_url=queue_url,
+        attributes=MappingProxyType(dict(system)) if system else _EMPTY,
+        message_attributes=attrs,
+        md5_of_message_attributes=md5_attrs,
+    )

@@ -1,0 +1,351 @@
+"""The sans-IO protocol layer: botocore's SQS model, serializer, parser, endpoint rules and SigV4.
+
+Everything here is a plain function of data and bytes. Nothing does network I/O, and nothing here
+knows about Trio. Loading the service model reads JSON files from disk and costs CPU, so
+:func:`load_service_data` is meant to run once, in a worker thread (``_client.py`` does that).
+
+This is the only module that imports botocore's request machinery; botocore exceptions raised
+here are translated into trio_sqs exceptions before they leave it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
+from botocore.endpoint_provider import EndpointProvider
+from botocore.exceptions import BotoCoreError
+from botocore.parsers import create_parser
+from botocore.serialize import create_serializer
+from botocore.session import Session
+
+from ._exceptions import (
+    AccessDenied,
+    ClockSkewError,
+    ConfigurationError,
+    InvalidReceiptHandle,
+    QueueDoesNotExist,
+    ServiceError,
+    Throttled,
+)
+
+__all__ = [
+    "HTTPRequest",
+    "ServiceData",
+    "SQSProtocol",
+    "check_region",
+    "is_retryable_error",
+    "load_service_data",
+    "resolve_endpoint",
+]
+
+SERVICE_NAME = "sqs"
+
+# Error codes as SQS sends them in the JSON protocol (the model's shape names) and in the
+# query-compatible form (``x-amzn-query-error``), plus the generic AWS authentication codes.
+_QUEUE_MISSING = {"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue"}
+_ACCESS = {
+    "AccessDenied",
+    "AccessDeniedException",
+    "AuthFailure",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "IncompleteSignature",
+    "InvalidClientTokenId",
+    "InvalidSecurity",
+    "InvalidSignatureException",
+    "KmsAccessDenied",
+    "MissingAuthenticationToken",
+    "MissingAuthenticationTokenException",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+}
+_THROTTLING = {
+    "KmsThrottled",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "SlowDown",
+    "Throttled",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "AWS.SimpleQueueService.RequestThrottled",
+}
+_RECEIPT = {
+    "ReceiptHandleIsInvalid",
+    "InvalidReceiptHandle",
+    "AWS.SimpleQueueService.InvalidReceiptHandle",
+}
+_SKEW = {"RequestTimeTooSkewed", "RequestExpired", "RequestInTheFuture"}
+_TRANSIENT = {
+    "InternalError",
+    "InternalFailure",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "ServiceUnavailable",
+    "PriorRequestNotComplete",
+}
+
+_AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+_HOST_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def check_region(region: str, *, custom_endpoint: bool) -> None:
+    """Reject region names that cannot be right, before any I/O.
+
+    With AWS endpoints the region must look like an AWS region (``eu-west-1``). With an explicit
+    endpoint URL (a local server) any DNS label is accepted (``local``, ``elasticmq``).
+    """
+    if not isinstance(region, str) or not region:
+        raise ConfigurationError(
+            f"region must be a non-empty string, got {region!r}", code="InvalidOption"
+        )
+    pattern = _HOST_LABEL if custom_endpoint else _AWS_REGION
+    if not pattern.match(region):
+        expected = "a DNS label" if custom_endpoint else "an AWS region name like 'us-east-1'"
+        raise ConfigurationError(f"region={region!r} is not {expected}", code="InvalidOption")
+
+
+@dataclass(frozen=True)
+class ServiceData:
+    """What botocore knows about SQS, loaded once per process."""
+
+    model: Any
+    serializer: Any
+    validating_serializer: Any
+    parser: Any
+    endpoint_provider: EndpointProvider
+
+
+_load_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _load_service_data_cached() -> ServiceData:
+    session = Session()
+    loader = session.get_component("data_loader")
+    model = session.get_service_model(SERVICE_NAME)
+    ruleset = loader.load_service_model(SERVICE_NAME, "endpoint-rule-set-1")
+    partitions = loader.load_data("partitions")
+    return ServiceData(
+        model=model,
+        serializer=create_serializer(model.protocol, include_validation=False),
+        validating_serializer=create_serializer(model.protocol, include_validation=True),
+        parser=create_parser(model.protocol),
+        endpoint_provider=EndpointProvider(ruleset_data=ruleset, partition_data=partitions),
+    )
+
+
+def load_service_data() -> ServiceData:
+    """Load the SQS model (blocking; run it in a worker thread). Cached for the process."""
+    with _load_lock:
+        return _load_service_data_cached()
+
+
+def resolve_endpoint(
+    data: ServiceData,
+    region: str,
+    *,
+    use_fips: bool = False,
+    use_dualstack: bool = False,
+    endpoint_url: str | None = None,
+) -> str:
+    """Resolve the SQS endpoint URL with botocore's endpoint rule set."""
+    params: dict[str, Any] = {"Region": region, "UseFIPS": use_fips, "UseDualStack": use_dualstack}
+    if endpoint_url:
+        params["Endpoint"] = endpoint_url
+    try:
+        endpoint = data.endpoint_provider.resolve_endpoint(**params)
+    except BotoCoreError as exc:
+        raise ConfigurationError(
+            f"cannot resolve an SQS endpoint for region={region!r}, use_fips={use_fips}, "
+            f"use_dualstack={use_dualstack}, endpoint_url={endpoint_url!r}: {exc}",
+            code="InvalidOption",
+        ) from exc
+    return str(endpoint.url).rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRequest:
+    """A signed request, ready to send."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        lowered = name.lower()
+        for key, val in headers.items():
+            if key.lower() == lowered:
+                return val
+    return value
+
+
+def clock_skew(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Server time minus local time, in seconds, from a response's ``Date`` header."""
+    date = _header(headers, "date")
+    if not date:
+        return None
+    try:
+        server = email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return server - (time.time() if now is None else now)
+
+
+class SQSProtocol:
+    """Builds signed requests and parses responses for one endpoint and region. No I/O.
+
+    Args:
+        data: The loaded service data (:func:`load_service_data`).
+        endpoint: The resolved endpoint URL (:func:`resolve_endpoint`).
+        region: The signing region.
+    """
+
+    def __init__(self, data: ServiceData, endpoint: str, region: str) -> None:
+        self._data = data
+        self.endpoint = endpoint
+        self.region = region
+        self._url = endpoint + "/"
+        self._ops: dict[str, Any] = {}
+
+    def operation_model(self, operation: str) -> Any:
+        op = self._ops.get(operation)
+        if op is None:
+            try:
+                op = self._data.model.operation_model(operation)
+            except BotoCoreError as exc:
+                raise ConfigurationError(
+                    f"unknown SQS operation {operation!r}", code="InvalidOption"
+                ) from exc
+            self._ops[operation] = op
+        return op
+
+    def build_request(
+        self,
+        operation: str,
+        params: Mapping[str, Any],
+        credentials: ReadOnlyCredentials,
+        *,
+        validate: bool = False,
+    ) -> HTTPRequest:
+        """Serialize and sign one request.
+
+        Args:
+            operation: The SQS operation name (``"ReceiveMessage"``).
+            params: The operation's parameters, as botocore names them.
+            credentials: A frozen credentials snapshot.
+            validate: Check params against the model (slower; for untyped callers).
+        """
+        op = self.operation_model(operation)
+        serializer = self._data.validating_serializer if validate else self._data.serializer
+        try:
+            serialized = serializer.serialize_to_request(dict(params), op)
+        except BotoCoreError as exc:
+            raise ConfigurationError(
+                f"invalid parameters for {operation}: {exc}", code="InvalidParameter"
+            ) from exc
+        request = AWSRequest(
+            method=serialized["method"],
+            url=self._url,
+            data=serialized["body"],
+            headers=serialized["headers"],
+        )
+        SigV4Auth(credentials, SERVICE_NAME, self.region).add_auth(request)
+        body = request.body
+        if isinstance(body, str):
+            body = body.encode()
+        return HTTPRequest(
+            method=request.method,
+            url=self._url,
+            headers={
+                k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()
+            },
+            body=body or b"",
+        )
+
+    def parse_response(
+        self, operation: str, status_code: int, headers: Mapping[str, str], body: bytes
+    ) -> dict[str, Any]:
+        """Parse a response into the operation's result, or raise a :class:`ServiceError`.
+
+        Raises:
+            ServiceError: or a subclass, for an error response.
+            ValueError: if a successful response has a body that is not a JSON object.
+        """
+        op = self.operation_model(operation)
+        if status_code < 300 and body:
+            stripped = body.strip()
+            if not (stripped.startswith(b"{") and stripped.endswith(b"}")):
+                raise ValueError(
+                    f"{operation} answered HTTP {status_code} with a body that is not JSON"
+                )
+        parsed: dict[str, Any] = self._data.parser.parse(
+            {"status_code": status_code, "headers": headers, "body": body}, op.output_shape
+        )
+        if status_code >= 300:
+            raise error_from_response(parsed, status_code, headers)
+        parsed.pop("ResponseMetadata", None)
+        return parsed
+
+
+def error_from_response(
+    parsed: Mapping[str, Any], status_code: int, headers: Mapping[str, str]
+) -> ServiceError:
+    """Translate a parsed error response into the matching trio_sqs exception."""
+    error = parsed.get("Error") or {}
+    code = str(error.get("Code") or "") or f"HTTP{status_code}"
+    query_code = str(error.get("QueryErrorCode") or "")
+    message = str(error.get("Message") or "") or f"HTTP {status_code} from SQS"
+    request_id = _header(headers, "x-amzn-requestid") or parsed.get("ResponseMetadata", {}).get(
+        "RequestId"
+    )
+    codes = {code, query_code}
+    kwargs: dict[str, Any] = {"code": code, "status_code": status_code, "request_id": request_id}
+    lowered = message.lower()
+    if (
+        codes & _SKEW
+        or ("signature expired" in lowered)
+        or ("signature not yet current" in lowered)
+    ):
+        skew = clock_skew(headers)
+        where = f"; the server's clock is {skew:+.1f} s from ours" if skew is not None else ""
+        return ClockSkewError(
+            f"request rejected for clock skew: {message}{where}. "
+            "Fix the machine's clock (NTP); botocore's public signing API cannot sign with a corrected time",
+            skew=skew,
+            **kwargs,
+        )
+    if codes & _QUEUE_MISSING:
+        return QueueDoesNotExist(message, **kwargs)
+    if codes & _ACCESS or status_code == 403:
+        return AccessDenied(message, **kwargs)
+    if codes & _THROTTLING or status_code == 429:
+        return Throttled(message, **kwargs)
+    if codes & _RECEIPT:
+        return InvalidReceiptHandle(message, **kwargs)
+    return ServiceError(message, **kwargs)
+
+
+def is_retryable_error(error: ServiceError) -> bool:
+    """Throttling, 5xx and transient server errors are retried; client errors never are."""
+    if isinstance(error, Throttled):
+        return True
+    if isinstance(error, (AccessDenied, QueueDoesNotExist, InvalidReceiptHandle, ClockSkewError)):
+        return False
+    status = error.status_code or 0
+    return status >= 500 or error.code in _TRANSIENT
