@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._client import SendEntry, SQSClient, open_client
 from ._config import Limits, RetryPolicy
+from ._consumer import BatchHandler, Consumer, Handler, Retry, open_consumer, run_consumer
 from ._exceptions import (
     AccessDenied,
     BatchEntryError,
@@ -27,18 +28,25 @@ from ._message import (
     ReceiveResult,
     SendResult,
 )
+from ._options import ConsumerOptions
+from ._stats import ConsumerStatistics
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AccessDenied",
     "BatchEntryError",
+    "BatchHandler",
     "BatchResult",
     "ClientClosedError",
     "ClockSkewError",
     "ConfigurationError",
+    "Consumer",
+    "ConsumerOptions",
+    "ConsumerStatistics",
     "CorruptMessage",
     "CredentialsError",
+    "Handler",
     "InvalidReceiptHandle",
     "Limits",
     "Message",
@@ -46,6 +54,7 @@ __all__ = [
     "MessageCorruptError",
     "QueueDoesNotExist",
     "ReceiveResult",
+    "Retry",
     "RetryPolicy",
     "SQSClient",
     "SQSError",
@@ -55,4 +64,6 @@ __all__ = [
     "Throttled",
     "TransportError",
     "open_client",
+    "open_consumer",
+    "run_consumer",
 ]

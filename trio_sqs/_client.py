@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -156,12 +156,20 @@ class SQSClient:
         params: Mapping[str, Any],
         *,
         read_timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
         _validate: bool = True,
     ) -> dict[str, Any]:
         """Call any SQS operation with botocore-style parameters; return the parsed result.
 
         Retries throttling, 5xx and transport errors (see :class:`RetryPolicy`), signing each attempt
         afresh. ReceiveMessage calls use the long-poll budget, everything else the other budget.
+
+        Args:
+            operation: The SQS operation name, e.g. ``"SendMessage"``.
+            params: The operation's parameters as botocore names them.
+            read_timeout: Seconds to wait for the response (default 30).
+            on_sent: Called (synchronously) each time the request has been written to the socket
+                in full. From then on the server may act on it even if the call is cancelled.
 
         Raises:
             ServiceError: (or a subclass) for an error SQS returned, after retries if retryable.
@@ -178,6 +186,15 @@ class SQSClient:
         if read_timeout is None:
             read_timeout = DEFAULT_TIMEOUT
         timeout = httpx.Timeout(DEFAULT_TIMEOUT, read=read_timeout)
+        extensions: dict[str, Any] = {}
+        if on_sent is not None:
+            notify = on_sent
+
+            async def trace(event: str, info: Mapping[str, Any]) -> None:
+                if event == "http11.send_request_body.complete":
+                    notify()
+
+            extensions["trace"] = trace
         attempts = self._retry.max_attempts
         for attempt in range(1, attempts + 1):
             credentials = await self._credentials.get()
@@ -195,6 +212,7 @@ class SQSClient:
                         headers=request.headers,
                         content=request.body,
                         timeout=timeout,
+                        extensions=extensions,
                     )
             except httpx.HTTPError as exc:
                 # A long poll that times out on read is not retried here: the poller decides.
@@ -300,6 +318,7 @@ class SQSClient:
         attribute_names: Sequence[str] = ("All",),
         message_attribute_names: Sequence[str] = ("All",),
         receive_request_attempt_id: str | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> ReceiveResult:
         """Receive up to ``max_messages`` messages, long-polling up to ``wait_time`` seconds.
 
@@ -327,7 +346,11 @@ class SQSClient:
         if receive_request_attempt_id:
             params["ReceiveRequestAttemptId"] = receive_request_attempt_id
         result = await self.call(
-            "ReceiveMessage", params, read_timeout=wait_time + POLL_READ_MARGIN, _validate=False
+            "ReceiveMessage",
+            params,
+            read_timeout=wait_time + POLL_READ_MARGIN,
+            on_sent=on_sent,
+            _validate=False,
         )
         messages: list[Message] = []
         corrupt: list[CorruptMessage] = []

@@ -24,6 +24,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 from botocore.endpoint_provider import EndpointProvider
 from botocore.exceptions import BotoCoreError
+from botocore.model import OperationNotFoundError
 from botocore.parsers import create_parser
 from botocore.serialize import create_serializer
 from botocore.session import Session
@@ -228,7 +229,7 @@ class SQSProtocol:
         if op is None:
             try:
                 op = self._data.model.operation_model(operation)
-            except BotoCoreError as exc:
+            except (BotoCoreError, OperationNotFoundError) as exc:
                 raise ConfigurationError(
                     f"unknown SQS operation {operation!r}", code="InvalidOption"
                 ) from exc

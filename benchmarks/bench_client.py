@@ -1,0 +1,338 @@
+"""CPU cost of one ReceiveMessage(10) + DeleteMessageBatch(10) pair: trio_sqs against botocore.
+
+Both clients talk to the same fake SQS server (``fake_sqs_server.py``), which runs as a separate
+process so that its CPU time is not counted. In this one process, the script runs:
+
+(a) trio_sqs: ``open_client(...)``, then ``receive_messages(url, max_messages=10, wait_time=0)``
+    and ``delete_message_batch(url, [10 receipt handles])``, sequentially;
+(b) botocore's own client: ``receive_message(MaxNumberOfMessages=10, WaitTimeSeconds=0,
+    MessageSystemAttributeNames=["All"], MessageAttributeNames=["All"])`` and
+    ``delete_message_batch`` with 10 entries.
+
+Both ask for the same attributes and get the same 10 messages back. After a warm-up, it measures
+the CPU time of this process (``time.process_time``, user + system) over interleaved rounds (a/b,
+then b/a, ...) and reports microseconds per pair, the spread across rounds, and the ratio
+ours / botocore against the goal of 0.6. It is a report, not a test: it exits 0 whatever the ratio.
+
+Run: ``python benchmarks/bench_client.py [--pairs N] [--rounds R] [--warmup W] [--no-pin]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import resource
+import select
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import botocore
+import botocore.session
+import httpx
+import trio
+
+import trio_sqs
+
+GOAL = 0.6
+MESSAGES = 10
+QUEUE_PATH = "/123456789012/bench"
+SERVER_SCRIPT = Path(__file__).with_name("fake_sqs_server.py")
+SERVER_START_TIMEOUT = 15.0
+
+OURS = "trio_sqs (httpx on Trio)"
+BOTOCORE = "botocore client (urllib3)"
+
+
+@dataclass
+class Samples:
+    """Per-round measurements for one client, in microseconds per pair."""
+
+    cpu: list[float] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+    user: list[float] = field(default_factory=list)
+    system: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Pinning:
+    client_cpu: int | None
+    server_cpu: int | None
+
+    def describe(self) -> str:
+        if self.client_cpu is None or self.server_cpu is None:
+            return "not pinned (os.sched_setaffinity unavailable, fewer than 2 CPUs, or --no-pin)"
+        return (
+            f"client pinned to CPU {self.client_cpu}, server pinned to CPU {self.server_cpu} "
+            "(os.sched_setaffinity)"
+        )
+
+
+def choose_pinning(enabled: bool) -> Pinning:
+    if not enabled or not hasattr(os, "sched_setaffinity"):
+        return Pinning(None, None)
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return Pinning(None, None)
+    return Pinning(cpus[0], cpus[1])
+
+
+def clean_aws_environment() -> None:
+    """Keep the developer's AWS configuration out of both clients (this process only)."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            del os.environ[name]
+    os.environ["AWS_CONFIG_FILE"] = os.devnull
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+
+@contextmanager
+def fake_sqs_server(server_cpu: int | None) -> Iterator[str]:
+    """Start the fake server as a child process; yield its endpoint URL; stop it afterwards."""
+    command = [sys.executable, str(SERVER_SCRIPT), "--host", "127.0.0.1", "--port", "0"]
+    if server_cpu is not None:
+        command += ["--cpu", str(server_cpu)]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], SERVER_START_TIMEOUT)
+        line = proc.stdout.readline() if ready else b""
+        if not line.strip().isdigit():
+            raise RuntimeError(f"the fake SQS server did not report a port (got {line!r})")
+        yield f"http://127.0.0.1:{int(line)}"
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()  # the server exits at end of file on its stdin
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Measure:
+    """CPU (total, user, system) and wall time of the block, in microseconds per pair."""
+
+    def __init__(self, pairs: int) -> None:
+        self.pairs = pairs
+
+    def __enter__(self) -> Measure:
+        gc.collect()
+        self._usage = resource.getrusage(resource.RUSAGE_SELF)
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cpu = time.process_time() - self._cpu
+        wall = time.perf_counter() - self._wall
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        scale = 1e6 / self.pairs
+        self.cpu = cpu * scale
+        self.wall = wall * scale
+        self.user = (usage.ru_utime - self._usage.ru_utime) * scale
+        self.system = (usage.ru_stime - self._usage.ru_stime) * scale
+
+    def record(self, samples: Samples) -> None:
+        samples.cpu.append(self.cpu)
+        samples.wall.append(self.wall)
+        samples.user.append(self.user)
+        samples.system.append(self.system)
+
+
+def check_pair(received: int, deleted: int, failed: int) -> None:
+    if received != MESSAGES or deleted != MESSAGES or failed:
+        raise RuntimeError(
+            f"unexpected answer: {received} received, {deleted} deleted, {failed} failed"
+        )
+
+
+async def ours_pairs(sqs: trio_sqs.SQSClient, queue_url: str, pairs: int) -> None:
+    for _ in range(pairs):
+        received = await sqs.receive_messages(
+            queue_url,
+            max_messages=MESSAGES,
+            wait_time=0,
+            attribute_names=("All",),
+            message_attribute_names=("All",),
+        )
+        result = await sqs.delete_message_batch(
+            queue_url, [m.receipt_handle for m in received.messages]
+        )
+        check_pair(len(received.messages), len(result.successful), len(result.failed))
+
+
+def botocore_pairs(client: Any, queue_url: str, pairs: int) -> None:
+    for _ in range(pairs):
+        received = client.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=MESSAGES,
+            WaitTimeSeconds=0,
+            MessageSystemAttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        messages = received.get("Messages", [])
+        result = client.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ],
+        )
+        check_pair(len(messages), len(result.get("Successful", [])), len(result.get("Failed", [])))
+
+
+async def run_benchmark(
+    endpoint: str, *, pairs: int, rounds: int, warmup: int
+) -> tuple[Samples, Samples]:
+    queue_url = endpoint + QUEUE_PATH
+    ours = Samples()
+    theirs = Samples()
+    async with trio_sqs.open_client(
+        region="us-east-1",
+        endpoint_url=endpoint,
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
+    ) as sqs:
+        client = botocore.session.get_session().create_client(
+            "sqs",
+            region_name="us-east-1",
+            endpoint_url=endpoint,
+            aws_access_key_id="x",
+            aws_secret_access_key="y",
+        )
+        try:
+            # botocore's client blocks; inside trio.run that only pauses the (idle) event loop, and
+            # keeps both clients and their keep-alive connections open across all rounds.
+            async def run_ours(n: int) -> None:
+                await ours_pairs(sqs, queue_url, n)
+
+            async def run_botocore(n: int) -> None:
+                botocore_pairs(client, queue_url, n)
+
+            runners: list[tuple[Callable[[int], Awaitable[None]], Samples]] = [
+                (run_ours, ours),
+                (run_botocore, theirs),
+            ]
+            for run, _ in runners:
+                await run(warmup)
+            for round_index in range(rounds):
+                order = runners if round_index % 2 == 0 else runners[::-1]
+                for run, samples in order:
+                    with Measure(pairs) as measure:
+                        await run(pairs)
+                    measure.record(samples)
+                print(
+                    f"round {round_index + 1}/{rounds}: trio_sqs {ours.cpu[-1]:.0f} µs, "
+                    f"botocore {theirs.cpu[-1]:.0f} µs CPU per pair",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        finally:
+            client.close()
+    return ours, theirs
+
+
+def spread(values: list[float]) -> str:
+    median = statistics.median(values)
+    return f"±{(max(values) - min(values)) / 2 / median * 100:.1f} %"
+
+
+def report(
+    ours: Samples, theirs: Samples, *, pairs: int, rounds: int, warmup: int, pinning: Pinning
+) -> str:
+    ratio = statistics.median(ours.cpu) / statistics.median(theirs.cpu)
+    per_round = [a / b for a, b in zip(ours.cpu, theirs.cpu, strict=True)]
+    verdict = "PASS" if ratio <= GOAL else "FAIL"
+    lines = [
+        "## CPU per ReceiveMessage(10) + DeleteMessageBatch(10) pair",
+        "",
+        f"- {rounds} interleaved rounds x {pairs} pairs per client, after {warmup} warm-up pairs "
+        "each; CPU = time.process_time() of the client process (user + system)",
+        f"- {pinning.describe()}",
+        f"- Python {platform.python_version()}, trio {trio.__version__}, httpx {httpx.__version__}, "
+        f"botocore {botocore.__version__}, {os.cpu_count()} CPUs",
+        "",
+        "| client | CPU µs/pair (median) | min | max | spread (half range) "
+        "| user / sys µs | wall µs/pair |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, samples in ((OURS, ours), (BOTOCORE, theirs)):
+        lines.append(
+            f"| {name} | {statistics.median(samples.cpu):.0f} | {min(samples.cpu):.0f} "
+            f"| {max(samples.cpu):.0f} | {spread(samples.cpu)} "
+            f"| {statistics.median(samples.user):.0f} / {statistics.median(samples.system):.0f} "
+            f"| {statistics.median(samples.wall):.0f} |"
+        )
+    lines += [
+        "",
+        f"**Ratio ours / botocore: {ratio:.2f}** (median of each; per-round ratios "
+        f"{min(per_round):.2f} to {max(per_round):.2f})",
+        "",
+        f"**{verdict}**: goal is a ratio <= {GOAL:.2f}; "
+        + (
+            f"met with {(GOAL - ratio) / GOAL * 100:.0f} % to spare."
+            if ratio <= GOAL
+            else f"our path needs {(1 - GOAL / ratio) * 100:.0f} % less CPU to meet it."
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="CPU per ReceiveMessage(10)+DeleteMessageBatch(10): trio_sqs vs botocore."
+    )
+    parser.add_argument("--pairs", type=int, default=500, help="pairs per round (default 500)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument(
+        "--warmup", type=int, default=200, help="warm-up pairs per client (default 200)"
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin client and server to separate CPUs"
+    )
+    args = parser.parse_args(argv)
+    for name in ("pairs", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    clean_aws_environment()
+    pinning = choose_pinning(not args.no_pin)
+    if pinning.client_cpu is not None:
+        # Before any thread exists (Trio's worker threads inherit the main thread's mask).
+        os.sched_setaffinity(0, {pinning.client_cpu})
+    with fake_sqs_server(pinning.server_cpu) as endpoint:
+        ours, theirs = trio.run(
+            lambda: run_benchmark(
+                endpoint, pairs=args.pairs, rounds=args.rounds, warmup=args.warmup
+            )
+        )
+    print(
+        report(
+            ours,
+            theirs,
+            pairs=args.pairs,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            pinning=pinning,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Batching of acknowledgements (DeleteMessageBatch) and releases (ChangeMessageVisibilityBatch).
+
+Entries are grouped up to 10 per call and sent when a batch is full or ``interval`` has passed since
+the oldest pending entry. Entries that fail are retried a few times, then reported (logged and
+counted); an invalid receipt handle is final at once (the message was received again elsewhere).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from ._client import SQSClient
+from ._exceptions import SQSError
+
+__all__ = ["Batcher", "Entry"]
+
+log = logging.getLogger("trio_sqs.consumer")
+
+BATCH_LIMIT = 10
+MAX_ENTRY_ATTEMPTS = 3
+_FINAL_CODES = {"ReceiptHandleIsInvalid", "InvalidReceiptHandle", "MessageNotInflight"}
+
+
+@dataclass(slots=True)
+class Entry:
+    message_id: str
+    receipt_handle: str
+    visibility: int | None = None  # None: delete; otherwise the new visibility timeout
+    attempts: int = 0
+
+
+class Batcher:
+    """Collects entries and sends them in batches of up to 10.
+
+    Args:
+        client: The SQS client.
+        queue_url: The queue.
+        kind: ``"delete"`` or ``"release"``.
+        interval: Longest wait before a partial batch is sent.
+        on_success: Called with each entry once SQS confirmed it.
+        on_failure: Called with each entry that finally failed, and the error code.
+    """
+
+    def __init__(
+        self,
+        client: SQSClient,
+        queue_url: str,
+        kind: str,
+        interval: float,
+        on_success: Callable[[Entry], None],
+        on_failure: Callable[[Entry, str], None],
+    ) -> None:
+        self._client = client
+        self._queue_url = queue_url
+        self._kind = kind
+        self._interval = interval
+        self._on_success = on_success
+        self._on_failure = on_failure
+        self._pending: list[Entry] = []
+        self._wakeup = trio.Event()
+        self._urgent = False
+        self.in_flight = 0
+        self._changed = trio.lowlevel.ParkingLot()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending) + self.in_flight
+
+    def add(self, entry: Entry) -> None:
+        self._pending.append(entry)
+        if len(self._pending) >= BATCH_LIMIT or self._urgent or len(self._pending) == 1:
+            self._wakeup.set()
+
+    def hurry(self) -> None:
+        """Send pending entries now instead of waiting for ``interval`` (used at shutdown)."""
+        self._urgent = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Send batches until cancelled.
+
+        Cancellation: entries not yet sent stay pending; :meth:`flush` sends them.
+        """
+        async with trio.open_nursery() as nursery:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                if not self._pending:
+                    continue
+                if len(self._pending) < BATCH_LIMIT and not self._urgent:
+                    with trio.move_on_after(self._interval):
+                        while len(self._pending) < BATCH_LIMIT and not self._urgent:
+                            await self._wakeup.wait()
+                            self._wakeup = trio.Event()
+                for chunk in self._take_all():
+                    nursery.start_soon(self._send, chunk)
+
+    async def drain(self) -> None:
+        """Send everything pending now and wait until nothing is pending or in flight.
+
+        Entries that fail are retried up to a few times first. Must be called while :meth:`run`
+        is running.
+
+        Cancellation: unsent entries stay pending and are counted by :attr:`pending`.
+        """
+        self.hurry()
+        while self._pending or self.in_flight:
+            await self._changed.park()
+
+    def _take_all(self) -> list[list[Entry]]:
+        pending, self._pending = self._pending, []
+        # Several entries for one receipt handle: keep the last word (a delete wins anyway).
+        by_handle: dict[str, Entry] = {}
+        for entry in pending:
+            previous = by_handle.get(entry.receipt_handle)
+            if previous is None or previous.visibility is not None:
+                by_handle[entry.receipt_handle] = entry
+        entries = list(by_handle.values())
+        return [entries[i : i + BATCH_LIMIT] for i in range(0, len(entries), BATCH_LIMIT)]
+
+    async def _send(self, chunk: list[Entry]) -> None:
+        self.in_flight += len(chunk)
+        ids = {str(i): entry for i, entry in enumerate(chunk)}
+        try:
+            handles = {i: e.receipt_handle for i, e in ids.items()}
+            if self._kind == "delete":
+                result = await self._client.delete_message_batch(self._queue_url, handles)
+            else:
+                result = await self._client.change_message_visibility_batch(
+                    self._queue_url,
+                    handles,
+                    {i: e.visibility or 0 for i, e in ids.items()},
+                )
+        except SQSError as exc:
+            # The client already retried transient errors; try these entries again later.
+            log.warning("%s batch of %d failed: %s", self._kind, len(chunk), exc)
+            for entry in chunk:
+                self._retry_or_fail(entry, exc.code)
+            return
+        finally:
+            self.in_flight -= len(chunk)
+            self._changed.unpark_all()
+        for entry_id in result.successful:
+            self._on_success(ids[entry_id])
+        for failure in result.failed:
+            entry = ids[failure.entry_id]
+            if failure.code in _FINAL_CODES:
+                self._on_failure(entry, failure.code)
+            else:
+                self._retry_or_fail(entry, failure.code)
+
+    def _retry_or_fail(self, entry: Entry, code: str) -> None:
+        entry.attempts += 1
+        if entry.attempts >= MAX_ENTRY_ATTEMPTS:
+            self._on_failure(entry, code)
+        else:
+            self.add(entry)
