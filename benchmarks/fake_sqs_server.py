@@ -236,9 +236,9 @@ async def serve(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     responder = Responder()
     # Build the cached bodies before announcing the port, so no client pays for the first one.
-    for system in (False, True):
-        for user in (False, True):
-            responder._receive_body(MAX_MESSAGES, system, user)
+    for with_system in (False, True):
+        for with_user in (False, True):
+            responder._receive_body(MAX_MESSAGES, with_system, with_user)
     server = await loop.create_server(
         lambda: HTTPConnection(responder), host, port, reuse_address=True, backlog=128
     )

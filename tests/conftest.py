@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 import trio_sqs
+
+from .recording_proxy import RecordingProxy
 
 # Every Trio test fails (instead of hanging CI) if it runs longer than this; override per test
 # with @pytest.mark.deadline(seconds).
@@ -28,23 +32,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "deadline(seconds): per-test deadline for a Trio test")
 
 
+def _with_deadline(func: Callable[..., Awaitable[None]], seconds: float) -> Callable[..., Any]:
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> None:
+        with trio.fail_after(seconds):
+            await func(*args, **kwargs)
+
+    return wrapper
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put every Trio test under a ``trio.fail_after`` so a hang fails instead of stalling CI."""
     for item in items:
-        func = getattr(item, "function", None)
-        if func is not None and inspect.iscoroutinefunction(func):
-            item.fixturenames.append("_trio_deadline")  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-async def _trio_deadline(request: pytest.FixtureRequest, nursery: trio.Nursery) -> None:
-    marker = request.node.get_closest_marker("deadline")
-    seconds = float(marker.args[0]) if marker else DEFAULT_DEADLINE
-
-    async def watchdog() -> None:
-        await trio.sleep(seconds)
-        raise trio.TooSlowError(f"test exceeded its {seconds} s deadline")
-
-    nursery.start_soon(watchdog)
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            marker = item.get_closest_marker("deadline")
+            seconds = float(marker.args[0]) if marker else DEFAULT_DEADLINE
+            item.obj = _with_deadline(item.obj, seconds)
 
 
 @pytest.fixture(autouse=True)
@@ -97,3 +100,12 @@ async def sqs(moto_endpoint: str) -> AsyncIterator[trio_sqs.SQSClient]:
 @pytest.fixture
 async def queue_url(sqs: trio_sqs.SQSClient, queue_name: str) -> str:
     return await sqs.create_queue(queue_name)
+
+
+@pytest.fixture
+async def proxy(moto_endpoint: str, nursery: trio.Nursery) -> RecordingProxy:
+    """A recording proxy in front of moto (see tests/recording_proxy.py)."""
+    host, _, port = moto_endpoint.removeprefix("http://").partition(":")
+    recorder = RecordingProxy(host, int(port))
+    await nursery.start(recorder.serve)
+    return recorder

@@ -1,0 +1,179 @@
+"""A small recording HTTP proxy (pure Trio) for wire-level assertions.
+
+It sits between a client and moto, records every request (its SQS operation and the moment its
+headers arrived, on Trio's clock) and can hold ReceiveMessage responses back, so a test can bring
+every poller to rest inside a long poll before it calls ``stop()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+
+@dataclass
+class Seen:
+    operation: str
+    arrived_at: float
+    answered: bool = False
+    client_gone: bool = False
+
+
+@dataclass
+class RecordingProxy:
+    upstream_host: str
+    upstream_port: int
+    requests: list[Seen] = field(default_factory=list)
+    port: int = 0
+    _release: trio.Event = field(default_factory=trio.Event)
+    _changed: trio.Event = field(default_factory=trio.Event)
+
+    def __post_init__(self) -> None:
+        self._release.set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def hold_receives(self) -> None:
+        """Keep ReceiveMessage responses back until :meth:`release_receives`."""
+        if self._release.is_set():
+            self._release = trio.Event()
+
+    def release_receives(self) -> None:
+        self._release.set()
+
+    def operations(self, since: float = float("-inf")) -> list[str]:
+        return [r.operation for r in self.requests if r.arrived_at >= since]
+
+    def receives_after(self, t: float) -> list[Seen]:
+        return [r for r in self.requests if r.operation == "ReceiveMessage" and r.arrived_at >= t]
+
+    async def wait_for(self, predicate: Callable[[RecordingProxy], bool]) -> None:
+        """Wait until ``predicate(self)`` is true, re-checking on every recorded event."""
+        while not predicate(self):
+            await self._changed.wait()
+
+    def open_receives(self) -> int:
+        """ReceiveMessage requests neither answered nor abandoned by their client."""
+        return sum(
+            1
+            for r in self.requests
+            if r.operation == "ReceiveMessage" and not r.answered and not r.client_gone
+        )
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        buffer = bytearray()
+        async with client:
+            while True:
+                head = await _read_head(client, buffer)
+                if head is None:
+                    return
+                length = _content_length(head)
+                while len(buffer) < length:
+                    chunk = await client.receive_some(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                body = bytes(buffer[:length])
+                del buffer[:length]
+                operation = _target(head)
+                seen = Seen(operation, trio.current_time())
+                self.requests.append(seen)
+                self._notify()
+                response = await self._forward(head + body)
+                if operation == "ReceiveMessage":
+                    await self._wait_released_or_gone(client, seen)
+                    if seen.client_gone:
+                        return
+                try:
+                    await client.send_all(response)
+                except trio.BrokenResourceError:
+                    seen.client_gone = True
+                    return
+                seen.answered = True
+                self._notify()
+                if b"connection: close" in response.split(b"\r\n\r\n", 1)[0].lower():
+                    return
+
+    async def _wait_released_or_gone(self, client: trio.SocketStream, seen: Seen) -> None:
+        if self._release.is_set():
+            return
+        async with trio.open_nursery() as nursery:
+
+            async def released() -> None:
+                await self._release.wait()
+                nursery.cancel_scope.cancel()
+
+            async def gone() -> None:
+                # A client that aborts its poll closes the connection: we read EOF.
+                data = await client.receive_some(1)
+                if not data:
+                    seen.client_gone = True
+                    self._notify()
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(released)
+            nursery.start_soon(gone)
+
+    async def _forward(self, request: bytes) -> bytes:
+        upstream = await trio.open_tcp_stream(self.upstream_host, self.upstream_port)
+        async with upstream:
+            await upstream.send_all(request)
+            buffer = bytearray()
+            head = await _read_head(upstream, buffer)
+            assert head is not None, "upstream closed without a response"
+            length = _content_length(head)
+            while len(buffer) < length:
+                chunk = await upstream.receive_some(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+            return head + bytes(buffer[:length])
+
+
+async def _read_head(stream: trio.SocketStream, buffer: bytearray) -> bytes | None:
+    while b"\r\n\r\n" not in buffer:
+        try:
+            chunk = await stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        if not chunk:
+            return None
+        buffer += chunk
+    end = buffer.index(b"\r\n\r\n") + 4
+    head = bytes(buffer[:end])
+    del buffer[:end]
+    return head
+
+
+def _header(head: bytes, name: bytes) -> bytes | None:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip()
+    return None
+
+
+def _content_length(head: bytes) -> int:
+    value = _header(head, b"content-length")
+    return int(value) if value else 0
+
+
+def _target(head: bytes) -> str:
+    value = _header(head, b"x-amz-target")
+    if value is None:
+        return "?"
+    return value.decode().rpartition(".")[2]
