@@ -109,6 +109,35 @@ def _batch_result(parsed: Mapping[str, Any], request_id: str | None = None) -> B
     )
 
 
+class _RequestBody(httpx.AsyncByteStream):
+    """A request body whose iterator is a plain object, not an async generator.
+
+    httpx's own byte stream iterates with an async generator; a request cancelled while its body
+    is being written abandons that generator, and Trio reports every abandoned one with a
+    ResourceWarning when it is garbage collected (an error under ``-W error``).
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _OneChunk(self._body)
+
+
+class _OneChunk:
+    def __init__(self, body: bytes) -> None:
+        self._body: bytes | None = body
+
+    def __aiter__(self) -> _OneChunk:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._body is None:
+            raise StopAsyncIteration
+        body, self._body = self._body, None
+        return body
+
+
 class SQSClient:
     """An SQS client on Trio. Create it with :func:`open_client`.
 
@@ -157,6 +186,7 @@ class SQSClient:
         *,
         read_timeout: float | None = None,
         on_sent: Callable[[], None] | None = None,
+        retry: bool = True,
         _validate: bool = True,
     ) -> dict[str, Any]:
         """Call any SQS operation with botocore-style parameters; return the parsed result.
@@ -170,6 +200,8 @@ class SQSClient:
             read_timeout: Seconds to wait for the response (default 30).
             on_sent: Called (synchronously) each time the request has been written to the socket
                 in full. From then on the server may act on it even if the call is cancelled.
+            retry: Whether to retry failures per the client's :class:`RetryPolicy`; with
+                ``False`` exactly one request is sent (callers with their own retry loop).
 
         Raises:
             ServiceError: (or a subclass) for an error SQS returned, after retries if retryable.
@@ -195,7 +227,7 @@ class SQSClient:
                     notify()
 
             extensions["trace"] = trace
-        attempts = self._retry.max_attempts
+        attempts = self._retry.max_attempts if retry else 1
         for attempt in range(1, attempts + 1):
             credentials = await self._credentials.get()
             request = self._protocol.build_request(
@@ -206,7 +238,7 @@ class SQSClient:
                 async with gate:
                     if self._closed:
                         raise ClientClosedError("the SQS client is closed")
-                    response = await self._http.request(
+                    http_request = self._http.build_request(
                         request.method,
                         request.url,
                         headers=request.headers,
@@ -214,6 +246,8 @@ class SQSClient:
                         timeout=timeout,
                         extensions=extensions,
                     )
+                    http_request.stream = _RequestBody(request.body)
+                    response = await self._http.send(http_request)
             except httpx.HTTPError as exc:
                 # A long poll that times out on read is not retried here: the poller decides.
                 retryable = not (receive and isinstance(exc, httpx.ReadTimeout))
@@ -319,6 +353,7 @@ class SQSClient:
         message_attribute_names: Sequence[str] = ("All",),
         receive_request_attempt_id: str | None = None,
         on_sent: Callable[[], None] | None = None,
+        retry: bool = True,
     ) -> ReceiveResult:
         """Receive up to ``max_messages`` messages, long-polling up to ``wait_time`` seconds.
 
@@ -350,6 +385,7 @@ class SQSClient:
             params,
             read_timeout=wait_time + POLL_READ_MARGIN,
             on_sent=on_sent,
+            retry=retry,
             _validate=False,
         )
         messages: list[Message] = []

@@ -308,6 +308,9 @@ class Consumer:
                         attribute_names=self.options.attribute_names,
                         message_attribute_names=self.options.message_attribute_names,
                         on_sent=poller.mark_sent,
+                        # One request per attempt: a client-level retry could send a receive
+                        # after stop. This loop does its own backoff.
+                        retry=False,
                     )
                 except trio.Cancelled:
                     self._credit.release(self._batch_size)
