@@ -93,11 +93,9 @@ class RecordingProxy:
                 seen = Seen(operation, trio.current_time())
                 self.requests.append(seen)
                 self._notify()
-                response = await self._forward(head + body)
-                if operation == "ReceiveMessage":
-                    await self._wait_released_or_gone(client, seen)
-                    if seen.client_gone:
-                        return
+                response = await self._exchange(client, seen, head + body)
+                if response is None:
+                    return
                 try:
                     await client.send_all(response)
                 except trio.BrokenResourceError:
@@ -108,25 +106,47 @@ class RecordingProxy:
                 if b"connection: close" in response.split(b"\r\n\r\n", 1)[0].lower():
                     return
 
-    async def _wait_released_or_gone(self, client: trio.SocketStream, seen: Seen) -> None:
-        if self._release.is_set():
-            return
+    async def _exchange(
+        self, client: trio.SocketStream, seen: Seen, request: bytes
+    ) -> bytes | None:
+        """Forward a request and get the response, watching for the client hanging up meanwhile.
+
+        A client that hangs up (an aborted long poll) does not stop the upstream request: like SQS,
+        the server side runs on and may swallow messages (DESIGN 2.2). Returns ``None`` then.
+        """
+        response: bytes | None = None
         async with trio.open_nursery() as nursery:
 
-            async def released() -> None:
-                await self._release.wait()
+            async def watch() -> None:
+                try:
+                    data = await client.receive_some(1)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                assert not data, "client sent data while waiting for a response"
+                seen.client_gone = True
+                self._notify()
+
+            async def exchange() -> None:
+                nonlocal response
+                response = await self._forward(request)
+                if seen.operation == "ReceiveMessage":
+                    while not self._release.is_set() and not seen.client_gone:
+                        await self._changed_or_released()
                 nursery.cancel_scope.cancel()
 
-            async def gone() -> None:
-                # A client that aborts its poll closes the connection: we read EOF.
-                data = await client.receive_some(1)
-                if not data:
-                    seen.client_gone = True
-                    self._notify()
-                    nursery.cancel_scope.cancel()
+            nursery.start_soon(watch)
+            nursery.start_soon(exchange)
+        return None if seen.client_gone else response
 
-            nursery.start_soon(released)
-            nursery.start_soon(gone)
+    async def _changed_or_released(self) -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def wait(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait, self._release)
+            nursery.start_soon(wait, self._changed)
 
     async def _forward(self, request: bytes) -> bytes:
         upstream = await trio.open_tcp_stream(self.upstream_host, self.upstream_port)

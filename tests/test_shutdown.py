@@ -48,11 +48,13 @@ async def proxied(proxy: RecordingProxy) -> AsyncIterator[trio_sqs.SQSClient]:
 
 
 async def park_pollers(proxy: RecordingProxy, pollers: int) -> float:
-    """Hold ReceiveMessage responses until every poller waits in one; return t0 for stop."""
+    """Hold ReceiveMessage responses until every poller waits in one; return t0 for stop.
+
+    A poller has at most one request out, so once the proxy has recorded an open request for each
+    of them, no ReceiveMessage is in transit: any the proxy records after t0 was sent after t0.
+    """
     proxy.hold_receives()
     await proxy.wait_for(lambda p: p.open_receives() >= pollers)
-    # A quiet moment: nothing else is on its way to the proxy.
-    await trio.sleep(0.05)
     return trio.current_time()
 
 
@@ -116,6 +118,8 @@ async def test_no_receive_after_stop_and_unstarted_go_back(
         await started.wait()
         t0 = await park_pollers(proxy, 1)
         assert consumer.statistics().buffered == 9
+        parked = [r for r in proxy.requests if r.operation == "ReceiveMessage" and not r.answered]
+        assert len(parked) == 1
         consumer.stop()
         proxy.release_receives()
         # Clause 2: the 9 unstarted messages are visible again right after t0, while the handler
@@ -123,12 +127,23 @@ async def test_no_receive_after_stop_and_unstarted_go_back(
         with trio.fail_after(1.0):
             await proxy.wait_for(lambda p: "ChangeMessageVisibilityBatch" in p.operations(t0))
         back = await drain(sqs, url, wait=0)
+        # Clause 1: "abort" drops the in-flight poll at once; "land" leaves it open while a
+        # handler is in its grace period, and drops it once no handler runs.
+        if mode == "abort":
+            with trio.fail_after(0.5):
+                await proxy.wait_for(lambda p: parked[0].client_gone)
+        else:
+            await trio.sleep(0.3)
+            assert not parked[0].client_gone
         release_handler.set()
+        with trio.fail_after(1.0):
+            await proxy.wait_for(lambda p: parked[0].client_gone)
     assert proxy.receives_after(t0) == []
     assert len(back) == 9
     stats = consumer.statistics()
     assert stats.completed == 1 and stats.deleted == 1
-    assert stats.released >= 9
+    assert stats.released == 9
+    assert stats.aborted_polls == 1
     assert len(handled) == 1
 
 
@@ -271,6 +286,9 @@ async def test_bug_report_scenario(
             handler,
             client=proxied,
             concurrency=8,
+            # One poller, so that "every poller is parked in a held poll" can be reached while
+            # handlers run (a second poller would wait for a whole batch of credit).
+            pollers=1,
             visibility_timeout=30,
             poll_on_stop=mode,
             grace_period=GRACE,
@@ -278,10 +296,14 @@ async def test_bug_report_scenario(
         ) as consumer:
             await trio.sleep(3.0)
             t0 = await park_pollers(proxy, len(consumer._pollers))
+            # The last poller parked right after it received a message, so handlers are running
+            # and the "land" path (not the idle one) is exercised.
+            in_flight_at_stop = consumer.statistics().in_flight
             consumer.stop()
             proxy.release_receives()
         took = trio.current_time() - t0
         nursery.cancel_scope.cancel()
+    assert in_flight_at_stop > 0
     assert took < GRACE + FLUSH + 1.0
     assert proxy.receives_after(t0) == []
     stats = consumer.statistics()
