@@ -373,7 +373,7 @@ class Consumer:
             c.received += 1
             self._tracked[message.receipt_handle] = _Tracked(message, now, now)
             self._dispatcher.put(message)
-            log.debug("received %s", message.message_id)
+            log.debug("received %s", message.message_id, extra={"message_id": message.message_id})
 
     # -- handlers ---------------------------------------------------------------------------------
 
@@ -421,9 +421,9 @@ class Consumer:
                 except Exception:
                     failed = {m.message_id for m in messages}
                     finished = True
+                    ids = ", ".join(m.message_id for m in messages)
                     log.exception(
-                        "handler failed for message(s) %s",
-                        ", ".join(m.message_id for m in messages),
+                        "handler failed for message(s) %s", ids, extra={"message_id": ids}
                     )
                 finally:
                     self._handler_scopes.discard(scope)
@@ -434,11 +434,19 @@ class Consumer:
             for message in messages:
                 if at_grace:
                     self._counters.cancelled_at_grace += 1
-                    log.warning("handler cancelled at end of grace: %s", message.message_id)
+                    log.warning(
+                        "handler cancelled at end of grace: %s",
+                        message.message_id,
+                        extra={"message_id": message.message_id},
+                    )
                     self._settle(message, release=0)
                 else:
                     self._counters.timed_out += 1
-                    log.warning("handler timed out: %s", message.message_id)
+                    log.warning(
+                        "handler timed out: %s",
+                        message.message_id,
+                        extra={"message_id": message.message_id},
+                    )
                     self._settle(
                         message, release=self.options.failure_visibility(message.receive_count)
                     )
@@ -484,14 +492,24 @@ class Consumer:
 
     def _delete_failed(self, entry: Entry, code: str) -> None:
         self._counters.delete_failed += 1
-        log.error("could not delete %s (%s); it will be delivered again", entry.message_id, code)
+        log.error(
+            "could not delete %s (%s); it will be delivered again",
+            entry.message_id,
+            code,
+            extra={"message_id": entry.message_id, "error_code": code},
+        )
 
     def _released(self, entry: Entry) -> None:
         self._counters.released += 1
 
     def _release_failed(self, entry: Entry, code: str) -> None:
         self._counters.release_failed += 1
-        log.warning("could not release %s (%s)", entry.message_id, code)
+        log.warning(
+            "could not release %s (%s)",
+            entry.message_id,
+            code,
+            extra={"message_id": entry.message_id, "error_code": code},
+        )
 
     # -- visibility heartbeats ----------------------------------------------------------------------
 
