@@ -13,6 +13,7 @@ import hashlib
 import json
 import socket
 import struct
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +22,9 @@ from typing import Any
 
 import h11
 import trio
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
 
@@ -198,15 +202,26 @@ class FakeSQS:
 async def serve_fake_sqs(handler: Handler = answer_ok) -> AsyncIterator[FakeSQS]:
     """Run a :class:`FakeSQS` for the duration of the block."""
     server = FakeSQS(handler)
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, server.serve_connection, 0, host="127.0.0.1")
-        )
-        server.port = listeners[0].socket.getsockname()[1]
+    try:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                functools.partial(trio.serve_tcp, server.serve_connection, 0, host="127.0.0.1")
+            )
+            server.port = listeners[0].socket.getsockname()[1]
+            try:
+                yield server
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Let a test's own lone exception out unwrapped, so pytest.raises() sees it.
+        if len(group.exceptions) != 1:
+            raise
+        inner = group.exceptions[0]
+        context = inner.__context__
         try:
-            yield server
+            raise inner
         finally:
-            nursery.cancel_scope.cancel()
+            inner.__context__ = context
 
 
 def scripted(*answers: Response | Reset, then: Handler = answer_ok) -> Handler:

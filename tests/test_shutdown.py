@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.testing
 
 import trio_sqs
 from trio_sqs import Message
@@ -55,6 +56,9 @@ async def park_pollers(proxy: RecordingProxy, pollers: int) -> float:
     """
     proxy.hold_receives()
     await proxy.wait_for(lambda p: p.open_receives() >= pollers)
+    # Let the pollers reach their wait for the response (the proxy may read a request before the
+    # sending task has run again): each one then knows its request is on the wire.
+    await trio.testing.wait_all_tasks_blocked()
     return trio.current_time()
 
 
@@ -113,37 +117,46 @@ async def test_no_receive_after_stop_and_unstarted_go_back(
         wait_time=20,
         poll_on_stop=mode,
         grace_period=GRACE,
-        flush_timeout=FLUSH,
+        flush_timeout=4.0,  # moto re-checks a waiting poll about once a second
     ) as consumer:
         await started.wait()
         t0 = await park_pollers(proxy, 1)
         assert consumer.statistics().buffered == 9
         parked = [r for r in proxy.requests if r.operation == "ReceiveMessage" and not r.answered]
         assert len(parked) == 1
+        assert consumer._pollers[0].sent
         consumer.stop()
         proxy.release_receives()
-        # Clause 2: the 9 unstarted messages are visible again right after t0, while the handler
-        # is still inside its grace period.
+        # Clause 2: the 9 unstarted messages are released right after t0, while the handler is
+        # still inside its grace period.
         with trio.fail_after(1.0):
-            await proxy.wait_for(lambda p: "ChangeMessageVisibilityBatch" in p.operations(t0))
-        back = await drain(sqs, url, wait=0)
-        # Clause 1: "abort" drops the in-flight poll at once; "land" leaves it open while a
-        # handler is in its grace period, and drops it once no handler runs.
+            await proxy.wait_for(
+                lambda p: any(
+                    r.operation == "ChangeMessageVisibilityBatch" and r.answered
+                    for r in p.requests
+                    if r.arrived_at >= t0
+                )
+            )
         if mode == "abort":
+            # Clause 1, "abort": the in-flight poll is dropped at once.
             with trio.fail_after(0.5):
                 await proxy.wait_for(lambda p: parked[0].client_gone)
+            back = await drain(sqs, url, wait=0)
         else:
+            # Clause 1, "land": the poll stays open while a handler is in its grace period. SQS
+            # may hand it the released messages; they are then released again once it lands.
             await trio.sleep(0.3)
-            assert not parked[0].client_gone
+            assert not parked[0].client_gone, (parked[0], consumer.statistics())
         release_handler.set()
-        with trio.fail_after(1.0):
-            await proxy.wait_for(lambda p: parked[0].client_gone)
+    if mode == "land":
+        assert parked[0].answered, "the poll sent before the release was aborted, not landed"
+        back = await drain(sqs, url, wait=1)
     assert proxy.receives_after(t0) == []
     assert len(back) == 9
     stats = consumer.statistics()
     assert stats.completed == 1 and stats.deleted == 1
-    assert stats.released == 9
-    assert stats.aborted_polls == 1
+    assert stats.released >= 9
+    assert stats.aborted_polls == (1 if mode == "abort" else 0)
     assert len(handled) == 1
 
 
@@ -210,10 +223,13 @@ async def test_handler_overrunning_grace_is_cancelled_and_released(
     assert cancelled
     assert 0.5 <= took < 0.5 + FLUSH + 1.0
     stats = consumer.statistics()
-    assert stats.cancelled_at_grace == 1 and stats.released == 1 and stats.deleted == 0
+    assert stats.cancelled_at_grace == 1 and stats.deleted == 0 and stats.completed == 0
+    # Released; the poll in flight may have been handed it back, and then it was released again.
+    assert stats.released == stats.received
+    assert stats.aborted_polls == 0
     # Visible again right away, not after the 30 s lease.
     back = await drain(sqs, url, wait=1)
-    assert len(back) == 1 and back[0].receive_count == 2
+    assert len(back) == 1 and back[0].receive_count == stats.received + 1
 
 
 async def test_cancelling_the_enclosing_scope_takes_the_same_path(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,6 +13,9 @@ from typing import Any
 
 import httpx
 import trio
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError
 from botocore.session import Session
@@ -43,6 +47,7 @@ from ._protocol import (
     load_service_data,
     resolve_endpoint,
 )
+from ._util import raise_unwrapped
 
 __all__ = ["SQSClient", "SendEntry", "open_client"]
 
@@ -110,29 +115,38 @@ def _batch_result(parsed: Mapping[str, Any], request_id: str | None = None) -> B
 
 
 class _RequestBody(httpx.AsyncByteStream):
-    """A request body whose iterator is a plain object, not an async generator.
+    """A request body sent as one chunk, which can tell when that chunk has been written.
 
-    httpx's own byte stream iterates with an async generator; a request cancelled while its body
-    is being written abandons that generator, and Trio reports every abandoned one with a
-    ResourceWarning when it is garbage collected (an error under ``-W error``).
+    httpcore asks for the next chunk right after the previous one was handed to the socket, with
+    no cancellable checkpoint in between; that second ``__anext__`` is the exact moment the whole
+    request is on the wire (the trace extension's "complete" event comes one checkpoint later).
+
+    It is also not an async generator: httpx's own byte stream is one, and a request cancelled
+    while its body is being written abandons it, which Trio reports with a ResourceWarning when it
+    is garbage collected (an error under ``-W error``).
     """
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, on_sent: Callable[[], None] | None = None) -> None:
         self._body = body
+        self._on_sent = on_sent
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return _OneChunk(self._body)
+        return _OneChunk(self._body, self._on_sent)
 
 
 class _OneChunk:
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, on_sent: Callable[[], None] | None) -> None:
         self._body: bytes | None = body
+        self._on_sent = on_sent
 
     def __aiter__(self) -> _OneChunk:
         return self
 
     async def __anext__(self) -> bytes:
         if self._body is None:
+            if self._on_sent is not None:
+                self._on_sent()
+                self._on_sent = None
             raise StopAsyncIteration
         body, self._body = self._body, None
         return body
@@ -218,15 +232,6 @@ class SQSClient:
         if read_timeout is None:
             read_timeout = DEFAULT_TIMEOUT
         timeout = httpx.Timeout(DEFAULT_TIMEOUT, read=read_timeout)
-        extensions: dict[str, Any] = {}
-        if on_sent is not None:
-            notify = on_sent
-
-            async def trace(event: str, info: Mapping[str, Any]) -> None:
-                if event == "http11.send_request_body.complete":
-                    notify()
-
-            extensions["trace"] = trace
         attempts = self._retry.max_attempts if retry else 1
         for attempt in range(1, attempts + 1):
             credentials = await self._credentials.get()
@@ -244,9 +249,8 @@ class SQSClient:
                         headers=request.headers,
                         content=request.body,
                         timeout=timeout,
-                        extensions=extensions,
                     )
-                    http_request.stream = _RequestBody(request.body)
+                    http_request.stream = _RequestBody(request.body, on_sent)
                     response = await self._http.send(http_request)
             except httpx.HTTPError as exc:
                 # A long poll that times out on read is not retried here: the poller decides.
@@ -637,10 +641,21 @@ async def open_client(
     if endpoint_url is None and not _env_flag("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):
         endpoint_url = os.environ.get("AWS_ENDPOINT_URL_SQS") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint_url is not None:
-        parsed = httpx.URL(endpoint_url)
-        if parsed.scheme not in ("http", "https") or not parsed.host:
+        try:
+            parsed = httpx.URL(endpoint_url)
+            valid = (
+                parsed.scheme in ("http", "https")
+                and bool(parsed.host)
+                and (parsed.port is None or 0 < parsed.port < 65536)
+            )
+        except (httpx.InvalidURL, TypeError) as exc:
             raise ConfigurationError(
-                f"endpoint_url={endpoint_url!r} must be an http(s) URL with a host",
+                f"endpoint_url={endpoint_url!r} is not a valid URL: {exc}", code="InvalidOption"
+            ) from exc
+        if not valid:
+            raise ConfigurationError(
+                f"endpoint_url={endpoint_url!r} must be an http(s) URL with a host "
+                "(and a port from 1 to 65535)",
                 code="InvalidOption",
             )
     access_key = (
@@ -674,14 +689,18 @@ async def open_client(
     )
     client = SQSClient(resolved.protocol, cache, http, limits=limits, retry=retry)
     try:
-        async with trio.open_nursery() as nursery:
-            if cache.refreshable:
-                nursery.start_soon(cache.run_refresher)
-            try:
-                yield client
-            finally:
-                client._closed = True
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                if cache.refreshable:
+                    nursery.start_soon(cache.run_refresher)
+                try:
+                    yield client
+                finally:
+                    client._closed = True
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The refresher never raises: the error is the caller's own, let it out as is.
+            raise_unwrapped(group)
     finally:
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
             await http.aclose()

@@ -5,8 +5,10 @@ Shutdown, from the moment ``stop()`` is called (t0):
 
 1. No new receives: the scope around receiving is cancelled at t0. With ``poll_on_stop="land"``
    a poll whose request is already on the wire is left to land while handlers are still inside
-   their grace period, and what it returns is released at once; it is cancelled as soon as no
-   handler is running (so an idle consumer stops at once) and at t0 + grace at the latest.
+   their grace period, and what it returns is released at once. Once no handler runs it is
+   aborted, unless we released messages after it was sent: SQS would likely hand those to it, and
+   an aborted poll would orphan them, so it gets up to half the flush timeout to land. An idle
+   consumer with nothing to release aborts at once and stops in milliseconds.
 2. Buffered messages that no handler started are released (visibility 0) right after t0.
 3. Running handlers continue in shielded scopes whose deadline becomes t0 + grace; those still
    running then are cancelled and their messages released.
@@ -46,6 +48,7 @@ from ._exceptions import (
 from ._message import Message
 from ._options import ConsumerOptions
 from ._stats import ConsumerState, ConsumerStatistics, Counters
+from ._util import raise_unwrapped
 
 __all__ = [
     "BatchHandler",
@@ -91,14 +94,16 @@ class _Tracked:
 
 
 class _Poller:
-    __slots__ = ("scope", "sent")
+    __slots__ = ("scope", "sent", "sent_at")
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
         self.sent = False
+        self.sent_at = math.inf
 
     def mark_sent(self) -> None:
         self.sent = True
+        self.sent_at = trio.current_time()
 
 
 class Consumer:
@@ -125,6 +130,7 @@ class Consumer:
         self._handler = handler
         self._batch = batch
         self._batch_size = options.effective_batch_size(batch)
+        self._poll_size = options.poll_size(batch)
         self._hb_interval = options.effective_heartbeat_interval()
         self._counters = Counters()
         self._state: ConsumerState = "starting"
@@ -139,6 +145,8 @@ class Consumer:
         self._workers_alive = 0
         self._stop_requested = trio.Event()
         self._workers_finished = trio.Event()
+        self._polling_done = trio.Event()
+        self._last_release_at = -math.inf
         self._stopped = trio.Event()
         self._t0: float | None = None
         self._grace_deadline = math.inf
@@ -182,16 +190,17 @@ class Consumer:
         if self._state != "stopped":
             self._state = "stopping"
         self._outer.deadline = self._grace_deadline + self.options.flush_timeout + SHUTDOWN_MARGIN
-        # 1. No new receives.
-        if self.options.poll_on_stop == "abort" or self._in_flight == 0:
+        unstarted = self._dispatcher.close()
+        # 1. No new receives. A poll already on the wire may land while handlers run ("land");
+        # with nothing running and nothing to release, it is aborted at once.
+        if self.options.poll_on_stop == "abort" or (self._in_flight == 0 and not unstarted):
             self._receive_scope.cancel()
         else:
             for poller in self._pollers:
                 if not poller.sent:
                     poller.scope.cancel()
-            self._receive_scope.deadline = self._grace_deadline
         # 2. Unstarted messages go back at once.
-        for message in self._dispatcher.close():
+        for message in unstarted:
             self._release(message, 0)
         self._releases.hurry()
         self._deletes.hurry()
@@ -238,9 +247,10 @@ class Consumer:
                         task_status.started()
                         await self._stop_requested.wait()
                         await self._workers_finished.wait()
-                        # No handler runs any more: a poll left to land has nothing to wait for.
+                        flush_deadline = trio.current_time() + self.options.flush_timeout
+                        await self._let_polls_land()
                         self._receive_scope.cancel()
-                    await self._flush()
+                    await self._flush(flush_deadline)
                     services.cancel_scope.cancel()
         finally:
             self._state = "stopped"
@@ -249,8 +259,20 @@ class Consumer:
         if self._fatal is not None:
             raise self._fatal
 
-    async def _flush(self) -> None:
-        with trio.move_on_after(self.options.flush_timeout):
+    async def _let_polls_land(self) -> None:
+        """No handler runs any more. A poll sent before one of our releases is likely to be handed
+        the released messages by SQS: aborting it would orphan them for the whole lease (DESIGN
+        2.2). So such a poll gets up to half the flush timeout to land (what it brings is released
+        again, with no poll left to swallow it); any other poll is aborted at once."""
+        if self.options.poll_on_stop != "land":
+            return
+        if not any(p.sent and p.sent_at <= self._last_release_at for p in self._pollers):
+            return
+        with trio.move_on_after(self.options.flush_timeout / 2):
+            await self._polling_done.wait()
+
+    async def _flush(self, deadline: float) -> None:
+        with trio.move_on_at(deadline):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._deletes.drain)
                 nursery.start_soon(self._releases.drain)
@@ -288,21 +310,24 @@ class Consumer:
     # -- polling ----------------------------------------------------------------------------------
 
     async def _polling(self) -> None:
-        with self._receive_scope:
-            async with trio.open_nursery() as nursery:
-                for poller in self._pollers:
-                    nursery.start_soon(self._poll_loop, poller)
+        try:
+            with self._receive_scope:
+                async with trio.open_nursery() as nursery:
+                    for poller in self._pollers:
+                        nursery.start_soon(self._poll_loop, poller)
+        finally:
+            self._polling_done.set()
 
     async def _poll_loop(self, poller: _Poller) -> None:
         backoff = self.options.error_backoff
         with poller.scope:
             while not self._stop_requested.is_set():
-                await self._credit.acquire(self._batch_size)
+                await self._credit.acquire(self._poll_size)
                 poller.sent = False
                 try:
                     result = await self._client.receive_messages(
                         self.queue_url,
-                        max_messages=self._batch_size,
+                        max_messages=self._poll_size,
                         wait_time=self.options.wait_time,
                         visibility_timeout=self.options.visibility_timeout,
                         attribute_names=self.options.attribute_names,
@@ -313,13 +338,13 @@ class Consumer:
                         retry=False,
                     )
                 except trio.Cancelled:
-                    self._credit.release(self._batch_size)
+                    self._credit.release(self._poll_size)
                     if poller.sent:
                         self._counters.aborted_polls += 1
                         log.debug("long poll aborted after it was sent")
                     raise
                 except SQSError as exc:
-                    self._credit.release(self._batch_size)
+                    self._credit.release(self._poll_size)
                     self._counters.poll_errors += 1
                     if isinstance(exc, (QueueDoesNotExist, ConfigurationError)):
                         log.error("cannot poll %s: %s", self.queue_url, exc)
@@ -339,7 +364,7 @@ class Consumer:
                     await trio.sleep(delay)
                     continue
                 except BaseException as exc:
-                    self._credit.release(self._batch_size)
+                    self._credit.release(self._poll_size)
                     if isinstance(exc, Exception):
                         log.exception("poller crashed")
                         self._fail(exc)
@@ -347,6 +372,7 @@ class Consumer:
                     raise
                 finally:
                     poller.sent = False
+                    poller.sent_at = math.inf
                 backoff = self.options.error_backoff
                 self._accept(result.messages, len(result.corrupt))
 
@@ -354,7 +380,7 @@ class Consumer:
         c = self._counters
         c.polls += 1
         self._last_poll_at = time.time()
-        self._credit.release(self._batch_size - len(messages))
+        self._credit.release(self._poll_size - len(messages))
         if corrupt:
             # Left alone: they reappear after the lease and end in the dead-letter queue if the
             # corruption persists. They are never handed to a handler.
@@ -472,6 +498,7 @@ class Consumer:
             self._deletes.add(Entry(message.message_id, message.receipt_handle))
         else:
             self._releases.add(Entry(message.message_id, message.receipt_handle, release))
+            self._last_release_at = trio.current_time()
             if self.fifo:
                 # Keep the group's order: the rest of it goes back unprocessed.
                 for later in self._dispatcher.drop_group(message):
@@ -483,6 +510,7 @@ class Consumer:
         """Hand back a message no handler started."""
         self._tracked.pop(message.receipt_handle, None)
         self._releases.add(Entry(message.message_id, message.receipt_handle, visibility))
+        self._last_release_at = trio.current_time()
         self._credit.release(1)
 
     # -- acknowledgement callbacks ------------------------------------------------------------------
@@ -574,26 +602,6 @@ def _make_options(options: ConsumerOptions | None, kwargs: dict[str, Any]) -> Co
         raise ConfigurationError(f"unknown consumer option: {exc}", code="InvalidOption") from exc
 
 
-def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one error that matters in a nursery's exception group (trio-websocket does the same)."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    errors = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    if len(errors) == 1:
-        return errors[0]
-    if not errors and leaves:
-        return leaves[0]
-    return group  # type: ignore[no-any-return]
-
-
 @asynccontextmanager
 async def open_consumer(
     queue: str,
@@ -652,7 +660,7 @@ async def open_consumer(
                 finally:
                     consumer.stop()
         except BaseExceptionGroup as group:
-            raise _unwrap(group) from None
+            raise_unwrapped(group)
 
 
 async def _resolve_queue(client: SQSClient, queue: str) -> tuple[str, bool]:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import trio
 from botocore.credentials import ReadOnlyCredentials
-from botocore.exceptions import BotoCoreError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from ._exceptions import CredentialsError
 
@@ -84,7 +84,8 @@ class CredentialCache:
             frozen = await trio.to_thread.run_sync(
                 self._source.get_frozen_credentials, abandon_on_cancel=True
             )
-        except BotoCoreError as exc:
+        except (BotoCoreError, ClientError) as exc:
+            # ClientError: an STS call inside the provider failed (AssumeRole, web identity).
             raise CredentialsError(f"credential refresh failed: {exc}") from exc
         if frozen is None or not frozen.access_key or not frozen.secret_key:
             raise CredentialsError("the credential provider returned no credentials")

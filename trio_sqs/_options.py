@@ -23,8 +23,9 @@ class ConsumerOptions:
 
     Attributes:
         concurrency: Handlers (or batch handlers) running at once. Independent of ``batch_size``.
-        batch_size: MaxNumberOfMessages per ReceiveMessage (1-10). Default: ``min(10, concurrency)``
-            (or 10 for batch handlers).
+        batch_size: MaxNumberOfMessages per ReceiveMessage (1-10), and the most messages a batch
+            handler gets at once. Default: ``min(10, concurrency)`` (or 10 for batch handlers).
+            Polls ask for fewer when ``concurrency + max_buffered`` is smaller.
         wait_time: WaitTimeSeconds of each long poll (0-20).
         visibility_timeout: The receive lease in seconds: the VisibilityTimeout asked for on every
             ReceiveMessage and renewed by heartbeats while a message is in hand. Keep it short: a
@@ -130,14 +131,19 @@ class ConsumerOptions:
         batch = self.effective_batch_size(batch_handler)
         running = self.concurrency * (batch if batch_handler else 1)
         buffered = self.max_buffered if self.max_buffered is not None else batch
-        # A poll is only sent when a whole batch fits, so the capacity holds at least one batch.
-        return max(running + buffered, batch)
+        return running + buffered
+
+    def poll_size(self, batch_handler: bool) -> int:
+        """MaxNumberOfMessages of each poll: the batch size, or less if the capacity is smaller
+        (a poll is only sent when all it may return fits, so it never exceeds ``max_buffered``)."""
+        return min(self.effective_batch_size(batch_handler), self.capacity(batch_handler))
 
     def effective_pollers(self, batch_handler: bool) -> int:
         if self.pollers is not None:
             return self.pollers
-        batch = self.effective_batch_size(batch_handler)
-        return max(1, min(10, math.ceil(self.capacity(batch_handler) / batch)))
+        return max(
+            1, min(10, math.ceil(self.capacity(batch_handler) / self.poll_size(batch_handler)))
+        )
 
     def failure_visibility(self, receive_count: int) -> int:
         """Seconds a failed message stays invisible, growing with its receive count."""

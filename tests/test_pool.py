@@ -1,0 +1,210 @@
+"""Regression test for the httpcore pool leak under cancellation (DESIGN 2.3, encode/httpcore#1093).
+
+Cancelling a request that waits for a free connection inside httpcore's pool can leak the slot
+forever; once every slot has leaked, every request fails with PoolTimeout. SQSClient never lets
+requests queue inside the pool (a trio.Semaphore per budget, the budgets adding up to the pool
+size), so no storm of cancelled concurrent calls can leak a slot.
+
+The server is a local fake with small random delays, not moto, so hundreds of rounds take
+seconds and the timing of each cancel varies. Capacity is checked without timing: the server
+holds requests to a "barrier" queue until as many are in flight at once as the pool has slots, so
+a single leaked slot makes the check hang (and fail at its deadline).
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+
+import trio_sqs
+from trio_sqs import Limits, RetryPolicy, SQSClient
+
+from .fake_sqs import Request, Response, default_result, serve_fake_sqs
+
+QUEUE_URL = "http://127.0.0.1/123456789012/pool"
+BARRIER_URL = "http://127.0.0.1/123456789012/barrier"
+SEED = 20240517
+ROUNDS = 300
+CALLERS = 8
+CHECK_EVERY = 100
+# Far longer than any healthy call here, far shorter than httpx's pool timeout (30 s).
+HEALTHY_DEADLINE = 5.0
+# Measured here: with the semaphore gate removed from SQSClient, this mix leaked the whole pool
+# within 300 rounds for every seed tried, while runs with the gate stayed at full capacity.
+SHARE_RUN_TO_COMPLETION = 0.2
+MAX_CANCEL_AFTER = 0.012
+
+
+class Barrier:
+    """Server side: hold requests to BARRIER_URL until ``parties`` of them are in flight at once."""
+
+    def __init__(self) -> None:
+        self.parties = 0
+        self.arrived = 0
+        self.all_in = trio.Event()
+
+    def reset(self, parties: int) -> None:
+        self.parties, self.arrived, self.all_in = parties, 0, trio.Event()
+
+    async def wait(self) -> None:
+        self.arrived += 1
+        if self.arrived >= self.parties:
+            self.all_in.set()
+        await self.all_in.wait()
+
+
+def jittery_handler(
+    rng: random.Random, barrier: Barrier | None = None
+) -> Callable[[Request], Awaitable[Response]]:
+    async def handler(request: Request) -> Response:
+        if barrier is not None and request.params.get("QueueUrl") == BARRIER_URL:
+            await barrier.wait()
+            return Response(body=default_result(request))
+        return Response(body=default_result(request), delay=rng.uniform(0, 0.003))
+
+    return handler
+
+
+async def sqs_call(client: SQSClient, index: int, queue_url: str = QUEUE_URL) -> None:
+    # Mix the two budgets: long polls (here wait_time=0) and everything else.
+    if index % 3 == 0:
+        await client.receive_messages(queue_url, wait_time=0)
+    elif index % 3 == 1:
+        await client.delete_message(queue_url, f"handle-{index}")
+    else:
+        await client.change_message_visibility_batch(queue_url, ["a", "b"], 0)
+
+
+class Outcome:
+    def __init__(self) -> None:
+        self.completed = 0
+        self.cancelled = 0
+        self.stuck = 0  # calls that should have completed but did not, within HEALTHY_DEADLINE
+
+
+async def storm(
+    call: Callable[[int], Awaitable[object]],
+    rng: random.Random,
+    rounds: int,
+    callers: int,
+    check: Callable[[], Awaitable[None]] | None = None,
+) -> Outcome:
+    """Run ``callers`` concurrent calls per round; most are cancelled after a random delay.
+
+    Stops early if a call that was left to complete got stuck. ``check`` runs every CHECK_EVERY
+    rounds.
+    """
+    outcome = Outcome()
+
+    async def cancelled_at_random(index: int, after: float) -> None:
+        with trio.move_on_after(after) as scope:
+            await call(index)
+            outcome.completed += 1
+        if scope.cancelled_caught:
+            outcome.cancelled += 1
+
+    async def to_completion(index: int) -> None:
+        with trio.move_on_after(HEALTHY_DEADLINE):
+            await call(index)
+            outcome.completed += 1
+            return
+        outcome.stuck += 1
+
+    for round_ in range(1, rounds + 1):
+        async with trio.open_nursery() as nursery:
+            for index in range(callers):
+                # Cancels land anywhere: waiting for a slot, connecting, sending, awaiting the
+                # answer. The calls left to complete keep slots busy so that others must wait.
+                if rng.random() < SHARE_RUN_TO_COMPLETION:
+                    nursery.start_soon(to_completion, index)
+                else:
+                    nursery.start_soon(cancelled_at_random, index, rng.uniform(0, MAX_CANCEL_AFTER))
+        if outcome.stuck:
+            break
+        if check is not None and round_ % CHECK_EVERY == 0:
+            await check()
+    return outcome
+
+
+async def assert_full_capacity(client: SQSClient, barrier: Barrier) -> None:
+    """Every connection slot is usable at once, and a burst wider than the pool completes."""
+    limits = client.limits
+    barrier.reset(limits.max_connections)
+    try:
+        with trio.fail_after(HEALTHY_DEADLINE):
+            async with trio.open_nursery() as nursery:
+                for _ in range(limits.max_receive_connections):
+                    nursery.start_soon(sqs_call, client, 0, BARRIER_URL)
+                for index in range(limits.max_other_connections):
+                    nursery.start_soon(sqs_call, client, 1 + index % 2, BARRIER_URL)
+    except trio.TooSlowError:
+        pytest.fail(
+            f"only {barrier.arrived} of {limits.max_connections} connections could be used at "
+            "once: a pool slot leaked"
+        )
+    with trio.fail_after(HEALTHY_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for index in range(4 * limits.max_connections):
+                nursery.start_soon(sqs_call, client, index)
+
+
+async def run_storm(*, gated: bool = True) -> None:
+    rng = random.Random(SEED)
+    barrier = Barrier()
+    limits = Limits(max_receive_connections=1, max_other_connections=2)
+    async with (
+        serve_fake_sqs(jittery_handler(rng, barrier)) as server,
+        trio_sqs.open_client(
+            region="us-east-1",
+            endpoint_url=server.endpoint,
+            limits=limits,
+            retry=RetryPolicy(max_attempts=1),
+        ) as client,
+    ):
+        if not gated:
+            # Only for the demonstration below: budgets wider than the pool, so that requests
+            # queue inside httpcore's pool as they would without trio_sqs's gate.
+            client._receive_gate = trio.Semaphore(100)
+            client._other_gate = trio.Semaphore(100)
+        await assert_full_capacity(client, barrier)
+        outcome = await storm(
+            lambda i: sqs_call(client, i),
+            rng,
+            ROUNDS,
+            CALLERS,
+            check=lambda: assert_full_capacity(client, barrier),
+        )
+        assert outcome.stuck == 0, f"{outcome.stuck} calls got stuck: a pool slot leaked"
+        # The storm must exercise both outcomes heavily, or it proves nothing.
+        assert outcome.completed > ROUNDS
+        assert outcome.cancelled > ROUNDS
+        # Cancelled calls dropped their connections: the server saw many more than the pool.
+        assert server.connections > 10 * limits.max_connections
+        await assert_full_capacity(client, barrier)
+
+
+@pytest.mark.deadline(40)
+async def test_cancellation_storm_leaks_no_connection() -> None:
+    await run_storm()
+
+
+@pytest.mark.slow
+@pytest.mark.deadline(120)
+# Requests cancelled inside httpx's own body stream leave async generators behind (see
+# _RequestBody in _client.py); without the gate that path is taken here, and it is not under test.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_storm_fails_without_the_semaphore_gate() -> None:
+    """The same storm, with SQSClient's gate opened wide, leaks pool slots (encode/httpcore#1093).
+
+    This shows the regression test above can fail. Opt-in (``pytest -m slow``): it reaches into
+    private attributes, and it documents an upstream bug: once httpcore fixes it, this test
+    starts failing, which is the signal to re-evaluate the gate.
+    """
+    with pytest.raises(pytest.fail.Exception, match="pool slot leaked"):
+        await run_storm(gated=False)
+    gc.collect()  # collect the abandoned generators while the warnings are still ignored

@@ -1,0 +1,328 @@
+"""The ``trio-sqs`` command: ``run`` a handler on a queue, or ``demo`` the shutdown offline.
+
+Every :class:`ConsumerOptions` field is a flag (``--batch-size``) and an environment variable
+(``TRIO_SQS_BATCH_SIZE``); a flag wins over the variable. The exit codes are in ``EXIT_CODES``.
+Errors are one line on stderr (``trio-sqs: error: ...``), never a traceback; ``--log-level
+DEBUG`` logs the traceback of unexpected ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
+
+import trio
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+from ._consumer import Consumer, open_consumer
+from ._exceptions import (
+    AccessDenied,
+    ClockSkewError,
+    ConfigurationError,
+    CredentialsError,
+    QueueDoesNotExist,
+)
+from ._logsetup import instrument, setup_logging
+from ._options import ConsumerOptions
+from ._settings import (
+    CONSUMER_SETTINGS,
+    ENV_PREFIX,
+    LOG_SETTINGS,
+    RUN_SETTINGS,
+    CommandError,
+    add_setting,
+    make_options,
+    resolve,
+)
+
+__all__ = ["EXIT_CODES", "ShutdownSignals", "classify", "main"]
+
+log = logging.getLogger("trio_sqs.cli")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # also CommandError's default
+EXIT_NO_QUEUE = 3
+EXIT_CREDENTIALS = 4
+EXIT_INTERRUPTED = 130
+DEFAULT_LIVENESS_WINDOW = 60.0
+EXIT_CODES = """exit codes:
+  0    stopped cleanly (after SIGTERM or SIGINT)
+  1    unexpected error while running (e.g. SQS unreachable after retries)
+  2    usage: bad flag or TRIO_SQS_* value, invalid option, handler not importable,
+       optional extra not installed, metrics port not available
+  3    the queue does not exist
+  4    AWS credentials missing or rejected (access denied, bad signature, clock skew)
+  130  a second SIGINT (Ctrl-C) during shutdown: exited at once, without waiting
+(trio-sqs demo has its own: see trio-sqs demo --help)
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage block: errors must be easy to read in a pod's log.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    env_note = f"Every option can also be set with an environment variable {ENV_PREFIX}<OPTION>"
+    parser = _Parser(
+        prog="trio-sqs",
+        description="Consume Amazon SQS from Trio. " + env_note + "; flags win.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="run an async handler on a queue until SIGTERM or SIGINT",
+        description="Run HANDLER on every message of a queue. SIGTERM or SIGINT starts the "
+        "graceful shutdown; a second SIGINT exits at once (130). " + env_note + "; flags win.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    run.add_argument("handler", metavar="HANDLER", help="'package.module:function' (async)")
+    for setting in [*RUN_SETTINGS, *LOG_SETTINGS]:
+        add_setting(run, setting)
+    options = run.add_argument_group("consumer options (ConsumerOptions fields)")
+    for setting in CONSUMER_SETTINGS:
+        add_setting(options, setting)
+    from ._demo import add_demo_parser
+
+    add_demo_parser(commands, fmt)
+    return parser
+
+
+# -- signals: the one shutdown path of run and demo -----------------------------------------------
+
+
+class ShutdownSignals:
+    """SIGTERM or SIGINT starts the graceful shutdown; a second SIGINT exits at once (130).
+
+    Attributes:
+        received_at: ``trio.current_time()`` when the first signal was read, or ``None``.
+        name: That signal's name.
+    """
+
+    def __init__(self) -> None:
+        self.received_at: float | None = None
+        self.name: str | None = None
+
+    async def watch(
+        self,
+        on_first: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Handle the signals until cancelled; ``on_first`` is called for the first one.
+
+        Cancellation: cancel it to restore the previous signal handlers.
+        """
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self.received_at is None:
+                    self.received_at, self.name = trio.current_time(), name
+                    log.info(
+                        "received %s: stopping gracefully (a second SIGINT exits at once)", name
+                    )
+                    on_first()
+                elif signum == signal.SIGINT:
+                    _exit_now()
+                else:
+                    log.info("received %s again: already stopping", name)
+
+
+def _exit_now() -> NoReturn:
+    # The consumer's shutdown runs in shielded scopes bounded by grace + flush: no cancellation
+    # can cut it short, by design. Leaving at once means leaving the process.
+    print(
+        "trio-sqs: second SIGINT: exiting at once; messages in hand reappear after their "
+        "visibility timeout",
+        file=sys.stderr,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+
+def load_handler(path: str) -> Callable[..., Any]:
+    """Import ``package.module:function`` (the current directory is importable)."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise CommandError(f"handler must look like 'package.module:function', got {path!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name + ".").startswith(exc.name + "."):
+            raise CommandError(
+                f"cannot import handler {path!r}: no module named {exc.name!r}"
+            ) from None
+        raise CommandError(f"cannot import handler {path!r}: {exc}") from None
+    except Exception as exc:
+        where = ""
+        if isinstance(exc, SyntaxError):
+            where = f" at {exc.filename}:{exc.lineno}"
+        elif exc.__traceback__ is not None:
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            where = f" at {frame.filename}:{frame.lineno}"
+        raise CommandError(
+            f"cannot import handler {path!r}: importing {module_name} raised "
+            f"{type(exc).__name__}: {exc}{where}"
+        ) from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CommandError(f"cannot import handler {path!r}: no attribute {part!r}") from None
+    if not callable(obj):
+        raise CommandError(f"handler {path!r} is not callable")
+    if (inspect.isfunction(obj) or inspect.ismethod(obj)) and not inspect.iscoroutinefunction(obj):
+        raise CommandError(f"handler {path!r} is not an async function (use 'async def')")
+    return obj  # type: ignore[no-any-return]
+
+
+async def _run(
+    values: Mapping[str, Any], options: ConsumerOptions, handler: Callable[..., Any]
+) -> None:
+    """Consume until the first SIGTERM or SIGINT has been drained, serving health and metrics
+    (in the same nursery, for the consumer's whole life, shutdown included) if asked to.
+
+    Cancellation: the signal task stops the consumer with :meth:`Consumer.stop`, never by
+    cancellation; during startup (queue lookup) a signal cancels the startup, which is safe
+    because nothing was received yet.
+    """
+    signals = ShutdownSignals()
+    consumer: Consumer | None = None
+    startup = trio.CancelScope()
+    batch = bool(values.get("batch"))
+
+    def on_first() -> None:
+        if consumer is not None:
+            consumer.stop()
+        else:
+            startup.cancel()  # still resolving the queue: nothing to drain
+
+    observe = None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(signals.watch, on_first)
+        probe = None
+        if "metrics_port" in values:
+            from ._health import Metrics, Probe, serve_health
+
+            probe = Probe(
+                liveness_window=values.get("liveness_window", DEFAULT_LIVENESS_WINDOW), batch=batch
+            )
+            metrics = Metrics(probe, queue=values["queue"])
+            observe = metrics.observe_handler
+            host = values.get("metrics_host", "0.0.0.0")
+            try:
+                port = await nursery.start(
+                    serve_health, probe, metrics, host, values["metrics_port"]
+                )
+            except OSError as exc:
+                raise CommandError(
+                    f"cannot listen on {host}:{values['metrics_port']}: {exc}"
+                ) from None
+            log.info("health and metrics on http://%s:%d (/healthz /readyz /metrics)", host, port)
+        with startup:
+            async with open_consumer(
+                values["queue"],
+                instrument(handler, batch=batch, observe=observe),
+                batch=batch,
+                region=values.get("region"),
+                endpoint_url=values.get("endpoint_url"),
+                profile=values.get("profile"),
+                options=options,
+            ) as consumer:
+                if probe is not None:
+                    probe.attach(consumer)
+                await consumer.wait_stopped()
+        nursery.cancel_scope.cancel()
+
+
+def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    values = resolve(args, [*RUN_SETTINGS, *LOG_SETTINGS, *CONSUMER_SETTINGS], environ)
+    if "queue" not in values:
+        raise CommandError(f"--queue (or {ENV_PREFIX}QUEUE) is required")
+    options = make_options(values)
+    window = values.get("liveness_window", DEFAULT_LIVENESS_WINDOW)
+    if window <= options.wait_time:
+        raise CommandError(f"--liveness-window={window} must exceed wait_time={options.wait_time}")
+    if not 0 <= values.get("metrics_port", 0) <= 65535:
+        raise CommandError(f"--metrics-port={values['metrics_port']} is not a TCP port")
+    if "metrics_port" in values:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise CommandError(
+                "--metrics-port needs prometheus-client: pip install 'trio-sqs[prometheus]'"
+            ) from None
+    setup_logging(values.get("log_level", "INFO"), values.get("log_format", "text"))
+    handler = load_handler(args.handler)
+    try:
+        trio.run(_run, values, options, handler)
+    except Exception as exc:
+        code, message = classify(exc, values["queue"])
+        raise CommandError(message, code) from None
+    return EXIT_OK
+
+
+def classify(exc: BaseException, queue: str) -> tuple[int, str]:
+    """The exit code and one-line message for an error that ended a command."""
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for inner in e.exceptions:
+                walk(inner)
+        elif not isinstance(e, trio.Cancelled):
+            leaves.append(e)
+
+    walk(exc)
+    first = leaves[0] if leaves else exc
+    if isinstance(first, CommandError):
+        return first.code, str(first)
+    if isinstance(first, QueueDoesNotExist):
+        return EXIT_NO_QUEUE, f"queue {queue!r} does not exist ({first})"
+    if isinstance(first, (CredentialsError, AccessDenied, ClockSkewError)):
+        return EXIT_CREDENTIALS, f"AWS credentials missing or rejected: {first}"
+    if isinstance(first, ConfigurationError):
+        return EXIT_USAGE, f"invalid configuration: {first.message}"
+    log.debug("command failed", exc_info=first)
+    return EXIT_ERROR, f"{type(first).__name__}: {first} (--log-level DEBUG shows the traceback)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``trio-sqs`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from ._demo import cmd_demo
+
+            return cmd_demo(args, os.environ)
+        return _cmd_run(args, os.environ)
+    except CommandError as exc:
+        print(f"trio-sqs: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
