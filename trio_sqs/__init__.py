@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._client import SendEntry, SQSClient, open_client
 from ._config import Limits, RetryPolicy
-from ._consumer import BatchHandler, Consumer, Handler, Retry, open_consumer, run_consumer
+from ._consumer import BatchHandler, Consumer, Handler, Retry
 from ._exceptions import (
     AccessDenied,
     BatchEntryError,
@@ -28,6 +28,7 @@ from ._message import (
     ReceiveResult,
     SendResult,
 )
+from ._open import open_consumer, run_consumer
 from ._options import ConsumerOptions
 from ._stats import ConsumerStatistics
 

@@ -24,7 +24,7 @@ import trio
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-from ._consumer import Consumer, open_consumer
+from ._consumer import Consumer
 from ._exceptions import (
     AccessDenied,
     ClockSkewError,
@@ -33,6 +33,7 @@ from ._exceptions import (
     QueueDoesNotExist,
 )
 from ._logsetup import instrument, setup_logging
+from ._open import open_consumer
 from ._options import ConsumerOptions
 from ._settings import (
     CONSUMER_SETTINGS,

@@ -117,9 +117,11 @@ def _batch_result(parsed: Mapping[str, Any], request_id: str | None = None) -> B
 class _RequestBody(httpx.AsyncByteStream):
     """A request body sent as one chunk, which can tell when that chunk has been written.
 
-    httpcore asks for the next chunk right after the previous one was handed to the socket, with
-    no cancellable checkpoint in between; that second ``__anext__`` is the exact moment the whole
-    request is on the wire (the trace extension's "complete" event comes one checkpoint later).
+    httpcore asks for the next chunk right after the previous one was handed to the socket; that
+    second ``__anext__`` is the first moment the sending task runs once the whole request is on the
+    wire, with no cancellable checkpoint in between (the trace extension's "complete" event comes
+    one checkpoint later). Trio's send ends in a cancel-shielded checkpoint, so other tasks may run
+    between the write and this marker: the marker is late by at most that one schedule point.
 
     It is also not an async generator: httpx's own byte stream is one, and a request cancelled
     while its body is being written abandons it, which Trio reports with a ResourceWarning when it
@@ -443,6 +445,8 @@ class SQSClient:
         queue_url: str,
         receipt_handles: Sequence[str] | Mapping[str, str],
         visibility_timeout: int | Mapping[str, int],
+        *,
+        retry: bool = True,
     ) -> BatchResult:
         """Change the visibility of up to 10 messages; ``visibility_timeout`` may be one value for
         all, or a mapping of entry id to value. Per-entry failures are in the result."""
@@ -460,6 +464,7 @@ class SQSClient:
         result = await self.call(
             "ChangeMessageVisibilityBatch",
             {"QueueUrl": queue_url, "Entries": wire},
+            retry=retry,
             _validate=False,
         )
         return _batch_result(result)

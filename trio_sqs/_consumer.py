@@ -6,15 +6,18 @@ Shutdown, from the moment ``stop()`` is called (t0):
 1. No new receives: the scope around receiving is cancelled at t0. With ``poll_on_stop="land"``
    a poll whose request is already on the wire is left to land while handlers are still inside
    their grace period, and what it returns is released at once. Once no handler runs it is
-   aborted, unless we released messages after it was sent: SQS would likely hand those to it, and
-   an aborted poll would orphan them, so it gets up to half the flush timeout to land. An idle
-   consumer with nothing to release aborts at once and stops in milliseconds.
+   aborted, unless a release of ours may not have reached SQS before it was sent: SQS would likely
+   hand those messages to it, and an aborted poll would orphan them (DESIGN 2.2), so it gets up to
+   half the flush timeout to land. An idle consumer with nothing to release aborts at once and
+   stops in milliseconds.
 2. Buffered messages that no handler started are released (visibility 0) right after t0.
 3. Running handlers continue in shielded scopes whose deadline becomes t0 + grace; those still
    running then are cancelled and their messages released.
 4. Pending deletes and releases are flushed within ``flush_timeout``; what could not be sent is
    logged with counts (those messages reappear after their visibility timeout).
 5. The whole shutdown is bounded by grace + flush_timeout + a small margin.
+
+An internal error takes the same path: the consumer stops gracefully, then raises the error.
 """
 
 from __future__ import annotations
@@ -22,42 +25,29 @@ from __future__ import annotations
 import logging
 import math
 import random
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Union
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Union
 
 import trio
 
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
-
 from ._batcher import Batcher, Entry
-from ._client import SQSClient, open_client
-from ._config import Limits
+from ._client import SQSClient
 from ._dispatch import Credit, Dispatcher
 from ._exceptions import (
     AccessDenied,
+    ClientClosedError,
     ConfigurationError,
     CredentialsError,
     QueueDoesNotExist,
     SQSError,
 )
+from ._heartbeat import Heartbeat, Tracked
 from ._message import Message
-from ._options import ConsumerOptions
+from ._options import MAX_VISIBILITY, ConsumerOptions
 from ._stats import ConsumerState, ConsumerStatistics, Counters
-from ._util import raise_unwrapped
 
-__all__ = [
-    "BatchHandler",
-    "Consumer",
-    "Handler",
-    "Retry",
-    "open_consumer",
-    "run_consumer",
-]
+__all__ = ["BatchHandler", "Consumer", "Handler", "Retry"]
 
 log = logging.getLogger("trio_sqs.consumer")
 
@@ -66,7 +56,9 @@ BatchHandler = Callable[[list[Message]], Awaitable[Union[Iterable[Union[Message,
 
 # Slack on top of grace + flush_timeout for the hard bound on shutdown.
 SHUTDOWN_MARGIN = 0.5
-_TWELVE_HOURS = 12 * 3600
+# Pause after an empty short poll (wait_time=0), so an idle consumer does not spin on requests.
+EMPTY_SHORT_POLL_PAUSE = 1.0
+_FATAL_POLL_ERRORS = (QueueDoesNotExist, ConfigurationError, ClientClosedError)
 
 
 class Retry(Exception):
@@ -76,21 +68,13 @@ class Retry(Exception):
     """
 
     def __init__(self, delay: float = 0.0, reason: str | None = None) -> None:
-        if not 0 <= delay <= 43_200:
+        if not 0 <= delay <= MAX_VISIBILITY:
             raise ConfigurationError(
-                f"Retry(delay={delay!r}) is out of range (allowed: 0 to 43200)",
+                f"Retry(delay={delay!r}) is out of range (allowed: 0 to {MAX_VISIBILITY})",
                 code="InvalidOption",
             )
         super().__init__(reason or f"retry in {delay} s")
         self.delay = delay
-
-
-@dataclass(slots=True)
-class _Tracked:
-    message: Message
-    received_at: float
-    extended_at: float
-    running: bool = False
 
 
 class _Poller:
@@ -104,6 +88,10 @@ class _Poller:
     def mark_sent(self) -> None:
         self.sent = True
         self.sent_at = trio.current_time()
+
+    def clear(self) -> None:
+        self.sent = False
+        self.sent_at = math.inf
 
 
 class Consumer:
@@ -131,12 +119,11 @@ class Consumer:
         self._batch = batch
         self._batch_size = options.effective_batch_size(batch)
         self._poll_size = options.poll_size(batch)
-        self._hb_interval = options.effective_heartbeat_interval()
         self._counters = Counters()
         self._state: ConsumerState = "starting"
         self._credit = Credit(options.capacity(batch))
         self._dispatcher = Dispatcher(fifo=fifo)
-        self._tracked: dict[str, _Tracked] = {}
+        self._tracked: dict[str, Tracked] = {}
         self._pollers = [_Poller() for _ in range(options.effective_pollers(batch))]
         self._receive_scope = trio.CancelScope()
         self._outer = trio.CancelScope(shield=True)
@@ -146,8 +133,8 @@ class Consumer:
         self._stop_requested = trio.Event()
         self._workers_finished = trio.Event()
         self._polling_done = trio.Event()
-        self._last_release_at = -math.inf
         self._stopped = trio.Event()
+        self._last_release_applied = -math.inf
         self._t0: float | None = None
         self._grace_deadline = math.inf
         self._last_poll_at: float | None = None
@@ -157,6 +144,15 @@ class Consumer:
         )
         self._releases = Batcher(
             client, queue_url, "release", options.ack_interval, self._released, self._release_failed
+        )
+        self._heartbeat = Heartbeat(
+            client,
+            queue_url,
+            lease=options.visibility_timeout,
+            interval=options.effective_heartbeat_interval(),
+            tracked=self._tracked,
+            counters=self._counters,
+            resend_release=self._releases.add,
         )
 
     # -- public, synchronous --------------------------------------------------------------------
@@ -193,7 +189,8 @@ class Consumer:
         unstarted = self._dispatcher.close()
         # 1. No new receives. A poll already on the wire may land while handlers run ("land");
         # with nothing running and nothing to release, it is aborted at once.
-        if self.options.poll_on_stop == "abort" or (self._in_flight == 0 and not unstarted):
+        idle = self._in_flight == 0 and not unstarted and not self._poll_may_swallow_release()
+        if self.options.poll_on_stop == "abort" or idle:
             self._receive_scope.cancel()
         else:
             for poller in self._pollers:
@@ -215,58 +212,90 @@ class Consumer:
         self._stop_requested.set()
 
     async def wait_stopped(self) -> None:
-        """Wait until the consumer has stopped completely (after :meth:`stop` or a fatal error)."""
+        """Wait until the consumer has stopped completely (after :meth:`stop` or a fatal error).
+
+        Cancellation: cancelling the wait does not stop the consumer.
+        """
         await self._stopped.wait()
 
     # -- the consumer's tasks ---------------------------------------------------------------------
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until stopped. The outer scope is shielded: outside cancellation does not cut the
-        shutdown short; ``stop()`` bounds it (grace + flush_timeout + margin)."""
+        """Run until stopped, then shut down; raise the error that stopped it, if any.
+
+        Cancellation: the outer scope is shielded, so outside cancellation does not cut the
+        shutdown short; ``stop()`` (which leaving ``open_consumer`` always calls) bounds it to
+        grace + flush_timeout + margin.
+        """
+        flush_deadline: float | None = None
         try:
             with self._outer:
                 async with trio.open_nursery() as services:
-                    services.start_soon(self._deletes.run)
-                    services.start_soon(self._releases.run)
-                    services.start_soon(self._heartbeats)
-                    async with trio.open_nursery() as work:
-                        work.start_soon(self._polling)
-                        workers = self.options.concurrency
-                        self._workers_alive = workers
-                        for _ in range(workers):
-                            work.start_soon(self._worker)
-                        self._state = "running"
-                        log.info(
-                            "consuming %s: concurrency %d, %d poller(s), batch %d, lease %d s",
-                            self.queue_url,
-                            self.options.concurrency,
-                            len(self._pollers),
-                            self._batch_size,
-                            self.options.visibility_timeout,
-                        )
-                        task_status.started()
-                        await self._stop_requested.wait()
-                        await self._workers_finished.wait()
-                        flush_deadline = trio.current_time() + self.options.flush_timeout
-                        await self._let_polls_land()
-                        self._receive_scope.cancel()
-                    await self._flush(flush_deadline)
-                    services.cancel_scope.cancel()
+                    services.start_soon(self._guard, self._deletes.run)
+                    services.start_soon(self._guard, self._releases.run)
+                    services.start_soon(self._guard, self._heartbeat.run)
+                    try:
+                        async with trio.open_nursery() as work:
+                            work.start_soon(self._guard, self._polling)
+                            self._workers_alive = self.options.concurrency
+                            for _ in range(self.options.concurrency):
+                                work.start_soon(self._guard, self._worker)
+                            self._state = "running"
+                            log.info(
+                                "consuming %s: concurrency %d, %d poller(s), batch %d, lease %d s",
+                                self.queue_url,
+                                self.options.concurrency,
+                                len(self._pollers),
+                                self._poll_size,
+                                self.options.visibility_timeout,
+                            )
+                            task_status.started()
+                            await self._stop_requested.wait()
+                            await self._workers_finished.wait()
+                            flush_deadline = trio.current_time() + self.options.flush_timeout
+                            await self._let_polls_land()
+                            self._receive_scope.cancel()
+                    finally:
+                        # Reached after an internal error too: stop() makes every deadline
+                        # finite, and the batchers are still running for the flush.
+                        self.stop()
+                        if flush_deadline is None:
+                            flush_deadline = trio.current_time() + self.options.flush_timeout
+                        await self._flush(flush_deadline)
+                        services.cancel_scope.cancel()
         finally:
+            self._account_leftovers()
             self._state = "stopped"
             self._stopped.set()
             self._log_summary()
         if self._fatal is not None:
             raise self._fatal
 
+    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the consumer's own tasks. An error in it stops the consumer gracefully (and
+        is raised out of it afterwards) instead of tearing the nurseries down mid-shutdown."""
+        try:
+            await task()
+        except Exception as exc:
+            log.exception("trio_sqs internal task %s failed", getattr(task, "__name__", task))
+            self._fail(exc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _poll_may_swallow_release(self) -> bool:
+        """Whether a poll on the wire may be handed messages we released (so aborting it could
+        orphan them): a release is still unanswered, or was answered after the poll was sent."""
+        return any(
+            p.sent and (self._releases.pending > 0 or p.sent_at <= self._last_release_applied)
+            for p in self._pollers
+        )
+
     async def _let_polls_land(self) -> None:
-        """No handler runs any more. A poll sent before one of our releases is likely to be handed
-        the released messages by SQS: aborting it would orphan them for the whole lease (DESIGN
-        2.2). So such a poll gets up to half the flush timeout to land (what it brings is released
-        again, with no poll left to swallow it); any other poll is aborted at once."""
-        if self.options.poll_on_stop != "land":
-            return
-        if not any(p.sent and p.sent_at <= self._last_release_at for p in self._pollers):
+        """No handler runs any more. A poll that may be handed our released messages gets up to
+        half the flush timeout to land (what it brings is released again, with no poll left to
+        swallow it); any other poll is aborted at once."""
+        if self.options.poll_on_stop != "land" or not self._poll_may_swallow_release():
             return
         with trio.move_on_after(self.options.flush_timeout / 2):
             await self._polling_done.wait()
@@ -276,14 +305,20 @@ class Consumer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._deletes.drain)
                 nursery.start_soon(self._releases.drain)
-        unflushed = self._deletes.pending + self._releases.pending
+
+    def _account_leftovers(self) -> None:
+        """Count and log what shutdown could not hand back: nothing is lost silently."""
+        deletes, releases = self._deletes.pending, self._releases.pending
+        in_hand = len(self._tracked)
+        unflushed = deletes + releases + in_hand
         if unflushed:
             self._counters.unflushed += unflushed
             log.error(
-                "flush timed out: %d delete(s) and %d release(s) not sent; those messages "
-                "reappear after their visibility timeout",
-                self._deletes.pending,
-                self._releases.pending,
+                "shutdown bound reached: %d delete(s) and %d release(s) not sent, %d message(s) "
+                "still in hand; those messages reappear after their visibility timeout",
+                deletes,
+                releases,
+                in_hand,
             )
 
     def _log_summary(self) -> None:
@@ -323,7 +358,8 @@ class Consumer:
         with poller.scope:
             while not self._stop_requested.is_set():
                 await self._credit.acquire(self._poll_size)
-                poller.sent = False
+                poller.clear()
+                got: list[Message] = []
                 try:
                     result = await self._client.receive_messages(
                         self.queue_url,
@@ -337,16 +373,15 @@ class Consumer:
                         # after stop. This loop does its own backoff.
                         retry=False,
                     )
+                    got = list(result.messages)
                 except trio.Cancelled:
-                    self._credit.release(self._poll_size)
                     if poller.sent:
                         self._counters.aborted_polls += 1
                         log.debug("long poll aborted after it was sent")
                     raise
                 except SQSError as exc:
-                    self._credit.release(self._poll_size)
                     self._counters.poll_errors += 1
-                    if isinstance(exc, (QueueDoesNotExist, ConfigurationError)):
+                    if isinstance(exc, _FATAL_POLL_ERRORS):
                         log.error("cannot poll %s: %s", self.queue_url, exc)
                         self._fail(exc)
                         return
@@ -363,24 +398,23 @@ class Consumer:
                         )
                     await trio.sleep(delay)
                     continue
-                except BaseException as exc:
-                    self._credit.release(self._poll_size)
-                    if isinstance(exc, Exception):
-                        log.exception("poller crashed")
-                        self._fail(exc)
-                        return
-                    raise
                 finally:
-                    poller.sent = False
-                    poller.sent_at = math.inf
+                    poller.clear()
+                    if not got:
+                        # Every path that took no message returns the whole reservation here
+                        # (with messages, _accept returns the unused part).
+                        self._credit.release(self._poll_size)
                 backoff = self.options.error_backoff
-                self._accept(result.messages, len(result.corrupt))
+                self._accept(got, len(result.corrupt))
+                if not got and self.options.wait_time == 0:
+                    await trio.sleep(EMPTY_SHORT_POLL_PAUSE)
 
     def _accept(self, messages: Sequence[Message], corrupt: int) -> None:
         c = self._counters
         c.polls += 1
         self._last_poll_at = time.time()
-        self._credit.release(self._poll_size - len(messages))
+        if messages:
+            self._credit.release(self._poll_size - len(messages))
         if corrupt:
             # Left alone: they reappear after the lease and end in the dead-letter queue if the
             # corruption persists. They are never handed to a handler.
@@ -397,7 +431,7 @@ class Consumer:
         now = trio.current_time()
         for message in messages:
             c.received += 1
-            self._tracked[message.receipt_handle] = _Tracked(message, now, now)
+            self._tracked[message.receipt_handle] = Tracked(message, now, now)
             self._dispatcher.put(message)
             log.debug("received %s", message.message_id, extra={"message_id": message.message_id})
 
@@ -417,10 +451,11 @@ class Consumer:
                 self._workers_finished.set()
 
     async def _handle(self, messages: list[Message]) -> None:
-        for message in messages:
-            tracked = self._tracked.get(message.receipt_handle)
-            if tracked is not None:
-                tracked.running = True
+        """Run the handler on ``messages`` in a shielded scope and settle every message after.
+
+        Cancellation: the handler is shielded from outside cancellation; its own deadline (the
+        handler timeout, and t0 + grace once stopping) cancels it, and its messages are released.
+        """
         self._in_flight += len(messages)
         deadline = math.inf
         if self.options.handler_timeout is not None:
@@ -429,53 +464,65 @@ class Consumer:
         failed: set[str] = set()
         retry_delay: float | None = None
         finished = False
+        settled = False
+        ids = ", ".join(m.message_id for m in messages)
+        scope = trio.CancelScope(shield=True, deadline=deadline)
         try:
-            with trio.CancelScope(shield=True, deadline=deadline) as scope:
-                self._handler_scopes.add(scope)
-                try:
-                    if self._batch:
-                        handler_b: BatchHandler = self._handler  # type: ignore[assignment]
-                        reported = await handler_b(list(messages))
-                        failed = _failed_ids(reported, messages)
-                    else:
-                        handler: Handler = self._handler  # type: ignore[assignment]
-                        await handler(messages[0])
-                    finished = True
-                except Retry as exc:
-                    retry_delay = exc.delay
-                    finished = True
-                except Exception:
-                    failed = {m.message_id for m in messages}
-                    finished = True
-                    ids = ", ".join(m.message_id for m in messages)
-                    log.exception(
-                        "handler failed for message(s) %s", ids, extra={"message_id": ids}
-                    )
-                finally:
-                    self._handler_scopes.discard(scope)
-        finally:
+            try:
+                with scope:
+                    self._handler_scopes.add(scope)
+                    try:
+                        if self._batch:
+                            handler_b: BatchHandler = self._handler  # type: ignore[assignment]
+                            failed = _failed_ids(await handler_b(list(messages)), messages)
+                        else:
+                            handler: Handler = self._handler  # type: ignore[assignment]
+                            await handler(messages[0])
+                        finished = True
+                    except Retry as exc:
+                        retry_delay = exc.delay
+                        finished = True
+                    finally:
+                        self._handler_scopes.discard(scope)
+            except Exception:
+                # Also an exception group that escaped once the scope took its own Cancelled out
+                # (a handler whose nursery failed while being cancelled).
+                failed = {m.message_id for m in messages}
+                finished = True
+                log.exception("handler failed for message(s) %s", ids, extra={"message_id": ids})
+            # A handler that swallowed its cancellation and returned did not finish its work.
+            finished = finished and not scope.cancel_called
             self._in_flight -= len(messages)
+            settled = True
+            self._settle_all(messages, finished, failed, retry_delay)
+        finally:
+            if not settled:
+                # KeyboardInterrupt or the like: hand the messages back and stop.
+                self._in_flight -= len(messages)
+                for message in messages:
+                    self._settle(message, release=0)
+                self.stop()
+
+    def _settle_all(
+        self, messages: list[Message], finished: bool, failed: set[str], retry_delay: float | None
+    ) -> None:
         if not finished:
             at_grace = self._stop_requested.is_set() and trio.current_time() >= self._grace_deadline
             for message in messages:
                 if at_grace:
                     self._counters.cancelled_at_grace += 1
-                    log.warning(
-                        "handler cancelled at end of grace: %s",
-                        message.message_id,
-                        extra={"message_id": message.message_id},
-                    )
-                    self._settle(message, release=0)
+                    what, release = "cancelled at end of grace", 0
                 else:
                     self._counters.timed_out += 1
-                    log.warning(
-                        "handler timed out: %s",
-                        message.message_id,
-                        extra={"message_id": message.message_id},
-                    )
-                    self._settle(
-                        message, release=self.options.failure_visibility(message.receive_count)
-                    )
+                    what = "timed out"
+                    release = self.options.failure_visibility(message.receive_count)
+                log.warning(
+                    "handler %s: %s",
+                    what,
+                    message.message_id,
+                    extra={"message_id": message.message_id},
+                )
+                self._settle(message, release=release)
             return
         for message in messages:
             if retry_delay is not None:
@@ -492,25 +539,26 @@ class Consumer:
 
     def _settle(self, message: Message, *, release: int | None) -> None:
         """A handler is done with ``message``: acknowledge it (``release=None``) or make it visible
-        again after ``release`` seconds. The heartbeat stops covering it first."""
-        self._tracked.pop(message.receipt_handle, None)
+        again after ``release`` seconds."""
         if release is None:
+            self._tracked.pop(message.receipt_handle, None)
             self._deletes.add(Entry(message.message_id, message.receipt_handle))
+            self._credit.release(1)
         else:
-            self._releases.add(Entry(message.message_id, message.receipt_handle, release))
-            self._last_release_at = trio.current_time()
+            self._release(message, release)
             if self.fifo:
                 # Keep the group's order: the rest of it goes back unprocessed.
                 for later in self._dispatcher.drop_group(message):
                     self._release(later, 0)
-        self._credit.release(1)
         self._dispatcher.done(message)
 
     def _release(self, message: Message, visibility: int) -> None:
-        """Hand back a message no handler started."""
+        """Make ``message`` visible again after ``visibility`` seconds. The heartbeat stops
+        covering it first."""
         self._tracked.pop(message.receipt_handle, None)
-        self._releases.add(Entry(message.message_id, message.receipt_handle, visibility))
-        self._last_release_at = trio.current_time()
+        entry = Entry(message.message_id, message.receipt_handle, visibility)
+        self._releases.add(entry)
+        self._heartbeat.note_release(entry)
         self._credit.release(1)
 
     # -- acknowledgement callbacks ------------------------------------------------------------------
@@ -529,6 +577,7 @@ class Consumer:
 
     def _released(self, entry: Entry) -> None:
         self._counters.released += 1
+        self._last_release_applied = trio.current_time()
 
     def _release_failed(self, entry: Entry, code: str) -> None:
         self._counters.release_failed += 1
@@ -538,43 +587,6 @@ class Consumer:
             code,
             extra={"message_id": entry.message_id, "error_code": code},
         )
-
-    # -- visibility heartbeats ----------------------------------------------------------------------
-
-    async def _heartbeats(self) -> None:
-        interval = self._hb_interval
-        lease = self.options.visibility_timeout
-        while True:
-            await trio.sleep(interval / 2)
-            now = trio.current_time()
-            due = [
-                t.message.receipt_handle
-                for t in self._tracked.values()
-                if now - t.extended_at >= interval and now - t.received_at + lease < _TWELVE_HOURS
-            ]
-            for start in range(0, len(due), 10):
-                # Re-check right before sending: a message settled meanwhile is never extended.
-                chunk = [self._tracked[h] for h in due[start : start + 10] if h in self._tracked]
-                if not chunk:
-                    continue
-                sent_at = trio.current_time()
-                handles = {str(i): t.message.receipt_handle for i, t in enumerate(chunk)}
-                try:
-                    result = await self._client.change_message_visibility_batch(
-                        self.queue_url, handles, lease
-                    )
-                except SQSError as exc:
-                    self._counters.heartbeat_errors += 1
-                    log.warning("visibility heartbeat failed: %s", exc)
-                    continue
-                for entry_id in result.successful:
-                    chunk[int(entry_id)].extended_at = sent_at
-                    self._counters.visibility_extensions += 1
-                for failure in result.failed:
-                    # An invalid receipt handle means the message was settled or received again
-                    # elsewhere meanwhile: nothing to extend.
-                    self._counters.heartbeat_errors += 1
-                    log.debug("heartbeat entry failed: %s", failure)
 
 
 def _failed_ids(reported: Iterable[Message | str] | None, messages: Sequence[Message]) -> set[str]:
@@ -586,109 +598,3 @@ def _failed_ids(reported: Iterable[Message | str] | None, messages: Sequence[Mes
     if unknown:
         raise TypeError(f"batch handler reported unknown message id(s): {sorted(unknown)}")
     return failed
-
-
-def _make_options(options: ConsumerOptions | None, kwargs: dict[str, Any]) -> ConsumerOptions:
-    if options is not None:
-        if kwargs:
-            raise ConfigurationError(
-                "pass either options=ConsumerOptions(...) or option keywords, not both",
-                code="InvalidOption",
-            )
-        return options
-    try:
-        return ConsumerOptions(**kwargs)
-    except TypeError as exc:
-        raise ConfigurationError(f"unknown consumer option: {exc}", code="InvalidOption") from exc
-
-
-@asynccontextmanager
-async def open_consumer(
-    queue: str,
-    handler: Handler | BatchHandler,
-    *,
-    batch: bool = False,
-    client: SQSClient | None = None,
-    region: str | None = None,
-    endpoint_url: str | None = None,
-    profile: str | None = None,
-    options: ConsumerOptions | None = None,
-    **option_kwargs: Any,
-) -> AsyncIterator[Consumer]:
-    """Consume ``queue`` with ``handler`` while the block runs; stop gracefully when it ends.
-
-    Args:
-        queue: A queue name or URL.
-        handler: ``async def handler(message)``; returning acknowledges (deletes) the message,
-            raising leaves it to reappear after the failure backoff, raising :class:`Retry`
-            after the given delay. With ``batch=True``, ``async def handler(messages)`` that
-            may return the messages (or message ids) that failed; the rest are acknowledged.
-        batch: Whether ``handler`` takes a list of messages.
-        client: An open :class:`SQSClient` to use; by default the consumer opens its own with
-            ``region``, ``endpoint_url`` and ``profile``.
-        options: A :class:`ConsumerOptions`, or pass its fields as keywords.
-
-    Raises:
-        ConfigurationError: for invalid options, before any I/O.
-        QueueDoesNotExist: if the queue does not exist, before the block starts.
-
-    Cancellation: leaving the block for any reason (including cancellation of an enclosing
-    scope) stops the consumer gracefully: the exit waits for the bounded shutdown
-    (grace_period + flush_timeout + 0.5 s at most) inside a shielded scope.
-    """
-    opts = _make_options(options, option_kwargs)
-    if not callable(handler):
-        raise ConfigurationError(f"handler must be callable, got {handler!r}", code="InvalidOption")
-    async with AsyncExitStack() as stack:
-        if client is None:
-            pollers = opts.effective_pollers(batch)
-            client = await stack.enter_async_context(
-                open_client(
-                    region=region,
-                    endpoint_url=endpoint_url,
-                    profile=profile,
-                    limits=Limits(max_receive_connections=pollers, max_other_connections=8),
-                )
-            )
-        queue_url, fifo = await _resolve_queue(client, queue)
-        consumer = Consumer(client, queue_url, handler, opts, batch=batch, fifo=fifo)
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(consumer._run)
-                try:
-                    yield consumer
-                finally:
-                    consumer.stop()
-        except BaseExceptionGroup as group:
-            raise_unwrapped(group)
-
-
-async def _resolve_queue(client: SQSClient, queue: str) -> tuple[str, bool]:
-    if queue.startswith(("https://", "http://")):
-        url = queue
-        attributes = await client.get_queue_attributes(url, ["FifoQueue"])
-    else:
-        url = await client.get_queue_url(queue)
-        attributes = await client.get_queue_attributes(url, ["FifoQueue"])
-    fifo = attributes.get("FifoQueue", "false").lower() == "true" or url.endswith(".fifo")
-    return url, fifo
-
-
-async def run_consumer(
-    queue: str,
-    handler: Handler | BatchHandler,
-    *,
-    task_status: trio.TaskStatus[Consumer] = trio.TASK_STATUS_IGNORED,
-    **kwargs: Any,
-) -> None:
-    """Run a consumer in a nursery you own, until it is stopped or the nursery is cancelled.
-
-    Takes the same arguments as :func:`open_consumer`. ``await nursery.start(run_consumer, ...)``
-    returns the :class:`Consumer` once it is polling.
-
-    Cancellation: cancelling the surrounding scope stops the consumer gracefully (bounded by
-    grace_period + flush_timeout + 0.5 s) before this returns.
-    """
-    async with open_consumer(queue, handler, **kwargs) as consumer:
-        task_status.started(consumer)
-        await consumer.wait_stopped()

@@ -81,27 +81,43 @@ class CredentialCache:
 
     async def _refresh(self) -> None:
         try:
-            frozen = await trio.to_thread.run_sync(
-                self._source.get_frozen_credentials, abandon_on_cancel=True
-            )
-        except (BotoCoreError, ClientError) as exc:
-            # ClientError: an STS call inside the provider failed (AssumeRole, web identity).
+            await trio.to_thread.run_sync(self._refresh_blocking, abandon_on_cancel=True)
+        except BotoCoreError as exc:
             raise CredentialsError(f"credential refresh failed: {exc}") from exc
+        except ClientError as exc:  # STS errors inside assume-role / web-identity providers
+            raise CredentialsError(f"credential refresh failed: {exc}") from exc
+
+    def _refresh_blocking(self) -> None:
+        """Refresh and store the snapshot (in a worker thread).
+
+        The snapshot is stored by the thread itself, so a refresh whose waiting task was cancelled
+        (and abandoned the thread) still lands: botocore's source counts itself refreshed either
+        way, and the cache must not keep serving the expired keys.
+        """
+        frozen = self._source.get_frozen_credentials()
         if frozen is None or not frozen.access_key or not frozen.secret_key:
             raise CredentialsError("the credential provider returned no credentials")
+        # A single reference assignment: atomic, safe to read from the Trio thread.
         self._snapshot = ReadOnlyCredentials(frozen.access_key, frozen.secret_key, frozen.token)
         self.refreshes += 1
 
     async def run_refresher(self, *, check_interval: float = REFRESH_CHECK_INTERVAL) -> None:
-        """Refresh in the background whenever botocore's advisory window opens. Runs until cancelled.
+        """Re-read the source in a worker thread every ``check_interval`` seconds, so that botocore
+        refreshes in its advisory window, ahead of expiry. Runs until cancelled.
 
         A failed background refresh is not fatal: requests will retry inside the mandatory window
         and raise :class:`CredentialsError` there.
+
+        Cancellation: stops at once; a refresh already in its thread finishes there and its
+        result is still stored.
         """
         if not self.refreshable:
             await trio.sleep(math.inf)
         while True:
-            if _refresh_needed(self._source, None) and not self._lock.locked():
+            # Also when botocore does not ask for a refresh: the source may have been refreshed
+            # behind our back (a refresh we abandoned, or a boto3 client sharing it), and the
+            # snapshot must follow. When nothing is due, botocore returns the current keys.
+            if not self._lock.locked():
                 async with self._lock:
                     try:
                         await self._refresh()

@@ -29,9 +29,10 @@ import trio
 
 from ._cli import EXIT_ERROR, EXIT_OK, ShutdownSignals, classify
 from ._client import SQSClient, open_client
-from ._consumer import Consumer, open_consumer
+from ._consumer import Consumer
 from ._logsetup import setup_logging
 from ._message import Message
+from ._open import open_consumer
 from ._options import ConsumerOptions
 from ._settings import LOG_SETTINGS, CommandError, add_setting, make_options, resolve
 from ._stats import ConsumerStatistics

@@ -205,24 +205,36 @@ def md5_of_message_attributes(attributes: Mapping[str, MessageAttributeValue]) -
     return _md5_hex(bytes(buf))
 
 
+def _corrupt(message_id: str, receipt_handle: str, reason: str) -> CorruptMessage:
+    error = MessageCorruptError(reason, message_id=message_id, receipt_handle=receipt_handle)
+    return CorruptMessage(message_id, receipt_handle, error)
+
+
 def message_from_wire(raw: Mapping[str, Any], queue_url: str) -> Message | CorruptMessage:
     """Build a :class:`Message` from a parsed ReceiveMessage entry, verifying its MD5 digests.
 
-    Returns a :class:`CorruptMessage` instead when a digest does not match.
+    Returns a :class:`CorruptMessage` instead when a digest does not match or the entry is
+    malformed (one bad message must not take a consumer down: every replica would die on it).
     """
+    try:
+        return _from_wire(raw, queue_url)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        message_id = str(raw.get("MessageId", "?"))
+        return _corrupt(
+            message_id,
+            str(raw.get("ReceiptHandle", "")),
+            f"message {message_id} is malformed: {type(exc).__name__}: {exc}",
+        )
+
+
+def _from_wire(raw: Mapping[str, Any], queue_url: str) -> Message | CorruptMessage:
     message_id = raw["MessageId"]
     receipt_handle = raw["ReceiptHandle"]
     body = raw.get("Body", "")
     md5_body = raw.get("MD5OfBody", "")
     if _md5_hex(body.encode()) != md5_body:
-        return CorruptMessage(
-            message_id,
-            receipt_handle,
-            MessageCorruptError(
-                f"body of message {message_id} does not match its MD5OfBody",
-                message_id=message_id,
-                receipt_handle=receipt_handle,
-            ),
+        return _corrupt(
+            message_id, receipt_handle, f"body of message {message_id} does not match its MD5OfBody"
         )
     wire_attrs = raw.get("MessageAttributes")
     attrs: Mapping[str, MessageAttributeValue] = _EMPTY
@@ -239,14 +251,10 @@ def message_from_wire(raw: Mapping[str, Any], queue_url: str) -> Message | Corru
             }
         )
         if md5_attrs is None or md5_of_message_attributes(attrs) != md5_attrs:
-            return CorruptMessage(
+            return _corrupt(
                 message_id,
                 receipt_handle,
-                MessageCorruptError(
-                    f"attributes of message {message_id} do not match MD5OfMessageAttributes",
-                    message_id=message_id,
-                    receipt_handle=receipt_handle,
-                ),
+                f"attributes of message {message_id} do not match MD5OfMessageAttributes",
             )
     system = raw.get("Attributes")
     return Message(

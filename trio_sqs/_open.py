@@ -1,0 +1,129 @@
+"""The entry points: :func:`open_consumer` (an async context manager that owns its nursery) and
+:func:`run_consumer` (for callers who bring their own nursery)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import trio
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+from ._client import SQSClient, open_client
+from ._config import Limits
+from ._consumer import BatchHandler, Consumer, Handler
+from ._exceptions import ConfigurationError
+from ._options import ConsumerOptions
+from ._util import raise_unwrapped
+
+__all__ = ["open_consumer", "run_consumer"]
+
+
+def _make_options(options: ConsumerOptions | None, kwargs: dict[str, Any]) -> ConsumerOptions:
+    if options is not None:
+        if kwargs:
+            raise ConfigurationError(
+                "pass either options=ConsumerOptions(...) or option keywords, not both",
+                code="InvalidOption",
+            )
+        return options
+    try:
+        return ConsumerOptions(**kwargs)
+    except TypeError as exc:
+        raise ConfigurationError(f"unknown consumer option: {exc}", code="InvalidOption") from exc
+
+
+@asynccontextmanager
+async def open_consumer(
+    queue: str,
+    handler: Handler | BatchHandler,
+    *,
+    batch: bool = False,
+    client: SQSClient | None = None,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    profile: str | None = None,
+    options: ConsumerOptions | None = None,
+    **option_kwargs: Any,
+) -> AsyncIterator[Consumer]:
+    """Consume ``queue`` with ``handler`` while the block runs; stop gracefully when it ends.
+
+    Args:
+        queue: A queue name or URL.
+        handler: ``async def handler(message)``; returning acknowledges (deletes) the message,
+            raising leaves it to reappear after the failure backoff, raising :class:`Retry`
+            after the given delay. With ``batch=True``, ``async def handler(messages)`` that
+            may return the messages (or message ids) that failed; the rest are acknowledged.
+        batch: Whether ``handler`` takes a list of messages.
+        client: An open :class:`SQSClient` to use; by default the consumer opens its own with
+            ``region``, ``endpoint_url`` and ``profile``.
+        options: A :class:`ConsumerOptions`, or pass its fields as keywords.
+
+    Raises:
+        ConfigurationError: for invalid options, before any I/O.
+        QueueDoesNotExist: if the queue does not exist, before the block starts.
+
+    Cancellation: leaving the block for any reason (including cancellation of an enclosing
+    scope) stops the consumer gracefully: the exit waits for the bounded shutdown
+    (grace_period + flush_timeout + 0.5 s at most) inside a shielded scope.
+    """
+    opts = _make_options(options, option_kwargs)
+    if not callable(handler):
+        raise ConfigurationError(f"handler must be callable, got {handler!r}", code="InvalidOption")
+    async with AsyncExitStack() as stack:
+        if client is None:
+            pollers = opts.effective_pollers(batch)
+            client = await stack.enter_async_context(
+                open_client(
+                    region=region,
+                    endpoint_url=endpoint_url,
+                    profile=profile,
+                    limits=Limits(max_receive_connections=pollers, max_other_connections=8),
+                )
+            )
+        queue_url, fifo = await _resolve_queue(client, queue)
+        consumer = Consumer(client, queue_url, handler, opts, batch=batch, fifo=fifo)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(consumer._run)
+                try:
+                    yield consumer
+                finally:
+                    consumer.stop()
+        except BaseExceptionGroup as group:
+            raise_unwrapped(group)
+
+
+async def _resolve_queue(client: SQSClient, queue: str) -> tuple[str, bool]:
+    if queue.startswith(("https://", "http://")):
+        url = queue
+    else:
+        url = await client.get_queue_url(queue)
+    # Also proves that a queue given by URL exists, before the consumer starts.
+    attributes = await client.get_queue_attributes(url, ["FifoQueue"])
+    fifo = attributes.get("FifoQueue", "false").lower() == "true" or url.endswith(".fifo")
+    return url, fifo
+
+
+async def run_consumer(
+    queue: str,
+    handler: Handler | BatchHandler,
+    *,
+    task_status: trio.TaskStatus[Consumer] = trio.TASK_STATUS_IGNORED,
+    **kwargs: Any,
+) -> None:
+    """Run a consumer in a nursery you own, until it is stopped or the nursery is cancelled.
+
+    Takes the same arguments as :func:`open_consumer`. ``await nursery.start(run_consumer, ...)``
+    returns the :class:`Consumer` once it is polling.
+
+    Cancellation: cancelling the surrounding scope stops the consumer gracefully (bounded by
+    grace_period + flush_timeout + 0.5 s) before this returns.
+    """
+    async with open_consumer(queue, handler, **kwargs) as consumer:
+        task_status.started(consumer)
+        await consumer.wait_stopped()
