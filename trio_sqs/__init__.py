@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ._client import SendEntry, SQSClient, open_client
+from ._client import SendEntry, SQSClient
 from ._config import Limits, RetryPolicy
+from ._connect import open_client
 from ._consumer import BatchHandler, Consumer, Handler, Retry
 from ._exceptions import (
     AccessDenied,

@@ -83,7 +83,9 @@ class Batcher:
     async def run(self) -> None:
         """Send batches until cancelled.
 
-        Cancellation: entries not yet sent stay pending; :meth:`flush` sends them.
+        Cancellation: entries not yet sent stay pending (see :meth:`drain`); entries of a call
+        cancelled on the wire stay counted in :attr:`pending` (the call may or may not have
+        reached SQS).
         """
         async with trio.open_nursery() as nursery:
             while True:
@@ -113,17 +115,18 @@ class Batcher:
 
     def _take_all(self) -> list[list[Entry]]:
         pending, self._pending = self._pending, []
-        # Several entries for one receipt handle: keep the last word (a delete wins anyway).
+        # Several entries for one receipt handle (a release sent again after a heartbeat that may
+        # have overtaken it): one call may not name a handle twice, and the last entry wins.
         by_handle: dict[str, Entry] = {}
         for entry in pending:
-            previous = by_handle.get(entry.receipt_handle)
-            if previous is None or previous.visibility is not None:
-                by_handle[entry.receipt_handle] = entry
+            by_handle[entry.receipt_handle] = entry
         entries = list(by_handle.values())
+        # Counted as in flight from here, not from when the send task starts: in between, the
+        # entries would be in neither count and `pending` would wrongly read 0.
+        self.in_flight += len(entries)
         return [entries[i : i + BATCH_LIMIT] for i in range(0, len(entries), BATCH_LIMIT)]
 
     async def _send(self, chunk: list[Entry]) -> None:
-        self.in_flight += len(chunk)
         ids = {str(i): entry for i, entry in enumerate(chunk)}
         try:
             handles = {i: e.receipt_handle for i, e in ids.items()}
@@ -141,6 +144,11 @@ class Batcher:
             for entry in chunk:
                 self._retry_or_fail(entry, exc.code)
             return
+        except trio.Cancelled:
+            # Fate unknown (the call may or may not have reached SQS): keep the entries counted,
+            # so a shutdown cut short reports them instead of losing them silently.
+            self._pending.extend(chunk)
+            raise
         finally:
             self.in_flight -= len(chunk)
             self._changed.unpark_all()

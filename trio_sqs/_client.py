@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
-import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import trio
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
-from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError
-from botocore.session import Session
 
 from ._config import Limits, RetryPolicy, check_int_range
-from ._credentials import CredentialCache, CredentialSource
+from ._credentials import CredentialCache
 from ._exceptions import (
     BatchEntryError,
     ClientClosedError,
     ConfigurationError,
-    CredentialsError,
     ServiceError,
     SQSError,
     TransportError,
@@ -42,14 +33,10 @@ from ._message import (
 )
 from ._protocol import (
     SQSProtocol,
-    check_region,
     is_retryable_error,
-    load_service_data,
-    resolve_endpoint,
 )
-from ._util import raise_unwrapped
 
-__all__ = ["SQSClient", "SendEntry", "open_client"]
+__all__ = ["SQSClient", "SendEntry"]
 
 log = logging.getLogger("trio_sqs.client")
 
@@ -524,188 +511,3 @@ def _entries(receipt_handles: Sequence[str] | Mapping[str, str]) -> list[tuple[s
     if isinstance(receipt_handles, Mapping):
         return [(str(k), v) for k, v in receipt_handles.items()]
     return [(str(i), h) for i, h in enumerate(receipt_handles)]
-
-
-# -- opening a client ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Resolved:
-    region: str
-    endpoint: str
-    source: CredentialSource
-    protocol: SQSProtocol
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() == "true"
-
-
-def _resolve_blocking(
-    region: str | None,
-    endpoint_url: str | None,
-    profile: str | None,
-    credentials: CredentialSource | None,
-    access_key: tuple[str, str, str | None] | None,
-    use_fips: bool | None,
-    use_dualstack: bool | None,
-) -> _Resolved:
-    """Everything that may block: load the model, read config files, walk the credential chain."""
-    data = load_service_data()
-    try:
-        session = Session(profile=profile)
-        if region is None:
-            region = session.get_config_variable("region")
-        if use_fips is None:
-            use_fips = bool(session.get_config_variable("use_fips_endpoint"))
-        if use_dualstack is None:
-            use_dualstack = bool(session.get_config_variable("use_dualstack_endpoint"))
-        source: CredentialSource | None = credentials
-        if source is None and access_key is not None:
-            source = Credentials(*access_key, method="explicit")
-        if source is None:
-            source = session.get_credentials()
-    except BotoCoreError as exc:
-        raise CredentialsError(f"cannot load AWS configuration: {exc}") from exc
-    if region is None:
-        raise ConfigurationError(
-            "no region: pass region=..., or set AWS_REGION / AWS_DEFAULT_REGION, "
-            "or a region in the AWS config file",
-            code="InvalidOption",
-        )
-    check_region(region, custom_endpoint=endpoint_url is not None)
-    if source is None:
-        raise CredentialsError(
-            "no AWS credentials found (environment, shared files, SSO, web identity, "
-            "container or instance metadata)"
-        )
-    endpoint = resolve_endpoint(
-        data,
-        region,
-        use_fips=bool(use_fips),
-        use_dualstack=bool(use_dualstack),
-        endpoint_url=endpoint_url,
-    )
-    return _Resolved(region, endpoint, source, SQSProtocol(data, endpoint, region))
-
-
-@asynccontextmanager
-async def open_client(
-    *,
-    region: str | None = None,
-    endpoint_url: str | None = None,
-    profile: str | None = None,
-    aws_access_key_id: str | None = None,
-    aws_secret_access_key: str | None = None,
-    aws_session_token: str | None = None,
-    credentials: CredentialSource | None = None,
-    use_fips: bool | None = None,
-    use_dualstack: bool | None = None,
-    limits: Limits | None = None,
-    retry: RetryPolicy | None = None,
-    verify: bool | str = True,
-) -> AsyncIterator[SQSClient]:
-    """Open an SQS client that owns its HTTP connections and credential refresher.
-
-    Args:
-        region: The AWS region. Default: ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` / the config file.
-        endpoint_url: Override the endpoint (a local server). Default: ``AWS_ENDPOINT_URL_SQS``,
-            then ``AWS_ENDPOINT_URL`` (ignored if ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true``),
-            then the endpoint botocore's rules give for the region.
-        profile: A profile of the shared config and credentials files.
-        aws_access_key_id, aws_secret_access_key, aws_session_token: Explicit static keys.
-        credentials: A botocore ``Credentials`` object (refreshable or not) to use instead of the
-            chain.
-        use_fips, use_dualstack: Select FIPS / dual-stack endpoints. Default: from the config.
-        limits: Connection budgets (:class:`Limits`).
-        retry: Retry policy (:class:`RetryPolicy`).
-        verify: TLS verification: ``True`` (default) or a CA bundle path.
-
-    Raises:
-        ConfigurationError: for an invalid option, before any network I/O.
-        CredentialsError: if no credentials can be found.
-
-    Cancellation: leaving the block (normally, by an exception or by cancellation) cancels the
-    credential refresher and closes the HTTP connections under a short shielded deadline.
-    """
-    limits = limits if limits is not None else Limits()
-    retry = retry if retry is not None else RetryPolicy()
-    if not isinstance(limits, Limits):
-        raise ConfigurationError(f"limits must be a Limits, got {limits!r}", code="InvalidOption")
-    if not isinstance(retry, RetryPolicy):
-        raise ConfigurationError(
-            f"retry must be a RetryPolicy, got {retry!r}", code="InvalidOption"
-        )
-    if (aws_access_key_id is None) != (aws_secret_access_key is None):
-        raise ConfigurationError(
-            "aws_access_key_id and aws_secret_access_key must be given together",
-            code="InvalidOption",
-        )
-    if region is not None:
-        check_region(region, custom_endpoint=True)
-    if endpoint_url is None and not _env_flag("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):
-        endpoint_url = os.environ.get("AWS_ENDPOINT_URL_SQS") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint_url is not None:
-        try:
-            parsed = httpx.URL(endpoint_url)
-            valid = (
-                parsed.scheme in ("http", "https")
-                and bool(parsed.host)
-                and (parsed.port is None or 0 < parsed.port < 65536)
-            )
-        except (httpx.InvalidURL, TypeError) as exc:
-            raise ConfigurationError(
-                f"endpoint_url={endpoint_url!r} is not a valid URL: {exc}", code="InvalidOption"
-            ) from exc
-        if not valid:
-            raise ConfigurationError(
-                f"endpoint_url={endpoint_url!r} must be an http(s) URL with a host "
-                "(and a port from 1 to 65535)",
-                code="InvalidOption",
-            )
-    access_key = (
-        (aws_access_key_id, aws_secret_access_key, aws_session_token)
-        if aws_access_key_id is not None and aws_secret_access_key is not None
-        else None
-    )
-    resolved = await trio.to_thread.run_sync(
-        _resolve_blocking,
-        region,
-        endpoint_url,
-        profile,
-        credentials,
-        access_key,
-        use_fips,
-        use_dualstack,
-        abandon_on_cancel=True,
-    )
-    cache = CredentialCache(resolved.source)
-    await cache.get()
-    http = httpx.AsyncClient(
-        limits=httpx.Limits(
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-        ),
-        timeout=httpx.Timeout(DEFAULT_TIMEOUT),
-        verify=verify,
-        trust_env=False,
-        follow_redirects=False,
-    )
-    client = SQSClient(resolved.protocol, cache, http, limits=limits, retry=retry)
-    try:
-        try:
-            async with trio.open_nursery() as nursery:
-                if cache.refreshable:
-                    nursery.start_soon(cache.run_refresher)
-                try:
-                    yield client
-                finally:
-                    client._closed = True
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # The refresher never raises: the error is the caller's own, let it out as is.
-            raise_unwrapped(group)
-    finally:
-        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-            await http.aclose()

@@ -102,8 +102,7 @@ class CredentialCache:
         self.refreshes += 1
 
     async def run_refresher(self, *, check_interval: float = REFRESH_CHECK_INTERVAL) -> None:
-        """Re-read the source in a worker thread every ``check_interval`` seconds, so that botocore
-        refreshes in its advisory window, ahead of expiry. Runs until cancelled.
+        """Refresh in the background whenever botocore's advisory window opens. Runs until cancelled.
 
         A failed background refresh is not fatal: requests will retry inside the mandatory window
         and raise :class:`CredentialsError` there.
@@ -114,10 +113,7 @@ class CredentialCache:
         if not self.refreshable:
             await trio.sleep(math.inf)
         while True:
-            # Also when botocore does not ask for a refresh: the source may have been refreshed
-            # behind our back (a refresh we abandoned, or a boto3 client sharing it), and the
-            # snapshot must follow. When nothing is due, botocore returns the current keys.
-            if not self._lock.locked():
+            if _refresh_needed(self._source, None) and not self._lock.locked():
                 async with self._lock:
                     try:
                         await self._refresh()

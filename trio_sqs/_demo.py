@@ -28,7 +28,8 @@ from typing import Any, TextIO
 import trio
 
 from ._cli import EXIT_ERROR, EXIT_OK, ShutdownSignals, classify
-from ._client import SQSClient, open_client
+from ._client import SQSClient
+from ._connect import open_client
 from ._consumer import Consumer
 from ._logsetup import setup_logging
 from ._message import Message

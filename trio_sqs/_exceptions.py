@@ -18,7 +18,8 @@ Every exception the library raises on purpose derives from :class:`SQSError`::
 
 Every error carries ``code``, ``message``, ``status_code`` and ``request_id`` (``None`` where the error
 never reached a server). Exceptions of httpx and botocore never escape: they are translated at one
-boundary, in ``_client.py``, and kept as ``__cause__``.
+boundary, in ``_client.py`` (and ``_protocol.py`` / ``_connect.py`` for configuration), and
+kept as ``__cause__``.
 
 ``trio.Cancelled`` is never wrapped or swallowed.
 """

@@ -13,8 +13,9 @@ import trio
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-from ._client import SQSClient, open_client
+from ._client import SQSClient
 from ._config import Limits
+from ._connect import open_client
 from ._consumer import BatchHandler, Consumer, Handler
 from ._exceptions import ConfigurationError
 from ._options import ConsumerOptions

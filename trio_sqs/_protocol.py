@@ -2,7 +2,7 @@
 
 Everything here is a plain function of data and bytes. Nothing does network I/O, and nothing here
 knows about Trio. Loading the service model reads JSON files from disk and costs CPU, so
-:func:`load_service_data` is meant to run once, in a worker thread (``_client.py`` does that).
+:func:`load_service_data` is meant to run once, in a worker thread (``_connect.py`` does that).
 
 This is the only module that imports botocore's request machinery; botocore exceptions raised
 here are translated into trio_sqs exceptions before they leave it.
