@@ -102,8 +102,10 @@ async def client_on_fake(**kwargs: Any) -> AsyncIterator[tuple[SQSClient, FakeSQ
 class FakeSource:
     """A credential provider shaped like botocore's RefreshableCredentials, with a knob for expiry.
 
-    ``get_frozen_credentials`` blocks for ``delay`` seconds (it runs in a worker thread) and hands
-    out a new generation of keys each time it refreshes.
+    Like botocore's, ``get_frozen_credentials`` refreshes only when a refresh is needed (advisory
+    or mandatory window); then it blocks for ``delay`` seconds (it runs in a worker thread) and
+    hands out a new generation of keys. Otherwise it returns the current keys at once.
+    ``calls`` counts refreshes.
     """
 
     def __init__(self, delay: float = 0.0, fail: Exception | None = None) -> None:
@@ -121,7 +123,12 @@ class FakeSource:
     def refresh_needed(self, refresh_in: float | None = None) -> bool:
         return self.advisory if refresh_in is None else self.mandatory
 
+    def _current(self) -> ReadOnlyCredentials:
+        return ReadOnlyCredentials(f"AKIDGEN{self.generation}", "secret", f"tok{self.generation}")
+
     def get_frozen_credentials(self) -> ReadOnlyCredentials:
+        if not (self.mandatory or self.advisory):
+            return self._current()
         with self._lock:
             self.calls += 1
             self.in_flight += 1
@@ -132,9 +139,7 @@ class FakeSource:
                 raise self.fail
             self.generation += 1
             self.mandatory = self.advisory = False
-            return ReadOnlyCredentials(
-                f"AKIDGEN{self.generation}", "secret", f"tok{self.generation}"
-            )
+            return self._current()
         finally:
             with self._lock:
                 self.in_flight -= 1

@@ -15,7 +15,9 @@ Shutdown, from the moment ``stop()`` is called (t0):
    running then are cancelled and their messages released.
 4. Pending deletes and releases are flushed within ``flush_timeout``; what could not be sent is
    logged with counts (those messages reappear after their visibility timeout).
-5. The whole shutdown is bounded by grace + flush_timeout + a small margin.
+5. The whole shutdown is bounded by grace + flush_timeout + a small margin, provided handlers do
+   not shield themselves from cancellation (Trio cannot preempt a shielded scope; what such a
+   handler holds when the bound is reached is counted as unflushed and logged).
 
 An internal error takes the same path: the consumer stops gracefully, then raises the error.
 """

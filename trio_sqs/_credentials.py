@@ -102,7 +102,9 @@ class CredentialCache:
         self.refreshes += 1
 
     async def run_refresher(self, *, check_interval: float = REFRESH_CHECK_INTERVAL) -> None:
-        """Refresh in the background whenever botocore's advisory window opens. Runs until cancelled.
+        """Re-read the source in a worker thread every ``check_interval`` seconds, so botocore
+        refreshes in its advisory window, ahead of expiry, and the snapshot follows any refresh
+        made elsewhere. Runs until cancelled.
 
         A failed background refresh is not fatal: requests will retry inside the mandatory window
         and raise :class:`CredentialsError` there.
@@ -113,7 +115,11 @@ class CredentialCache:
         if not self.refreshable:
             await trio.sleep(math.inf)
         while True:
-            if _refresh_needed(self._source, None) and not self._lock.locked():
+            # Read the source even when botocore does not ask for a refresh: it may have been
+            # refreshed behind our back (a refresh we abandoned, or a boto3 client sharing it),
+            # and the snapshot must follow. When nothing is due, botocore answers at once with the
+            # current keys; in its advisory window it refreshes them first.
+            if not self._lock.locked():
                 async with self._lock:
                     try:
                         await self._refresh()

@@ -70,7 +70,8 @@ async def open_consumer(
 
     Cancellation: leaving the block for any reason (including cancellation of an enclosing
     scope) stops the consumer gracefully: the exit waits for the bounded shutdown
-    (grace_period + flush_timeout + 0.5 s at most) inside a shielded scope.
+    (grace_period + flush_timeout + 0.5 s at most, unless a handler shields itself from
+    cancellation) inside a shielded scope.
     """
     opts = _make_options(options, option_kwargs)
     if not callable(handler):
