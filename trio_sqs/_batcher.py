@@ -22,6 +22,8 @@ log = logging.getLogger("trio_sqs.consumer")
 
 BATCH_LIMIT = 10
 MAX_ENTRY_ATTEMPTS = 3
+# A release is only sent while at least this much of its lease is left (its trip to SQS included).
+LEASE_MARGIN = 0.5
 _FINAL_CODES = {"ReceiptHandleIsInvalid", "InvalidReceiptHandle", "MessageNotInflight"}
 
 
@@ -31,6 +33,10 @@ class Entry:
     receipt_handle: str
     visibility: int | None = None  # None: delete; otherwise the new visibility timeout
     attempts: int = 0
+    # Releases: when our receive lease ends at the earliest (trio clock). Past it (less a margin
+    # for the trip), the message may be visible again or held by another consumer, and a release
+    # with our receipt handle could take it from them: it is dropped instead of sent.
+    lease_end: float | None = None
 
 
 class Batcher:
@@ -43,6 +49,7 @@ class Batcher:
         interval: Longest wait before a partial batch is sent.
         on_success: Called with each entry once SQS confirmed it.
         on_failure: Called with each entry that finally failed, and the error code.
+        on_expired: Called with each entry dropped unsent because its ``lease_end`` had passed.
     """
 
     def __init__(
@@ -53,6 +60,7 @@ class Batcher:
         interval: float,
         on_success: Callable[[Entry], None],
         on_failure: Callable[[Entry, str], None],
+        on_expired: Callable[[Entry], None] | None = None,
     ) -> None:
         self._client = client
         self._queue_url = queue_url
@@ -60,7 +68,10 @@ class Batcher:
         self._interval = interval
         self._on_success = on_success
         self._on_failure = on_failure
+        self._on_expired = on_expired
         self._pending: list[Entry] = []
+        # Entries kept back until :meth:`unhold` (a release waits for a heartbeat on the wire).
+        self._held: dict[str, Entry] = {}
         self._wakeup = trio.Event()
         self._urgent = False
         self.in_flight = 0
@@ -68,12 +79,27 @@ class Batcher:
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + self.in_flight
+        """Entries not yet confirmed: waiting, held back, or on the wire."""
+        return len(self._pending) + self.in_flight + len(self._held)
 
     def add(self, entry: Entry) -> None:
         self._pending.append(entry)
         if len(self._pending) >= BATCH_LIMIT or self._urgent or len(self._pending) == 1:
             self._wakeup.set()
+
+    def hold(self, entry: Entry) -> None:
+        """Keep ``entry`` back until :meth:`unhold` is called with its receipt handle. It counts
+        as pending meanwhile, so :meth:`drain` waits for it."""
+        self._held[entry.receipt_handle] = entry
+
+    def unhold(self, receipt_handle: str, lease_end: float | None) -> None:
+        """Send the entry held for ``receipt_handle``, if any, like :meth:`add`, with its lease
+        now ending at ``lease_end``."""
+        entry = self._held.pop(receipt_handle, None)
+        if entry is not None:
+            entry.lease_end = lease_end
+            self.add(entry)
+            self._changed.unpark_all()
 
     def hurry(self) -> None:
         """Send pending entries now instead of waiting for ``interval`` (used at shutdown)."""
@@ -107,20 +133,31 @@ class Batcher:
         Entries that fail are retried up to a few times first. Must be called while :meth:`run`
         is running.
 
+        Held entries are waited for too (see :meth:`hold`).
+
         Cancellation: unsent entries stay pending and are counted by :attr:`pending`.
         """
         self.hurry()
-        while self._pending or self.in_flight:
+        while self._pending or self.in_flight or self._held:
             await self._changed.park()
 
     def _take_all(self) -> list[list[Entry]]:
         pending, self._pending = self._pending, []
-        # Several entries for one receipt handle (a release sent again after a heartbeat that may
-        # have overtaken it): one call may not name a handle twice, and the last entry wins.
+        # Several entries for one receipt handle (e.g. a retried entry and a newer one): one call
+        # may not name a handle twice, and the last entry wins.
         by_handle: dict[str, Entry] = {}
         for entry in pending:
             by_handle[entry.receipt_handle] = entry
-        entries = list(by_handle.values())
+        now = trio.current_time()
+        entries = []
+        for entry in by_handle.values():
+            if entry.lease_end is not None and now > entry.lease_end - LEASE_MARGIN:
+                if self._on_expired is not None:
+                    self._on_expired(entry)
+            else:
+                entries.append(entry)
+        if len(entries) < len(by_handle):
+            self._changed.unpark_all()
         # Counted as in flight from here, not from when the send task starts: in between, the
         # entries would be in neither count and `pending` would wrongly read 0.
         self.in_flight += len(entries)

@@ -145,8 +145,16 @@ class Consumer:
             client, queue_url, "delete", options.ack_interval, self._deleted, self._delete_failed
         )
         self._releases = Batcher(
-            client, queue_url, "release", options.ack_interval, self._released, self._release_failed
+            client,
+            queue_url,
+            "release",
+            options.ack_interval,
+            self._released,
+            self._release_failed,
+            self._release_expired,
         )
+        # Messages whose release waits for a heartbeat on the wire, by receipt handle.
+        self._awaiting_heartbeat: dict[str, Tracked] = {}
         self._heartbeat = Heartbeat(
             client,
             queue_url,
@@ -154,7 +162,7 @@ class Consumer:
             interval=options.effective_heartbeat_interval(),
             tracked=self._tracked,
             counters=self._counters,
-            resend_release=self._releases.add,
+            landed=self._heartbeat_landed,
         )
 
     # -- public, synchronous --------------------------------------------------------------------
@@ -556,12 +564,31 @@ class Consumer:
 
     def _release(self, message: Message, visibility: int) -> None:
         """Make ``message`` visible again after ``visibility`` seconds. The heartbeat stops
-        covering it first."""
-        self._tracked.pop(message.receipt_handle, None)
-        entry = Entry(message.message_id, message.receipt_handle, visibility)
-        self._releases.add(entry)
-        self._heartbeat.note_release(entry)
+        covering it first. The release is only sent while our lease surely runs (see
+        :class:`Entry`), and never while a heartbeat for the message is on the wire: SQS might
+        apply the heartbeat last and hide the message for a whole lease."""
+        handle = message.receipt_handle
+        tracked = self._tracked.pop(handle, None)
+        if tracked is None:  # landed after stop, never tracked: its lease has just begun
+            now = trio.current_time()
+            tracked = Tracked(message, now, now)
+        entry = Entry(message.message_id, handle, visibility, lease_end=self._lease_end(tracked))
+        if self._heartbeat.on_the_wire(handle):
+            self._awaiting_heartbeat[handle] = tracked
+            self._releases.hold(entry)
+        else:
+            self._releases.add(entry)
         self._credit.release(1)
+
+    def _heartbeat_landed(self, receipt_handle: str) -> None:
+        tracked = self._awaiting_heartbeat.pop(receipt_handle, None)
+        if tracked is not None:
+            self._releases.unhold(receipt_handle, self._lease_end(tracked))
+
+    def _lease_end(self, tracked: Tracked) -> float:
+        """The earliest our lease on ``tracked`` can end: the last extension SQS confirmed counts
+        from when it was sent."""
+        return tracked.extended_at + self.options.visibility_timeout
 
     # -- acknowledgement callbacks ------------------------------------------------------------------
 
@@ -580,6 +607,15 @@ class Consumer:
     def _released(self, entry: Entry) -> None:
         self._counters.released += 1
         self._last_release_applied = trio.current_time()
+
+    def _release_expired(self, entry: Entry) -> None:
+        self._counters.release_expired += 1
+        log.warning(
+            "not releasing %s: its lease may have run out (heartbeats failed or were late), so it "
+            "is visible again or held by another consumer",
+            entry.message_id,
+            extra={"message_id": entry.message_id},
+        )
 
     def _release_failed(self, entry: Entry, code: str) -> None:
         self._counters.release_failed += 1

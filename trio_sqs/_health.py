@@ -47,6 +47,7 @@ COUNTERS = (
     ("messages_cancelled_at_grace", "cancelled_at_grace", "Handlers cancelled at end of grace."),
     ("messages_released", "released", "Messages made visible again early (confirmed)."),
     ("release_failures", "release_failed", "Releases refused or not sent."),
+    ("releases_expired", "release_expired", "Releases dropped: the lease may have run out."),
     ("messages_deleted", "deleted", "Messages deleted (confirmed)."),
     ("delete_failures", "delete_failed", "Deletes refused or not sent."),
     ("heartbeat_extensions", "visibility_extensions", "Visibility extensions confirmed."),

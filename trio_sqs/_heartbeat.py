@@ -2,9 +2,12 @@
 
 A message is in hand from the moment it is received (buffered or running) until it is settled
 (acknowledged or released). Settling removes it from the tracked set before anything is sent, so a
-heartbeat never starts for a message that was acknowledged. A heartbeat already on the wire when
-its message is released might land after the release and hide the message for a whole lease:
-such releases are sent again once the heartbeat has returned.
+heartbeat never starts for a message that was acknowledged. A release and a heartbeat for one
+message are never on the wire together: whichever SQS applied last would win, and a heartbeat
+landing after the release would hide the message for a whole lease. So a release whose message has
+a heartbeat on the wire is held back (:meth:`Heartbeat.on_the_wire`) until that heartbeat has
+returned. (Sending the release at once and again after the heartbeat is wrong too: by then another
+consumer may have received the message, and the repeated release would take it from under them.)
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ._batcher import BATCH_LIMIT, Entry
+from ._batcher import BATCH_LIMIT
 from ._client import SQSClient
 from ._exceptions import SQSError
 from ._message import Message
@@ -49,7 +52,8 @@ class Heartbeat:
         interval: The longest time between two extensions of one message.
         tracked: The messages in hand, by receipt handle (owned by the consumer).
         counters: Where extensions and errors are counted.
-        resend_release: Called with a release that a heartbeat may have overtaken.
+        landed: Called with each receipt handle once the heartbeat that named it has returned
+            (or was cancelled): a release held back for it may go now.
     """
 
     def __init__(
@@ -61,7 +65,7 @@ class Heartbeat:
         interval: float,
         tracked: dict[str, Tracked],
         counters: Counters,
-        resend_release: Callable[[Entry], None],
+        landed: Callable[[str], None],
     ) -> None:
         self._client = client
         self._queue_url = queue_url
@@ -69,14 +73,13 @@ class Heartbeat:
         self._interval = interval
         self._tracked = tracked
         self._counters = counters
-        self._resend_release = resend_release
+        self._landed = landed
         self._on_the_wire: set[str] = set()
-        self._overtaken: dict[str, Entry] = {}
 
-    def note_release(self, entry: Entry) -> None:
-        """Call for every release: if a heartbeat for it is on the wire, it is sent again later."""
-        if entry.receipt_handle in self._on_the_wire:
-            self._overtaken[entry.receipt_handle] = entry
+    def on_the_wire(self, receipt_handle: str) -> bool:
+        """Whether a heartbeat naming ``receipt_handle`` is on the wire now (then a release must
+        wait for ``landed``)."""
+        return receipt_handle in self._on_the_wire
 
     async def run(self) -> None:
         """Extend leases until cancelled.
@@ -109,27 +112,27 @@ class Heartbeat:
         wire = {str(i): t.message.receipt_handle for i, t in enumerate(chunk)}
         self._on_the_wire.update(wire.values())
         try:
-            # One attempt: the next tick is the retry, and a late retry could land after a release.
-            result = await self._client.change_message_visibility_batch(
-                self._queue_url, wire, self._lease, retry=False
-            )
-        except SQSError as exc:
-            self._counters.heartbeat_errors += 1
-            log.warning("visibility heartbeat failed: %s", exc)
-            return
+            try:
+                # One attempt: the next tick is the retry, and a late retry could land after a
+                # release.
+                result = await self._client.change_message_visibility_batch(
+                    self._queue_url, wire, self._lease, retry=False
+                )
+            except SQSError as exc:
+                self._counters.heartbeat_errors += 1
+                log.warning("visibility heartbeat failed: %s", exc)
+                return
+            for entry_id in result.successful:
+                chunk[int(entry_id)].extended_at = sent_at
+                self._counters.visibility_extensions += 1
+            for failure in result.failed:
+                # An invalid receipt handle means the message was settled or received again
+                # elsewhere meanwhile: nothing to extend.
+                self._counters.heartbeat_errors += 1
+                log.debug("heartbeat entry failed: %s", failure)
         finally:
+            # After the extensions are recorded: a release held back for this heartbeat goes out
+            # now, knowing how long its lease runs.
             for handle in wire.values():
                 self._on_the_wire.discard(handle)
-                overtaken = self._overtaken.pop(handle, None)
-                if overtaken is not None:
-                    self._resend_release(
-                        Entry(overtaken.message_id, overtaken.receipt_handle, overtaken.visibility)
-                    )
-        for entry_id in result.successful:
-            chunk[int(entry_id)].extended_at = sent_at
-            self._counters.visibility_extensions += 1
-        for failure in result.failed:
-            # An invalid receipt handle means the message was settled or received again
-            # elsewhere meanwhile: nothing to extend.
-            self._counters.heartbeat_errors += 1
-            log.debug("heartbeat entry failed: %s", failure)
+                self._landed(handle)

@@ -22,6 +22,7 @@ class Counters:
     cancelled_at_grace: int = 0
     released: int = 0
     release_failed: int = 0
+    release_expired: int = 0
     deleted: int = 0
     delete_failed: int = 0
     visibility_extensions: int = 0
@@ -49,6 +50,9 @@ class ConsumerStatistics:
         released: Messages made visible again early by us (failed, retried, timed out,
             cancelled, or never started before stop), as confirmed by SQS.
         release_failed: Releases SQS refused or that could not be sent.
+        release_expired: Releases not sent because our lease on the message may already have
+            run out (its heartbeats failed or came late): it is visible again, or another
+            consumer holds it and a release with our receipt handle could take it from them.
         deleted: Messages deleted, as confirmed by SQS.
         delete_failed: Deletes SQS refused or that could not be sent (those messages reappear).
         visibility_extensions: Lease extensions confirmed by SQS (heartbeats).
@@ -74,6 +78,7 @@ class ConsumerStatistics:
     cancelled_at_grace: int
     released: int
     release_failed: int
+    release_expired: int
     deleted: int
     delete_failed: int
     visibility_extensions: int
