@@ -153,8 +153,6 @@ class Consumer:
             self._release_failed,
             self._release_expired,
         )
-        # Messages whose release waits for a heartbeat on the wire, by receipt handle.
-        self._awaiting_heartbeat: dict[str, Tracked] = {}
         self._heartbeat = Heartbeat(
             client,
             queue_url,
@@ -162,7 +160,7 @@ class Consumer:
             interval=options.effective_heartbeat_interval(),
             tracked=self._tracked,
             counters=self._counters,
-            landed=self._heartbeat_landed,
+            landed=self._releases.unhold,
         )
 
     # -- public, synchronous --------------------------------------------------------------------
@@ -574,16 +572,11 @@ class Consumer:
             tracked = Tracked(message, now, now)
         entry = Entry(message.message_id, handle, visibility, lease_end=self._lease_end(tracked))
         if self._heartbeat.on_the_wire(handle):
-            self._awaiting_heartbeat[handle] = tracked
+            # Sent when the heartbeat has returned, with the lease end it leaves.
             self._releases.hold(entry)
         else:
             self._releases.add(entry)
         self._credit.release(1)
-
-    def _heartbeat_landed(self, receipt_handle: str) -> None:
-        tracked = self._awaiting_heartbeat.pop(receipt_handle, None)
-        if tracked is not None:
-            self._releases.unhold(receipt_handle, self._lease_end(tracked))
 
     def _lease_end(self, tracked: Tracked) -> float:
         """The earliest our lease on ``tracked`` can end: the last extension SQS confirmed counts

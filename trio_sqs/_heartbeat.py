@@ -53,7 +53,8 @@ class Heartbeat:
         tracked: The messages in hand, by receipt handle (owned by the consumer).
         counters: Where extensions and errors are counted.
         landed: Called with each receipt handle once the heartbeat that named it has returned
-            (or was cancelled): a release held back for it may go now.
+            (or was cancelled), and the earliest time its lease can end now: a release held back
+            for it may go.
     """
 
     def __init__(
@@ -65,7 +66,7 @@ class Heartbeat:
         interval: float,
         tracked: dict[str, Tracked],
         counters: Counters,
-        landed: Callable[[str], None],
+        landed: Callable[[str, float], None],
     ) -> None:
         self._client = client
         self._queue_url = queue_url
@@ -133,6 +134,7 @@ class Heartbeat:
         finally:
             # After the extensions are recorded: a release held back for this heartbeat goes out
             # now, knowing how long its lease runs.
-            for handle in wire.values():
+            for t in chunk:
+                handle = t.message.receipt_handle
                 self._on_the_wire.discard(handle)
-                self._landed(handle)
+                self._landed(handle, t.extended_at + self._lease)
