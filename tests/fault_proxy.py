@@ -37,6 +37,8 @@ from typing import Any
 
 import trio
 
+from .recording_proxy import content_length, read_head, target_operation
+
 __all__ = [
     "BREAKING",
     "ERROR_RESPONSES",
@@ -400,10 +402,10 @@ class FaultProxy:
         try:
             async with stream:
                 while True:
-                    head = await _read_head(stream, buffer)
+                    head = await read_head(stream, buffer)
                     if head is None:
                         return
-                    length = _content_length(head)
+                    length = content_length(head)
                     while len(buffer) < length:
                         chunk = await stream.receive_some(65536)
                         if not chunk:
@@ -427,7 +429,7 @@ class FaultProxy:
         buffer: bytearray,
     ) -> bool:
         """Serve one request. Returns whether the connection stays open."""
-        operation = _target(head)
+        operation = target_operation(head)
         try:
             request = json.loads(body) if body else {}
         except ValueError:
@@ -607,9 +609,9 @@ class FaultProxy:
         async with upstream:
             await upstream.send_all(request)
             buffer = bytearray()
-            head = await _read_head(upstream, buffer)
+            head = await read_head(upstream, buffer)
             assert head is not None, "moto closed the connection without an answer"
-            length = _content_length(head, default=-1)
+            length = content_length(head, default=-1)
             while length < 0 or len(buffer) < length:
                 chunk = await upstream.receive_some(65536)
                 if not chunk:
@@ -630,39 +632,6 @@ async def _reset(stream: trio.SocketStream) -> None:
     except OSError:
         pass
     await stream.aclose()
-
-
-async def _read_head(stream: trio.SocketStream, buffer: bytearray) -> bytes | None:
-    while b"\r\n\r\n" not in buffer:
-        try:
-            chunk = await stream.receive_some(65536)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return None
-        if not chunk:
-            return None
-        buffer += chunk
-    end = buffer.index(b"\r\n\r\n") + 4
-    head = bytes(buffer[:end])
-    del buffer[:end]
-    return head
-
-
-def _header(head: bytes, name: bytes) -> bytes | None:
-    for line in head.split(b"\r\n")[1:]:
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == name:
-            return value.strip()
-    return None
-
-
-def _content_length(head: bytes, default: int = 0) -> int:
-    value = _header(head, b"content-length")
-    return int(value) if value else default
-
-
-def _target(head: bytes) -> str:
-    value = _header(head, b"x-amz-target")
-    return "?" if value is None else value.decode().rpartition(".")[2]
 
 
 def _with_body(head: bytes, body: bytes) -> bytes:

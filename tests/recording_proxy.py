@@ -78,10 +78,10 @@ class RecordingProxy:
         buffer = bytearray()
         async with client:
             while True:
-                head = await _read_head(client, buffer)
+                head = await read_head(client, buffer)
                 if head is None:
                     return
-                length = _content_length(head)
+                length = content_length(head)
                 while len(buffer) < length:
                     chunk = await client.receive_some(65536)
                     if not chunk:
@@ -89,7 +89,7 @@ class RecordingProxy:
                     buffer += chunk
                 body = bytes(buffer[:length])
                 del buffer[:length]
-                operation = _target(head)
+                operation = target_operation(head)
                 seen = Seen(operation, trio.current_time())
                 self.requests.append(seen)
                 self._notify()
@@ -153,9 +153,9 @@ class RecordingProxy:
         async with upstream:
             await upstream.send_all(request)
             buffer = bytearray()
-            head = await _read_head(upstream, buffer)
+            head = await read_head(upstream, buffer)
             assert head is not None, "upstream closed without a response"
-            length = _content_length(head)
+            length = content_length(head)
             while len(buffer) < length:
                 chunk = await upstream.receive_some(65536)
                 if not chunk:
@@ -164,7 +164,9 @@ class RecordingProxy:
             return head + bytes(buffer[:length])
 
 
-async def _read_head(stream: trio.SocketStream, buffer: bytearray) -> bytes | None:
+async def read_head(stream: trio.SocketStream, buffer: bytearray) -> bytes | None:
+    """Read an HTTP head (through its blank line) into ``buffer`` and take it out; what follows
+    stays in ``buffer``. ``None`` if the peer closed first."""
     while b"\r\n\r\n" not in buffer:
         try:
             chunk = await stream.receive_some(65536)
@@ -187,12 +189,14 @@ def _header(head: bytes, name: bytes) -> bytes | None:
     return None
 
 
-def _content_length(head: bytes) -> int:
+def content_length(head: bytes, default: int = 0) -> int:
+    """The head's Content-Length, or ``default`` without one."""
     value = _header(head, b"content-length")
-    return int(value) if value else 0
+    return int(value) if value else default
 
 
-def _target(head: bytes) -> str:
+def target_operation(head: bytes) -> str:
+    """The SQS operation named by the head's X-Amz-Target, or ``"?"``."""
     value = _header(head, b"x-amz-target")
     if value is None:
         return "?"
