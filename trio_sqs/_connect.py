@@ -108,6 +108,7 @@ async def open_client(
     limits: Limits | None = None,
     retry: RetryPolicy | None = None,
     verify: bool | str = True,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[SQSClient]:
     """Open an SQS client that owns its HTTP connections and credential refresher.
 
@@ -124,6 +125,10 @@ async def open_client(
         limits: Connection budgets (:class:`Limits`).
         retry: Retry policy (:class:`RetryPolicy`).
         verify: TLS verification: ``True`` (default) or a CA bundle path.
+        transport: An ``httpx.AsyncBaseTransport`` to send requests through instead of
+            httpx's network transport (``verify`` then does not apply). Everything above it runs
+            unchanged: signing, serialization, parsing, retries, the consumer. Tests pass
+            :meth:`trio_sqs.testing.FakeSQS.transport` here; the client closes it on exit.
 
     Raises:
         ConfigurationError: for an invalid option, before any network I/O.
@@ -136,6 +141,11 @@ async def open_client(
     retry = retry if retry is not None else RetryPolicy()
     if not isinstance(limits, Limits):
         raise ConfigurationError(f"limits must be a Limits, got {limits!r}", code="InvalidOption")
+    if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+        raise ConfigurationError(
+            f"transport must be an httpx.AsyncBaseTransport, got {transport!r}",
+            code="InvalidOption",
+        )
     if not isinstance(retry, RetryPolicy):
         raise ConfigurationError(
             f"retry must be a RetryPolicy, got {retry!r}", code="InvalidOption"
@@ -195,6 +205,7 @@ async def open_client(
         verify=verify,
         trust_env=False,
         follow_redirects=False,
+        transport=transport,
     )
     client = SQSClient(resolved.protocol, cache, http, limits=limits, retry=retry)
     try:

@@ -1,0 +1,105 @@
+"""Helpers for tests of handlers and consumers: a client on a fake, and messages built by hand."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from types import MappingProxyType
+from typing import Any
+
+from .._client import SQSClient
+from .._config import Limits, RetryPolicy
+from .._connect import open_client
+from .._message import Message, MessageAttributeValue, md5_of_message_attributes
+from ._service import FakeSQS
+
+__all__ = ["make_message", "open_fake_client"]
+
+FAKE_ACCESS_KEY = "testing"
+FAKE_SECRET_KEY = "testing"
+
+
+@asynccontextmanager
+async def open_fake_client(
+    fake: FakeSQS,
+    *,
+    limits: Limits | None = None,
+    retry: RetryPolicy | None = None,
+) -> AsyncIterator[SQSClient]:
+    """An :class:`SQSClient` on ``fake``, in process: the real client (signing, serialization,
+    parsing, retries) over the fake's transport, with the fake's region and test keys.
+
+    Cancellation: as :func:`trio_sqs.open_client`.
+    """
+    access_key, secret = next(iter(fake.credentials.items()), (FAKE_ACCESS_KEY, FAKE_SECRET_KEY))
+    async with open_client(
+        region=fake.region,
+        endpoint_url=fake.endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret,
+        limits=limits,
+        retry=retry,
+        transport=fake.transport(),
+    ) as client:
+        yield client
+
+
+def make_message(
+    body: str = "",
+    *,
+    message_id: str | None = None,
+    receipt_handle: str | None = None,
+    queue_url: str = "http://sqs.fake.invalid/123456789012/test-queue",
+    receive_count: int = 1,
+    message_attributes: Mapping[str, MessageAttributeValue | str | int | float | bytes]
+    | None = None,
+    attributes: Mapping[str, str] | None = None,
+    message_group_id: str | None = None,
+) -> Message:
+    """A :class:`trio_sqs.Message` as a consumer would hand it to a handler, for unit tests of
+    handlers that need no queue at all. Digests are computed, so the message is valid.
+
+    ``message_attributes`` values may be plain ``str``, ``int``/``float`` (Number) or ``bytes``
+    (Binary). ``attributes`` adds or overrides system attributes.
+    """
+    typed: dict[str, MessageAttributeValue] = {}
+    for name, value in (message_attributes or {}).items():
+        if isinstance(value, MessageAttributeValue):
+            typed[name] = value
+        elif isinstance(value, bytes):
+            typed[name] = MessageAttributeValue.binary(value)
+        elif isinstance(value, bool):
+            raise TypeError(f"message attribute {name!r}: bool is not an SQS attribute type")
+        elif isinstance(value, (int, float)):
+            typed[name] = MessageAttributeValue.number(value)
+        elif isinstance(value, str):
+            typed[name] = MessageAttributeValue.string(value)
+        else:
+            raise TypeError(
+                f"message attribute {name!r}: expected str, int, float, bytes or "
+                f"MessageAttributeValue, got {type(value).__name__}"
+            )
+    if receive_count < 1:
+        raise ValueError(f"receive_count must be at least 1, got {receive_count}")
+    message_id = message_id or str(uuid.uuid4())
+    system: dict[str, Any] = {
+        "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+        "SentTimestamp": "1767225600000",
+        "ApproximateReceiveCount": str(receive_count),
+        "ApproximateFirstReceiveTimestamp": "1767225600000",
+    }
+    if message_group_id is not None:
+        system["MessageGroupId"] = message_group_id
+    system.update(attributes or {})
+    return Message(
+        message_id=message_id,
+        receipt_handle=receipt_handle or f"fake-receipt-{message_id}",
+        body=body,
+        md5_of_body=hashlib.md5(body.encode(), usedforsecurity=False).hexdigest(),
+        queue_url=queue_url,
+        attributes=MappingProxyType(system),
+        message_attributes=MappingProxyType(typed),
+        md5_of_message_attributes=md5_of_message_attributes(typed) if typed else None,
+    )

@@ -1,0 +1,862 @@
+"""The in-memory SQS: queues and the operations of SQS's API, with SQS's validation and errors.
+
+This layer takes and returns the JSON-protocol parameters and results as dictionaries; the wire
+(HTTP, signatures, faults) is in ``_wire.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import hashlib
+import itertools
+import json
+import re
+import struct
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ._errors import FakeError, invalid_parameter, missing_parameter
+from ._queue import SYSTEM_ATTRIBUTES, FakeQueue, _Message
+
+__all__ = ["FakeSQS", "RecordedCall"]
+
+DEFAULT_ENDPOINT = "http://sqs.fake.invalid"
+SENDER_ID = "AIDAIENQZJOLO23YVJ4VO"
+MAX_MESSAGE_SIZE = 1_048_576
+QUEUE_RECREATE_DELAY = 60.0
+PURGE_INTERVAL = 60.0
+
+_STD_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+_FIFO_NAME = re.compile(r"^[A-Za-z0-9_-]{1,75}\.fifo$")
+_ENTRY_ID = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+_ATTR_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
+_INVALID_BODY_CHAR = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_DEDUP_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+# Attribute name -> (low, high) for integers, or None for strings checked elsewhere.
+_SETTABLE: dict[str, tuple[int, int] | None] = {
+    "DelaySeconds": (0, 900),
+    "MaximumMessageSize": (1024, MAX_MESSAGE_SIZE),
+    "MessageRetentionPeriod": (60, 1_209_600),
+    "ReceiveMessageWaitTimeSeconds": (0, 20),
+    "VisibilityTimeout": (0, 43_200),
+    "KmsDataKeyReusePeriodSeconds": (60, 86_400),
+    "RedrivePolicy": None,
+    "RedriveAllowPolicy": None,
+    "Policy": None,
+    "KmsMasterKeyId": None,
+    "SqsManagedSseEnabled": None,
+    "FifoQueue": None,
+    "ContentBasedDeduplication": None,
+    "DeduplicationScope": None,
+    "FifoThroughputLimit": None,
+}
+_FIFO_ONLY = ("FifoQueue", "ContentBasedDeduplication", "DeduplicationScope", "FifoThroughputLimit")
+_READ_ONLY = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+    "CreatedTimestamp",
+    "LastModifiedTimestamp",
+    "QueueArn",
+)
+_DEFAULTS = {
+    "DelaySeconds": "0",
+    "MaximumMessageSize": str(MAX_MESSAGE_SIZE),
+    "MessageRetentionPeriod": "345600",
+    "ReceiveMessageWaitTimeSeconds": "0",
+    "VisibilityTimeout": "30",
+    "SqsManagedSseEnabled": "true",
+}
+_FIFO_DEFAULTS = {
+    "FifoQueue": "true",
+    "ContentBasedDeduplication": "false",
+    "DeduplicationScope": "queue",
+    "FifoThroughputLimit": "perQueue",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedCall:
+    """One operation the fake answered (or refused), in arrival order."""
+
+    time: float
+    operation: str
+    params: Mapping[str, Any]
+
+
+def _md5_hex(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def md5_of_attributes(attributes: Mapping[str, Mapping[str, Any]]) -> str:
+    """SQS's digest of message attributes in their wire form (binary values base64-encoded):
+    names sorted; each name, type and value length-prefixed; a transport byte 1 (string) or 2
+    (binary) before the value."""
+    buf = bytearray()
+    for name in sorted(attributes):
+        value = attributes[name]
+        for part in (name.encode(), str(value["DataType"]).encode()):
+            buf += struct.pack(">I", len(part)) + part
+        if "BinaryValue" in value:
+            raw = base64.b64decode(value["BinaryValue"])
+            buf += b"\x02"
+        else:
+            raw = str(value["StringValue"]).encode()
+            buf += b"\x01"
+        buf += struct.pack(">I", len(raw)) + raw
+    return _md5_hex(bytes(buf))
+
+
+# -- parameter readers: wrong JSON types get the answer AWS's JSON protocol gives --------------
+
+
+def _serialization(name: str, expected: str) -> FakeError:
+    return FakeError(
+        "SerializationException",
+        f"Parameter {name} could not be read as {expected}.",
+        namespace="com.amazon.coral.service",
+    )
+
+
+def _str(params: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
+    value = params.get(name)
+    if value is None:
+        if required:
+            raise missing_parameter(name)
+        return None
+    if not isinstance(value, str):
+        raise _serialization(name, "a string")
+    return value
+
+
+def _required_str(params: Mapping[str, Any], name: str) -> str:
+    value = _str(params, name)
+    assert value is not None
+    return value
+
+
+def _int(params: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = params.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _serialization(name, "an integer")
+    if not low <= value <= high:
+        raise invalid_parameter(
+            f"Value {value} for parameter {name} is invalid. Reason: Must be between {low} and "
+            f"{high}, if provided."
+        )
+    return value
+
+
+def _list(params: Mapping[str, Any], name: str) -> list[Any]:
+    value = params.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _serialization(name, "a list")
+    return value
+
+
+def _map(params: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = params.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _serialization(name, "a map")
+    return value
+
+
+def _entries(params: Mapping[str, Any], what: str) -> list[dict[str, Any]]:
+    entries = _list(params, "Entries")
+    if not entries:
+        raise FakeError(
+            "EmptyBatchRequest",
+            f"There should be at least one {what} in the request.",
+            query_code="AWS.SimpleQueueService.EmptyBatchRequest",
+        )
+    if len(entries) > 10:
+        raise FakeError(
+            "TooManyEntriesInBatchRequest",
+            f"Maximum number of entries per request are 10. You have sent {len(entries)}.",
+            query_code="AWS.SimpleQueueService.TooManyEntriesInBatchRequest",
+        )
+    seen: set[str] = set()
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise _serialization("Entries", "a list of structures")
+        entry_id = entry.get("Id")
+        if not isinstance(entry_id, str):
+            raise missing_parameter("Id")
+        if not _ENTRY_ID.match(entry_id):
+            raise FakeError(
+                "InvalidBatchEntryId",
+                "A batch entry id can only contain alphanumeric characters, hyphens and "
+                "underscores. It can be at most 80 letters long.",
+                query_code="AWS.SimpleQueueService.InvalidBatchEntryId",
+            )
+        if entry_id in seen:
+            raise FakeError(
+                "BatchEntryIdsNotDistinct",
+                f"Id {entry_id} repeated.",
+                query_code="AWS.SimpleQueueService.BatchEntryIdsNotDistinct",
+            )
+        seen.add(entry_id)
+    return entries
+
+
+def _check_message_attributes(attributes: dict[str, Any], *, system: bool = False) -> int:
+    """Validate message attributes in wire form; return their size in bytes."""
+    if len(attributes) > 10:
+        raise invalid_parameter(
+            f"Number of message attributes [{len(attributes)}] exceeds the allowed maximum [10]."
+        )
+    size = 0
+    for name, value in attributes.items():
+        if system:
+            if name != "AWSTraceHeader":
+                raise invalid_parameter(
+                    f"Message system attribute name '{name}' is invalid. Reason: only "
+                    "AWSTraceHeader is supported."
+                )
+        elif (
+            not _ATTR_NAME.match(name)
+            or name.lower().startswith(("aws.", "amazon."))
+            or ".." in name
+            or name.startswith(".")
+            or name.endswith(".")
+        ):
+            raise invalid_parameter(f"Message attribute name '{name}' is invalid.")
+        if not isinstance(value, dict):
+            raise _serialization(f"MessageAttributes.{name}", "a structure")
+        data_type = value.get("DataType")
+        if not isinstance(data_type, str) or not data_type:
+            raise invalid_parameter(
+                f"The message attribute '{name}' must contain non-empty message attribute type."
+            )
+        base = data_type.split(".", 1)[0]
+        if base not in ("String", "Number", "Binary") or len(data_type) > 256:
+            raise invalid_parameter(
+                f"The type of message attribute '{name}' is invalid. You must use only the "
+                "following supported type prefixes: Binary, Number, String."
+            )
+        if base == "Binary":
+            raw = value.get("BinaryValue")
+            if not isinstance(raw, str):
+                raise invalid_parameter(
+                    f"The message attribute '{name}' with type 'Binary' must use field 'Binary'."
+                )
+            try:
+                size += len(base64.b64decode(raw, validate=True))
+            except (binascii.Error, ValueError) as exc:
+                raise _serialization(f"MessageAttributes.{name}.BinaryValue", "base64") from exc
+        else:
+            text = value.get("StringValue")
+            if not isinstance(text, str):
+                raise invalid_parameter(
+                    f"The message attribute '{name}' with type '{base}' must use field 'String'."
+                )
+            if base == "Number":
+                try:
+                    float(text)
+                except ValueError:
+                    raise invalid_parameter(
+                        f"Can't cast the value of message (user) attribute '{name}' to a number."
+                    ) from None
+            if _INVALID_BODY_CHAR.search(text):
+                raise FakeError(
+                    "InvalidMessageContents",
+                    f"Message attribute '{name}' contains invalid characters.",
+                )
+            size += len(text.encode())
+        size += len(name.encode()) + len(data_type.encode())
+    return size
+
+
+def _select_attributes(
+    attributes: dict[str, dict[str, Any]], names: list[str]
+) -> dict[str, dict[str, Any]]:
+    if not names or not attributes:
+        return {}
+    if "All" in names or ".*" in names:
+        return attributes
+    prefixes = tuple(n[:-2] for n in names if n.endswith(".*"))
+    exact = set(names)
+    return {
+        k: v for k, v in attributes.items() if k in exact or (prefixes and k.startswith(prefixes))
+    }
+
+
+class FakeSQS:
+    """An in-memory Amazon SQS that runs on Trio's clock.
+
+    Serve it to a client with :meth:`transport` (an ``httpx`` transport, no sockets) or over
+    HTTP with :func:`serve_fake_sqs`. It answers SQS's JSON protocol with SQS's results, errors
+    and validation. Queue URLs are ``{endpoint}/{account_id}/{name}``.
+
+    Args:
+        region: The region in queue ARNs (and, with ``verify_signatures``, the signing scope).
+        account_id: The account in queue URLs and ARNs.
+        endpoint: The base of queue URLs.
+        verify_signatures: Check every request's SigV4 signature against ``credentials``.
+        credentials: Access key id -> secret key accepted when verifying signatures.
+        record: Keep every call in :attr:`calls` (turn off for long benchmark runs).
+
+    Every operation must run inside ``trio.run``: times are ``trio.current_time()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        region: str = "us-east-1",
+        account_id: str = "123456789012",
+        endpoint: str = DEFAULT_ENDPOINT,
+        verify_signatures: bool = False,
+        credentials: Mapping[str, str] | None = None,
+        record: bool = True,
+    ) -> None:
+        from ._wire import Faults  # a cycle only at construction time
+
+        self.region = region
+        self.account_id = account_id
+        self.endpoint = endpoint.rstrip("/")
+        self.verify_signatures = verify_signatures
+        self.credentials: dict[str, str] = dict(
+            credentials if credentials is not None else {"testing": "testing"}
+        )
+        self.record = record
+        self.faults = Faults()
+        #: Every call answered or refused, in arrival order (when ``record`` is true).
+        self.calls: list[RecordedCall] = []
+        #: How many calls of each operation arrived.
+        self.call_counts: collections.Counter[str] = collections.Counter()
+        self._queues: dict[str, FakeQueue] = {}
+        self._deleted_at: dict[str, float] = {}
+        self._seq = itertools.count(1)
+        self._sequence_numbers = itertools.count(10_000_000_000_000_000_000)
+        self._clock_base: tuple[float, float] | None = None
+        self._operations: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "CreateQueue": self._create_queue,
+            "GetQueueUrl": self._get_queue_url,
+            "GetQueueAttributes": self._get_queue_attributes,
+            "SetQueueAttributes": self._set_queue_attributes,
+            "ListQueues": self._list_queues,
+            "DeleteQueue": self._delete_queue,
+            "PurgeQueue": self._purge_queue,
+            "SendMessage": self._send_message,
+            "SendMessageBatch": self._send_message_batch,
+            "ReceiveMessage": self._receive_message,
+            "DeleteMessage": self._delete_message,
+            "DeleteMessageBatch": self._delete_message_batch,
+            "ChangeMessageVisibility": self._change_message_visibility,
+            "ChangeMessageVisibilityBatch": self._change_message_visibility_batch,
+        }
+
+    # -- for tests -----------------------------------------------------------------------------
+
+    @property
+    def operations(self) -> tuple[str, ...]:
+        """The operations this fake implements."""
+        return tuple(self._operations)
+
+    def queue(self, name_or_url: str) -> FakeQueue:
+        """The queue with this name or URL (``KeyError`` if there is none)."""
+        return self._queues[name_or_url.rstrip("/").rpartition("/")[2]]
+
+    @property
+    def queues(self) -> dict[str, FakeQueue]:
+        return dict(self._queues)
+
+    def transport(self) -> Any:
+        """An ``httpx.AsyncBaseTransport`` serving this fake (pass it to ``open_client``)."""
+        from ._wire import FakeSQSTransport
+
+        return FakeSQSTransport(self)
+
+    def operations_called(self) -> list[str]:
+        """The operation names of :attr:`calls`, in order."""
+        return [c.operation for c in self.calls]
+
+    # -- shared with the queues ----------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        return next(self._seq)
+
+    def epoch(self, at: float | None = None) -> float:
+        """Seconds since the epoch at Trio time ``at`` (now by default): the wall clock when the
+        fake was first used, moved on by Trio's clock (virtual under ``MockClock``)."""
+        now = trio.current_time()
+        if self._clock_base is None:
+            self._clock_base = (time.time(), now)
+        wall, base = self._clock_base
+        return wall + ((now if at is None else at) - base)
+
+    def epoch_ms(self, at: float) -> int:
+        return int(self.epoch(at) * 1000)
+
+    def queue_by_arn(self, arn: str) -> FakeQueue | None:
+        prefix = f"arn:aws:sqs:{self.region}:{self.account_id}:"
+        if not arn.startswith(prefix):
+            return None
+        return self._queues.get(arn[len(prefix) :])
+
+    def redrive_policy(self, queue: FakeQueue) -> tuple[str, int] | None:
+        raw = queue.attributes.get("RedrivePolicy")
+        if not raw:
+            return None
+        policy = json.loads(raw)
+        return str(policy["deadLetterTargetArn"]), int(policy["maxReceiveCount"])
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Run one operation with JSON-protocol parameters; return its result or raise
+        :class:`FakeError` with the error SQS would answer."""
+        now = trio.current_time()
+        self.call_counts[operation] += 1
+        if self.record:
+            self.calls.append(RecordedCall(now, operation, params))
+        handler = self._operations.get(operation)
+        if handler is None:
+            raise FakeError(
+                "UnsupportedOperation",
+                f"{operation} is not supported by trio_sqs.testing.FakeSQS.",
+                query_code="AWS.SimpleQueueService.UnsupportedOperation",
+            )
+        result = handler(params)
+        if isinstance(result, Awaitable):
+            awaited: dict[str, Any] = await result
+            return awaited
+        await trio.lowlevel.checkpoint()
+        return dict(result)
+
+    def _queue(self, params: Mapping[str, Any]) -> FakeQueue:
+        url = _required_str(params, "QueueUrl")
+        queue = self._queues.get(url.rstrip("/").rpartition("/")[2])
+        if queue is None:
+            raise FakeError(
+                "QueueDoesNotExist",
+                "The specified queue does not exist.",
+                query_code="AWS.SimpleQueueService.NonExistentQueue",
+            )
+        return queue
+
+    # -- queues --------------------------------------------------------------------------------
+
+    def _check_attributes(
+        self, attributes: dict[str, Any], *, fifo: bool, creating: bool
+    ) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, value in attributes.items():
+            if name not in _SETTABLE or (name == "FifoQueue" and not creating):
+                raise FakeError("InvalidAttributeName", f"Unknown Attribute {name}.")
+            if not isinstance(value, str):
+                raise _serialization(f"Attributes.{name}", "a string")
+            if name in _FIFO_ONLY and not fifo:
+                raise FakeError(
+                    "InvalidAttributeName",
+                    f"Unknown Attribute {name}.",
+                )
+            bounds = _SETTABLE[name]
+            if bounds is not None:
+                try:
+                    number = int(value)
+                except ValueError:
+                    number = bounds[0] - 1
+                if not bounds[0] <= number <= bounds[1]:
+                    raise FakeError(
+                        "InvalidAttributeValue", f"Invalid value for the parameter {name}."
+                    )
+                value = str(number)
+            elif name == "RedrivePolicy":
+                value = self._check_redrive(value)
+            elif name in ("SqsManagedSseEnabled", "ContentBasedDeduplication", "FifoQueue"):
+                if value.lower() not in ("true", "false"):
+                    raise FakeError(
+                        "InvalidAttributeValue", f"Invalid value for the parameter {name}."
+                    )
+                value = value.lower()
+            out[name] = value
+        return out
+
+    def _check_redrive(self, raw: str) -> str:
+        if raw == "":
+            return ""
+        try:
+            policy = json.loads(raw)
+            arn = policy["deadLetterTargetArn"]
+            count = int(policy["maxReceiveCount"])
+        except (ValueError, KeyError, TypeError):
+            raise FakeError(
+                "InvalidAttributeValue",
+                "Invalid value for the parameter RedrivePolicy. Reason: Redrive policy is not "
+                "a valid JSON map with deadLetterTargetArn and maxReceiveCount.",
+            ) from None
+        if not 1 <= count <= 1000:
+            raise FakeError(
+                "InvalidAttributeValue",
+                "Invalid value for the parameter RedrivePolicy. Reason: maxReceiveCount must be "
+                "between 1 and 1000.",
+            )
+        if not isinstance(arn, str) or self.queue_by_arn(arn) is None:
+            raise FakeError(
+                "InvalidAttributeValue",
+                "Invalid value for the parameter RedrivePolicy. Reason: Dead letter target "
+                "does not exist.",
+            )
+        return json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": count})
+
+    def _create_queue(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = _required_str(params, "QueueName")
+        requested = _map(params, "Attributes")
+        fifo = str(requested.get("FifoQueue", "false")).lower() == "true"
+        if not (_FIFO_NAME if fifo else _STD_NAME).match(name):
+            raise invalid_parameter(
+                "The name of a FIFO queue can only include alphanumeric characters, hyphens, or "
+                "underscores, must end with .fifo suffix and be 1 to 80 in length."
+                if fifo or name.endswith(".fifo")
+                else "Can only include alphanumeric characters, hyphens, or underscores. 1 to 80 "
+                "in length"
+            )
+        attributes = self._check_attributes(requested, fifo=fifo, creating=True)
+        existing = self._queues.get(name)
+        if existing is not None:
+            for key, value in attributes.items():
+                if existing.attributes.get(key) != value:
+                    raise FakeError(
+                        "QueueNameExists",
+                        f"A queue already exists with the same name and a different value for "
+                        f"attribute {key}",
+                        query_code="QueueAlreadyExists",
+                    )
+            return {"QueueUrl": existing.url}
+        now = trio.current_time()
+        deleted = self._deleted_at.get(name)
+        if deleted is not None and now - deleted < QUEUE_RECREATE_DELAY:
+            raise FakeError(
+                "QueueDeletedRecently",
+                "You must wait 60 seconds after deleting a queue before you can create another "
+                "with the same name.",
+                query_code="AWS.SimpleQueueService.QueueDeletedRecently",
+            )
+        full = dict(_DEFAULTS)
+        if fifo:
+            full.update(_FIFO_DEFAULTS)
+        full.update(attributes)
+        url = f"{self.endpoint}/{self.account_id}/{name}"
+        self._queues[name] = FakeQueue(self, name, url, full, self.epoch())
+        return {"QueueUrl": url}
+
+    def _get_queue_url(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = _required_str(params, "QueueName")
+        _str(params, "QueueOwnerAWSAccountId", required=False)
+        queue = self._queues.get(name)
+        if queue is None:
+            raise FakeError(
+                "QueueDoesNotExist",
+                "The specified queue does not exist.",
+                query_code="AWS.SimpleQueueService.NonExistentQueue",
+            )
+        return {"QueueUrl": queue.url}
+
+    def _get_queue_attributes(self, params: dict[str, Any]) -> dict[str, Any]:
+        queue = self._queue(params)
+        names = _list(params, "AttributeNames")
+        known = set(_SETTABLE) | set(_READ_ONLY) | {"All"}
+        for name in names:
+            if name not in known:
+                raise FakeError("InvalidAttributeName", f"Unknown Attribute {name}.")
+        if not names:
+            return {}
+        counts = queue.counts()
+        values = dict(queue.attributes)
+        values.update(
+            {
+                "ApproximateNumberOfMessages": str(counts.visible),
+                "ApproximateNumberOfMessagesNotVisible": str(counts.in_flight),
+                "ApproximateNumberOfMessagesDelayed": str(counts.delayed),
+                "CreatedTimestamp": str(queue.created_ms // 1000),
+                "LastModifiedTimestamp": str(queue.created_ms // 1000),
+                "QueueArn": queue.arn,
+            }
+        )
+        if not values.get("RedrivePolicy"):
+            values.pop("RedrivePolicy", None)
+        wanted = values if "All" in names else {n: values[n] for n in names if n in values}
+        return {"Attributes": dict(wanted)} if wanted else {}
+
+    def _set_queue_attributes(self, params: dict[str, Any]) -> dict[str, Any]:
+        queue = self._queue(params)
+        changes = self._check_attributes(
+            _map(params, "Attributes"), fifo=queue.fifo, creating=False
+        )
+        queue.attributes.update(changes)
+        return {}
+
+    def _list_queues(self, params: dict[str, Any]) -> dict[str, Any]:
+        prefix = _str(params, "QueueNamePrefix", required=False) or ""
+        limit = _int(params, "MaxResults", 1000, 1, 1000)
+        token = _str(params, "NextToken", required=False)
+        names = sorted(n for n in self._queues if n.startswith(prefix))
+        start = 0
+        if token:
+            try:
+                start = int(base64.b64decode(token).decode())
+            except (binascii.Error, ValueError):
+                raise invalid_parameter("Invalid NextToken value.") from None
+        page = names[start : start + limit]
+        result: dict[str, Any] = {}
+        if page:
+            result["QueueUrls"] = [self._queues[n].url for n in page]
+        if "MaxResults" in params and start + limit < len(names):
+            result["NextToken"] = base64.b64encode(str(start + limit).encode()).decode()
+        return result
+
+    def _delete_queue(self, params: dict[str, Any]) -> dict[str, Any]:
+        queue = self._queue(params)
+        queue.close()
+        del self._queues[queue.name]
+        self._deleted_at[queue.name] = trio.current_time()
+        return {}
+
+    def _purge_queue(self, params: dict[str, Any]) -> dict[str, Any]:
+        queue = self._queue(params)
+        now = trio.current_time()
+        if queue.last_purge is not None and now - queue.last_purge < PURGE_INTERVAL:
+            raise FakeError(
+                "PurgeQueueInProgress",
+                f"Only one PurgeQueue operation on {queue.name} is allowed every 60 seconds.",
+                query_code="AWS.SimpleQueueService.PurgeQueueInProgress",
+            )
+        queue.last_purge = now
+        queue.purge()
+        return {}
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def _send_one(self, queue: FakeQueue, params: Mapping[str, Any]) -> dict[str, Any]:
+        body = _str(params, "MessageBody", required=False)
+        if not body:
+            raise missing_parameter("MessageBody")
+        bad = _INVALID_BODY_CHAR.search(body)
+        if bad is not None:
+            raise FakeError(
+                "InvalidMessageContents",
+                f"Invalid binary character '#x{ord(bad.group()):X}' was found in the message "
+                "body, the set of allowed characters is #x9 | #xA | #xD | #x20 to #xD7FF | "
+                "#xE000 to #xFFFD | #x10000 to #x10FFFF",
+            )
+        attributes = _map(params, "MessageAttributes")
+        system_attributes = _map(params, "MessageSystemAttributes")
+        size = len(body.encode()) + _check_message_attributes(attributes)
+        _check_message_attributes(system_attributes, system=True)
+        limit = int(queue.attributes["MaximumMessageSize"])
+        if size > limit:
+            raise invalid_parameter(
+                f"One or more parameters are invalid. Reason: Message must be shorter than "
+                f"{limit} bytes."
+            )
+        group = _str(params, "MessageGroupId", required=False)
+        dedup = _str(params, "MessageDeduplicationId", required=False)
+        delay = _int(params, "DelaySeconds", queue.delay_seconds, 0, 900)
+        now = trio.current_time()
+        if queue.fifo:
+            if "DelaySeconds" in params:
+                raise invalid_parameter(
+                    f"Value {params['DelaySeconds']} for parameter DelaySeconds is invalid. "
+                    "Reason: The request include parameter that is not valid for this queue type."
+                )
+            if group is None:
+                raise missing_parameter("MessageGroupId")
+            if dedup is None:
+                if queue.attributes.get("ContentBasedDeduplication") != "true":
+                    raise invalid_parameter(
+                        "The queue should either have ContentBasedDeduplication enabled or "
+                        "MessageDeduplicationId provided explicitly"
+                    )
+                dedup = hashlib.sha256(body.encode()).hexdigest()
+            elif not _DEDUP_ID.match(dedup):
+                raise invalid_parameter(
+                    f"Value {dedup} for parameter MessageDeduplicationId is invalid."
+                )
+        elif dedup is not None:
+            raise invalid_parameter(
+                f"Value {dedup} for parameter MessageDeduplicationId is invalid. Reason: The "
+                "request include parameter that is not valid for this queue type."
+            )
+        md5_body = _md5_hex(body.encode())
+        result: dict[str, Any] = {"MD5OfMessageBody": md5_body}
+        md5_attrs = md5_of_attributes(attributes) if attributes else None
+        if md5_attrs is not None:
+            result["MD5OfMessageAttributes"] = md5_attrs
+        if system_attributes:
+            result["MD5OfMessageSystemAttributes"] = md5_of_attributes(system_attributes)
+        if queue.fifo and dedup is not None:
+            seen = queue.deduplicated(dedup, now)
+            if seen is not None:
+                result["MessageId"] = seen[0]
+                if seen[1] is not None:
+                    result["SequenceNumber"] = seen[1]
+                return result
+        message_id = str(uuid.uuid4())
+        sequence = str(next(self._sequence_numbers)) if queue.fifo else None
+        system = {"SenderId": SENDER_ID}
+        if group is not None:
+            system["MessageGroupId"] = group
+        if queue.fifo:
+            assert dedup is not None and sequence is not None
+            system["MessageDeduplicationId"] = dedup
+            system["SequenceNumber"] = sequence
+        trace = system_attributes.get("AWSTraceHeader")
+        if trace is not None:
+            system["AWSTraceHeader"] = str(trace.get("StringValue", ""))
+        queue.add(
+            message_id=message_id,
+            body=body,
+            md5_of_body=md5_body,
+            attributes=attributes,
+            md5_of_attributes=md5_attrs,
+            system=system,
+            delay=delay,
+            group=group,
+            dedup_id=dedup if queue.fifo else None,
+            sequence_number=sequence,
+        )
+        result["MessageId"] = message_id
+        if sequence is not None:
+            result["SequenceNumber"] = sequence
+        return result
+
+    def _send_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self._send_one(self._queue(params), params)
+
+    def _send_message_batch(self, params: dict[str, Any]) -> dict[str, Any]:
+        queue = self._queue(params)
+        entries = _entries(params, "SendMessageBatchRequestEntry")
+        total = sum(len(str(e.get("MessageBody", "")).encode()) for e in entries)
+        limit = int(queue.attributes["MaximumMessageSize"])
+        if total > limit:
+            raise FakeError(
+                "BatchRequestTooLong",
+                f"Batch requests cannot be longer than {limit} bytes. You have sent {total} bytes.",
+                query_code="AWS.SimpleQueueService.BatchRequestTooLong",
+            )
+        successful: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for entry in entries:
+            try:
+                sent = self._send_one(queue, entry)
+            except FakeError as exc:
+                failed.append(exc.entry(entry["Id"]))
+            else:
+                successful.append({"Id": entry["Id"], **sent})
+        return {"Successful": successful, "Failed": failed}
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def _receive_message(self, params: dict[str, Any]) -> Awaitable[dict[str, Any]]:
+        queue = self._queue(params)
+        max_messages = _int(params, "MaxNumberOfMessages", 1, 1, 10)
+        wait = _int(params, "WaitTimeSeconds", queue.receive_wait_time, 0, 20)
+        visibility = _int(params, "VisibilityTimeout", queue.visibility_timeout, 0, 43_200)
+        system_names = _list(params, "MessageSystemAttributeNames") or _list(
+            params, "AttributeNames"
+        )
+        user_names = _list(params, "MessageAttributeNames")
+        _str(params, "ReceiveRequestAttemptId", required=False)
+        for name in system_names:
+            if name not in SYSTEM_ATTRIBUTES and name != "All":
+                raise FakeError("InvalidAttributeName", f"Unknown Attribute {name}.")
+        wanted = SYSTEM_ATTRIBUTES if "All" in system_names else tuple(system_names)
+
+        def render(message: _Message, receipt: str) -> dict[str, Any]:
+            entry: dict[str, Any] = {
+                "MessageId": message.message_id,
+                "ReceiptHandle": receipt,
+                "MD5OfBody": message.md5_of_body,
+                "Body": message.body,
+            }
+            if wanted:
+                system = {
+                    "SentTimestamp": str(message.sent_ms),
+                    "ApproximateReceiveCount": str(message.receive_count),
+                    "ApproximateFirstReceiveTimestamp": str(message.first_receive_ms),
+                    **message.system,
+                }
+                chosen = {k: system[k] for k in wanted if k in system}
+                if chosen:
+                    entry["Attributes"] = chosen
+            selected = _select_attributes(message.attributes, user_names)
+            if selected:
+                entry["MessageAttributes"] = selected
+                entry["MD5OfMessageAttributes"] = (
+                    message.md5_of_attributes
+                    if len(selected) == len(message.attributes)
+                    else md5_of_attributes(selected)
+                )
+            return entry
+
+        async def receive() -> dict[str, Any]:
+            messages = await queue.receive(
+                max_messages=max_messages, visibility=visibility, wait=wait, render=render
+            )
+            return {"Messages": messages} if messages else {}
+
+        return receive()
+
+    # -- acting on received messages -----------------------------------------------------------
+
+    def _delete_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        queue = self._queue(params)
+        queue.delete(_required_str(params, "ReceiptHandle"))
+        return {}
+
+    def _delete_message_batch(self, params: dict[str, Any]) -> dict[str, Any]:
+        queue = self._queue(params)
+        successful: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for entry in _entries(params, "DeleteMessageBatchRequestEntry"):
+            try:
+                handle = entry.get("ReceiptHandle")
+                if not isinstance(handle, str):
+                    raise missing_parameter("ReceiptHandle")
+                queue.delete(handle)
+            except FakeError as exc:
+                failed.append(exc.entry(entry["Id"]))
+            else:
+                successful.append({"Id": entry["Id"]})
+        return {"Successful": successful, "Failed": failed}
+
+    def _change_message_visibility(self, params: dict[str, Any]) -> dict[str, Any]:
+        queue = self._queue(params)
+        handle = _required_str(params, "ReceiptHandle")
+        if "VisibilityTimeout" not in params:
+            raise missing_parameter("VisibilityTimeout")
+        timeout = _int(params, "VisibilityTimeout", 0, 0, 43_200)
+        queue.change_visibility(handle, timeout)
+        return {}
+
+    def _change_message_visibility_batch(self, params: dict[str, Any]) -> dict[str, Any]:
+        queue = self._queue(params)
+        successful: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for entry in _entries(params, "ChangeMessageVisibilityBatchRequestEntry"):
+            try:
+                handle = _required_str(entry, "ReceiptHandle")
+                if "VisibilityTimeout" not in entry:
+                    raise missing_parameter("VisibilityTimeout")
+                timeout = _int(entry, "VisibilityTimeout", 0, 0, 43_200)
+                queue.change_visibility(handle, timeout)
+            except FakeError as exc:
+                failed.append(exc.entry(entry["Id"]))
+            else:
+                successful.append({"Id": entry["Id"]})
+        return {"Successful": successful, "Failed": failed}
