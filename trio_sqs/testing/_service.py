@@ -85,11 +85,13 @@ _FIFO_DEFAULTS = {
 
 @dataclass(frozen=True, slots=True)
 class RecordedCall:
-    """One operation the fake answered (or refused), in arrival order."""
+    """One request that reached the fake, in arrival order: ``time`` is its arrival on Trio's
+    clock; ``fault`` names the scripted fault it met (``"error"``, ``"drop"``, ...), if any."""
 
     time: float
     operation: str
     params: Mapping[str, Any]
+    fault: str | None = None
 
 
 def _md5_hex(data: bytes) -> str:
@@ -417,13 +419,20 @@ class FakeSQS:
 
     # -- dispatch ------------------------------------------------------------------------------
 
-    async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Run one operation with JSON-protocol parameters; return its result or raise
-        :class:`FakeError` with the error SQS would answer."""
-        now = trio.current_time()
+    def arrived(self, operation: str, params: dict[str, Any], fault: str | None = None) -> None:
+        """Count and record one request (the wire layer does it before any fault applies)."""
         self.call_counts[operation] += 1
         if self.record:
-            self.calls.append(RecordedCall(now, operation, params))
+            self.calls.append(RecordedCall(trio.current_time(), operation, params, fault))
+
+    async def call(
+        self, operation: str, params: dict[str, Any], *, arrived: bool = False
+    ) -> dict[str, Any]:
+        """Run one operation with JSON-protocol parameters; return its result or raise
+        :class:`FakeError` with the error SQS would answer. ``arrived``: the caller already
+        recorded the request."""
+        if not arrived:
+            self.arrived(operation, params)
         handler = self._operations.get(operation)
         if handler is None:
             raise FakeError(

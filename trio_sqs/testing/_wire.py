@@ -383,12 +383,11 @@ async def answer(
         await trio.lowlevel.checkpoint()
         return _error_answer(fake, exc)
     fault = fake.faults.take(operation, params)
+    fake.arrived(operation, params, fault.kind if fault is not None else None)
     if fault is not None and fault.kind == "drop" and not fault.after:
-        fake.call_counts[operation] += 1
         await trio.lowlevel.checkpoint()
         return WireAnswer(0, {}, b"", action="drop")
     if fault is not None and fault.kind == "error":
-        fake.call_counts[operation] += 1
         await trio.lowlevel.checkpoint()
         return _error_answer(
             fake,
@@ -400,7 +399,7 @@ async def answer(
             ),
         )
     try:
-        result = await fake.call(operation, params)
+        result = await fake.call(operation, params, arrived=True)
     except FakeError as exc:
         return _error_answer(fake, exc)
     if fault is not None and fault.kind == "corrupt_md5" and result.get("Messages"):
