@@ -124,3 +124,11 @@ def test_the_readme_testing_example_passes_in_a_project_of_its_own(tmp_path: Pat
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed" in proc.stdout, proc.stdout
+
+
+def test_the_testing_namespace_exports_a_sorted_all_of_real_names() -> None:
+    import trio_sqs.testing as testing
+
+    assert list(testing.__all__) == sorted(testing.__all__)
+    for name in testing.__all__:
+        assert hasattr(testing, name), name
