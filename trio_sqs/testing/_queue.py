@@ -110,6 +110,9 @@ class _Poll:
     result: list[dict[str, Any]] | None = None
     abandoned: bool = False
     event: trio.Event = field(default_factory=trio.Event)
+    # The scope a live poll sleeps in until its deadline or the next timer: a timer scheduled
+    # earlier than that (a delayed send, a shorter visibility) pulls its deadline in.
+    wake: trio.CancelScope | None = None
 
 
 def decode_receipt(handle: object) -> tuple[str, str, int] | None:
@@ -155,6 +158,7 @@ class FakeQueue:
         self.url = url
         self.attributes = attributes
         self.created_ms = int(created * 1000)
+        self.modified_ms = self.created_ms
         self.fifo = name.endswith(".fifo")
         self._messages: dict[str, _Message] = {}
         self._timers: list[tuple[float, int, int, _Message]] = []
@@ -253,6 +257,9 @@ class FakeQueue:
         if state == IN_FLIGHT and message.group is not None:
             self._group_in_flight[message.group] += 1
         heapq.heappush(self._timers, (due, next(self._tick), message.version, message))
+        for poll in self._polls:
+            if poll.wake is not None and due < poll.wake.deadline:
+                poll.wake.deadline = due
 
     def _make_visible(self, message: _Message) -> None:
         if message.state == IN_FLIGHT and message.group is not None:
@@ -399,8 +406,10 @@ class FakeQueue:
         self._polls.append(poll)
         try:
             while True:
-                with trio.move_on_at(min(poll.deadline, self.next_timer())):
+                with trio.CancelScope(deadline=min(poll.deadline, self.next_timer())) as wake:
+                    poll.wake = wake
                     await poll.event.wait()
+                poll.wake = None
                 if poll.result is None:
                     self.advance(trio.current_time())
                 if poll.result is not None:
@@ -408,6 +417,7 @@ class FakeQueue:
                 if trio.current_time() >= poll.deadline:
                     return []
         except trio.Cancelled:
+            poll.wake = None
             poll.abandoned = True
             raise
 

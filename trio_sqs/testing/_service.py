@@ -39,6 +39,8 @@ _ENTRY_ID = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _ATTR_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
 _INVALID_BODY_CHAR = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _DEDUP_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+# A Number attribute: a decimal number, no NaN, infinity or hex.
+_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 
 # Attribute name -> (low, high) for integers, or None for strings checked elsewhere.
 _SETTABLE: dict[str, tuple[int, int] | None] = {
@@ -266,13 +268,15 @@ def _check_message_attributes(attributes: dict[str, Any], *, system: bool = Fals
                 raise invalid_parameter(
                     f"The message attribute '{name}' with type '{base}' must use field 'String'."
                 )
-            if base == "Number":
-                try:
-                    float(text)
-                except ValueError:
-                    raise invalid_parameter(
-                        f"Can't cast the value of message (user) attribute '{name}' to a number."
-                    ) from None
+            if not text:
+                raise invalid_parameter(
+                    f"Message (user) attribute '{name}' must contain a non-empty value of type "
+                    f"'{base}'."
+                )
+            if base == "Number" and not _NUMBER.match(text):
+                raise invalid_parameter(
+                    f"Can't cast the value of message (user) attribute '{name}' to a number."
+                )
             if _INVALID_BODY_CHAR.search(text):
                 raise FakeError(
                     "InvalidMessageContents",
@@ -378,9 +382,16 @@ class FakeSQS:
         return dict(self._queues)
 
     def transport(self) -> Any:
-        """An ``httpx.AsyncBaseTransport`` serving this fake (pass it to ``open_client``)."""
+        """An ``httpx.AsyncBaseTransport`` serving this fake (pass it to ``open_client``).
+
+        It also loads botocore's SQS model now, synchronously, if this process has not yet: then
+        an ``open_client`` with region, ``endpoint_url``, keys, ``use_fips`` and
+        ``use_dualstack`` given needs no worker thread, which matters on ``MockClock``.
+        """
+        from .._protocol import load_service_data
         from ._wire import FakeSQSTransport
 
+        load_service_data()
         return FakeSQSTransport(self)
 
     def operations_called(self) -> list[str]:
@@ -593,7 +604,7 @@ class FakeSQS:
                 "ApproximateNumberOfMessagesNotVisible": str(counts.in_flight),
                 "ApproximateNumberOfMessagesDelayed": str(counts.delayed),
                 "CreatedTimestamp": str(queue.created_ms // 1000),
-                "LastModifiedTimestamp": str(queue.created_ms // 1000),
+                "LastModifiedTimestamp": str(queue.modified_ms // 1000),
                 "QueueArn": queue.arn,
             }
         )
@@ -608,6 +619,7 @@ class FakeSQS:
             _map(params, "Attributes"), fifo=queue.fifo, creating=False
         )
         queue.attributes.update(changes)
+        queue.modified_ms = int(self.epoch() * 1000)
         return {}
 
     def _list_queues(self, params: dict[str, Any]) -> dict[str, Any]:

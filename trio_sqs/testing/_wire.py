@@ -8,13 +8,12 @@ import email.utils
 import hashlib
 import hmac
 import json
-import posixpath
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote, unquote
 
 import httpx
 import trio
@@ -206,6 +205,22 @@ def _hmac(key: bytes, text: str) -> bytes:
     return hmac.new(key, text.encode(), hashlib.sha256).digest()
 
 
+def _remove_dot_segments(path: str) -> str:
+    """SigV4's path normalization (RFC 3986 dot segments; consecutive slashes collapse)."""
+    if not path:
+        return "/"
+    kept: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment and segment != ".":
+            kept.append(segment)
+    first = "/" if path.startswith("/") else ""
+    last = "/" if path.endswith("/") and kept else ""
+    return first + "/".join(kept) + last
+
+
 def _auth_error(type_name: str, message: str, status: int = 400) -> FakeError:
     return FakeError(type_name, message, status=status, namespace="com.amazon.coral.service")
 
@@ -257,13 +272,17 @@ def verify_signature(
             "IncompleteSignatureException", "Missing or malformed X-Amz-Date header."
         ) from None
     if abs(signed_at.timestamp() - now) > MAX_SIGNATURE_SKEW:
-        server = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+        def stamp(at: float) -> str:
+            return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
         raise _auth_error(
             "InvalidSignatureException",
-            f"Signature expired: {amz_date} is now earlier than {server} (with a 5 min skew "
-            "allowed)."
+            f"Signature expired: {amz_date} is now earlier than "
+            f"{stamp(now - MAX_SIGNATURE_SKEW)} ({stamp(now)} - 5 min.)"
             if signed_at.timestamp() < now
-            else f"Signature not yet current: {amz_date} is still later than {server}.",
+            else f"Signature not yet current: {amz_date} is still later than "
+            f"{stamp(now + MAX_SIGNATURE_SKEW)} ({stamp(now)} + 5 min.)",
         )
     if region != fake.region or service != "sqs" or day != amz_date[:8]:
         raise _auth_error(
@@ -277,19 +296,21 @@ def verify_signature(
             "InvalidSignatureException", "The host header and every signed header must be sent."
         )
     path, _, query = raw_path.partition("?")
-    normalized = posixpath.normpath(path) if path not in ("", "/") else "/"
-    if path.endswith("/") and normalized != "/":
-        normalized += "/"
     canonical_query = "&".join(
-        f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
-        for k, v in sorted(parse_qsl(query, keep_blank_values=True))
+        f"{k}={v}"
+        for k, v in sorted(
+            (quote(unquote(k), safe="-_.~"), quote(unquote(v), safe="-_.~"))
+            for k, _, v in (pair.partition("=") for pair in query.split("&") if pair)
+        )
     )
     canonical_headers = "".join(f"{name}:{' '.join(headers[name].split())}\n" for name in signed)
-    payload = headers.get("x-amz-content-sha256") or hashlib.sha256(body).hexdigest()
+    # SQS signs the payload itself: the hash is always of the body that arrived (a signed
+    # x-amz-content-sha256 header cannot vouch for a body altered after signing).
+    payload = hashlib.sha256(body).hexdigest()
     canonical = "\n".join(
         [
             method,
-            quote(normalized, safe="/~"),
+            quote(_remove_dot_segments(path), safe="/~"),
             canonical_query,
             canonical_headers,
             fields["SignedHeaders"],
