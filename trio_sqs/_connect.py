@@ -24,7 +24,13 @@ from ._client import CLOSE_TIMEOUT, DEFAULT_TIMEOUT, SQSClient
 from ._config import Limits, RetryPolicy
 from ._credentials import CredentialCache, CredentialSource
 from ._exceptions import ConfigurationError, CredentialsError
-from ._protocol import SQSProtocol, check_region, load_service_data, resolve_endpoint
+from ._protocol import (
+    SQSProtocol,
+    check_region,
+    load_service_data,
+    resolve_endpoint,
+    service_data_loaded,
+)
 from ._util import raise_unwrapped
 
 __all__ = ["open_client"]
@@ -39,6 +45,10 @@ class _Resolved:
     endpoint: str
     source: CredentialSource
     protocol: SQSProtocol
+
+
+def _refreshable(source: CredentialSource) -> bool:
+    return hasattr(source, "refresh_needed")
 
 
 def _env_flag(name: str) -> bool:
@@ -182,17 +192,22 @@ async def open_client(
         if aws_access_key_id is not None and aws_secret_access_key is not None
         else None
     )
-    resolved = await trio.to_thread.run_sync(
-        _resolve_blocking,
-        region,
-        endpoint_url,
-        profile,
-        credentials,
-        access_key,
-        use_fips,
-        use_dualstack,
-        abandon_on_cancel=True,
-    )
+    args = (region, endpoint_url, profile, credentials, access_key, use_fips, use_dualstack)
+    if (
+        region is not None
+        and endpoint_url is not None
+        and profile is None
+        and use_fips is not None
+        and use_dualstack is not None
+        and (access_key is not None or (credentials is not None and not _refreshable(credentials)))
+        and service_data_loaded()
+    ):
+        # Everything is given and the model is in memory: nothing to read or fetch, so no worker
+        # thread (which would also let trio.testing.MockClock's autojump skip ahead meanwhile).
+        resolved = _resolve_blocking(*args)
+        await trio.lowlevel.checkpoint()
+    else:
+        resolved = await trio.to_thread.run_sync(_resolve_blocking, *args, abandon_on_cancel=True)
     cache = CredentialCache(resolved.source)
     await cache.get()
     http = httpx.AsyncClient(

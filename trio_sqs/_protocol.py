@@ -47,6 +47,7 @@ __all__ = [
     "is_retryable_error",
     "load_service_data",
     "resolve_endpoint",
+    "service_data_loaded",
 ]
 
 SERVICE_NAME = "sqs"
@@ -145,6 +146,11 @@ def _load_service_data_cached() -> ServiceData:
         parser=create_parser(model.protocol),
         endpoint_provider=EndpointProvider(ruleset_data=ruleset, partition_data=partitions),
     )
+
+
+def service_data_loaded() -> bool:
+    """Whether :func:`load_service_data` would return at once (the model is in memory)."""
+    return _load_service_data_cached.cache_info().currsize > 0
 
 
 def load_service_data() -> ServiceData:

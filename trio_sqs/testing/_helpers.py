@@ -31,6 +31,9 @@ async def open_fake_client(
     """An :class:`SQSClient` on ``fake``, in process: the real client (signing, serialization,
     parsing, retries) over the fake's transport, with the fake's region and test keys.
 
+    It opens without a worker thread (nothing to read: region, endpoint and keys are given), so
+    it works inside a test on ``trio.testing.MockClock`` with autojump.
+
     Cancellation: as :func:`trio_sqs.open_client`.
     """
     access_key, secret = next(iter(fake.credentials.items()), (FAKE_ACCESS_KEY, FAKE_SECRET_KEY))
@@ -41,6 +44,8 @@ async def open_fake_client(
         aws_secret_access_key=secret,
         limits=limits,
         retry=retry,
+        use_fips=False,
+        use_dualstack=False,
         transport=fake.transport(),
     ) as client:
         yield client
