@@ -1293,14 +1293,24 @@ async def test_clock_ten_minutes_off_is_clock_skew(autojump_clock: Any):
     fake = FakeSQS(verify_signatures=True)
     async with client_on(autojump_clock, fake, retry=NO_RETRY) as client:
         await client.list_queues()
-        # The fake's clock is Trio's: ten virtual minutes on, the client signs with the wall
-        # clock, which is now ten minutes behind the server's.
-        await trio.sleep(600)
+        fake.clock_skew = 600  # the server's clock is now ten minutes ahead of ours
         with pytest.raises(trio_sqs.ClockSkewError) as info:
             await client.list_queues()
     assert info.value.code == "InvalidSignatureException"
     assert "Signature expired" in info.value.message
     assert info.value.skew == pytest.approx(600, abs=5)
+
+
+async def test_signatures_stay_valid_through_a_long_virtual_time(autojump_clock: Any):
+    """Clients sign with the wall clock; the fake judges freshness by the wall clock too, so a
+    test on MockClock may run for virtual hours with signatures verified."""
+    fake = FakeSQS(verify_signatures=True)
+    async with client_on(autojump_clock, fake, retry=NO_RETRY) as client:
+        url = await client.create_queue(unique())
+        await trio.sleep(3000)  # fifty virtual minutes: ten times the allowed skew
+        await client.send_message(url, "still signed fine")
+        [message] = await client.receive_messages(url, wait_time=0)
+    assert message.body == "still signed fine"
 
 
 def test_signature_from_the_future_is_refused() -> None:

@@ -315,6 +315,10 @@ class FakeSQS:
         verify_signatures: Check every request's SigV4 signature against ``credentials``.
         credentials: Access key id -> secret key accepted when verifying signatures.
         record: Keep every call in :attr:`calls` (turn off for long benchmark runs).
+        clock_skew: Seconds the server's wall clock is ahead of this machine's (negative:
+            behind). It dates answers (``Date``) and judges signatures' freshness, as SQS's own
+            clock does, so a test can provoke a clock-skew rejection. Message timestamps follow
+            Trio's clock instead (see :meth:`epoch`).
 
     Every operation must run inside ``trio.run``: times are ``trio.current_time()``.
     """
@@ -328,6 +332,7 @@ class FakeSQS:
         verify_signatures: bool = False,
         credentials: Mapping[str, str] | None = None,
         record: bool = True,
+        clock_skew: float = 0.0,
     ) -> None:
         from ._wire import Faults  # a cycle only at construction time
 
@@ -339,6 +344,7 @@ class FakeSQS:
             credentials if credentials is not None else {"testing": "testing"}
         )
         self.record = record
+        self.clock_skew = clock_skew
         self.faults = Faults()
         #: Every call answered or refused, in arrival order (when ``record`` is true).
         self.calls: list[RecordedCall] = []
@@ -411,6 +417,11 @@ class FakeSQS:
             self._clock_base = (time.time(), now)
         wall, base = self._clock_base
         return wall + ((now if at is None else at) - base)
+
+    def wall_clock(self) -> float:
+        """The server's wall clock: this machine's, plus :attr:`clock_skew`. Clients sign with
+        the real wall clock whatever Trio's clock says, so signatures are judged by this one."""
+        return time.time() + self.clock_skew
 
     def epoch_ms(self, at: float) -> int:
         return int(self.epoch(at) * 1000)

@@ -379,7 +379,7 @@ def _base_headers(fake: FakeSQS) -> dict[str, str]:
     return {
         "Content-Type": JSON_CONTENT_TYPE,
         "x-amzn-RequestId": str(uuid.uuid4()),
-        "Date": email.utils.formatdate(fake.epoch(), usegmt=True),
+        "Date": email.utils.formatdate(fake.wall_clock(), usegmt=True),
     }
 
 
@@ -399,7 +399,7 @@ async def answer(
     try:
         operation, params = _decode(method, headers, body)
         if fake.verify_signatures:
-            verify_signature(fake, method, raw_path, headers, body, fake.epoch())
+            verify_signature(fake, method, raw_path, headers, body, fake.wall_clock())
     except FakeError as exc:
         await trio.lowlevel.checkpoint()
         return _error_answer(fake, exc)
