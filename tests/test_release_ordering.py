@@ -9,123 +9,142 @@ release, made with the old receipt handle, took it from under that worker: handl
 release waits for the heartbeat, and is dropped (counted in ``release_expired``) if the lease may
 have lapsed meanwhile: the message is then visible again already, or someone else's.
 
-A scripted server (tests/fake_sqs.py) holds the heartbeat's answer; the consumer runs in this
-process, so server-side times and the consumer's clock are one clock.
+The in-memory SQS (``trio_sqs.testing``) holds the heartbeat's answer back (``fake.faults.delay``:
+the extension takes effect when it arrives, its answer comes later), on virtual time: the fake's
+record of every call and the consumer share one clock, and the times are exact.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from typing import Any
 
 import trio
+import trio.testing
 
 import trio_sqs
 from trio_sqs import Message
+from trio_sqs.testing import FakeSQS, RecordedCall
 
-from .fake_sqs import Request, Response, default_result, serve_fake_sqs
-
-QUEUE_URL = "http://127.0.0.1/123456789012/q"
+GRACE = 10.0
 BODY = "hello"
-HANDLE = "handle-1"
 
 
-@dataclass
-class HeartbeatHoldingServer:
-    """Hands out one message, then empty long polls; holds the answer to the first heartbeat
-    until ``let_go`` is set; records when things happened (trio clock)."""
+def is_heartbeat(params: Mapping[str, Any]) -> bool:
+    return any(e["VisibilityTimeout"] != 0 for e in params["Entries"])
 
-    heartbeat_arrived: trio.Event = field(default_factory=trio.Event)
-    let_go: trio.Event = field(default_factory=trio.Event)
-    heartbeat_sent_at: float | None = None
-    heartbeat_answered_at: float | None = None
-    releases: list[tuple[float, list[str]]] = field(default_factory=list)
-    receives: int = 0
 
-    async def __call__(self, request: Request) -> Response:
-        params = request.params
-        if request.operation == "ReceiveMessage":
-            self.receives += 1
-            if self.receives == 1:
-                message = {
-                    "MessageId": "m-1",
-                    "ReceiptHandle": HANDLE,
-                    "Body": BODY,
-                    "MD5OfBody": hashlib.md5(BODY.encode()).hexdigest(),
-                }
-                return Response(body={"Messages": [message]})
-            return Response(body={}, delay=0.3)
-        if request.operation == "ChangeMessageVisibilityBatch":
-            entries = params["Entries"]
-            if all(e["VisibilityTimeout"] == 0 for e in entries):
-                self.releases.append((trio.current_time(), [e["ReceiptHandle"] for e in entries]))
-            elif self.heartbeat_sent_at is None:
-                self.heartbeat_sent_at = trio.current_time()
-                self.heartbeat_arrived.set()
-                await self.let_go.wait()
-                self.heartbeat_answered_at = trio.current_time()
-        return Response(body=default_result(request))
+def releases(fake: FakeSQS) -> list[tuple[float, list[str]]]:
+    """Every release the consumer sent: (arrival time, receipt handles)."""
+    return [
+        (c.time, [e["ReceiptHandle"] for e in c.params["Entries"]])
+        for c in fake.calls
+        if c.operation == "ChangeMessageVisibilityBatch" and not is_heartbeat(c.params)
+    ]
+
+
+def heartbeats(fake: FakeSQS) -> list[RecordedCall]:
+    return [
+        c
+        for c in fake.calls
+        if c.operation == "ChangeMessageVisibilityBatch" and is_heartbeat(c.params)
+    ]
+
+
+async def first_heartbeat(fake: FakeSQS) -> RecordedCall:
+    """Wait for the first heartbeat to arrive (woken at the virtual instant it arrived)."""
+    arrived = trio.Event()
+
+    class Watch(trio.abc.Instrument):
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            if heartbeats(fake):
+                arrived.set()
+
+    watch = Watch()
+    trio.lowlevel.add_instrument(watch)
+    try:
+        await arrived.wait()
+    finally:
+        trio.lowlevel.remove_instrument(watch)
+    return heartbeats(fake)[0]
 
 
 @asynccontextmanager
 async def consuming(
-    server: HeartbeatHoldingServer, *, lease: int
+    client: trio_sqs.SQSClient, queue_url: str, *, lease: int
 ) -> AsyncIterator[trio_sqs.Consumer]:
+    """One message, a handler that never returns on its own, default heartbeats (a third of the
+    lease), 10 s grace. No room for a second message, so no long poll is waiting meanwhile (one
+    would take the released message: another receipt handle, another release)."""
+    await client.send_message(queue_url, BODY)
+
     async def handler(message: Message) -> None:
         await trio.sleep_forever()
 
-    async with (
-        serve_fake_sqs(server) as fake,
-        trio_sqs.open_client(region="us-east-1", endpoint_url=fake.endpoint) as client,
-        trio_sqs.open_consumer(
-            QUEUE_URL,
-            handler,
-            client=client,
-            concurrency=1,
-            pollers=1,
-            wait_time=1,
-            visibility_timeout=lease,
-            heartbeat_interval=0.5,
-            grace_period=0.2,
-            flush_timeout=5.0,
-        ) as consumer,
-    ):
+    async with trio_sqs.open_consumer(
+        queue_url,
+        handler,
+        client=client,
+        concurrency=1,
+        max_buffered=0,
+        pollers=1,
+        visibility_timeout=lease,
+        grace_period=GRACE,
+        flush_timeout=5.0,
+    ) as consumer:
         yield consumer
 
 
-async def test_release_waits_for_the_heartbeat_on_the_wire() -> None:
-    server = HeartbeatHoldingServer()
-    async with consuming(server, lease=30) as consumer:
-        await server.heartbeat_arrived.wait()
+async def test_release_waits_for_the_heartbeat_on_the_wire(
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    fake_sqs_client: trio_sqs.SQSClient,
+    fake_queue_url: str,
+) -> None:
+    hold = GRACE + 2  # the heartbeat's answer comes after the grace period has ended
+    fake_sqs.faults.delay("ChangeMessageVisibilityBatch", hold, match=is_heartbeat)
+    async with consuming(fake_sqs_client, fake_queue_url, lease=30) as consumer:
+        heartbeat = await first_heartbeat(fake_sqs)
+        [handle] = fake_sqs.queue(fake_queue_url).receipt_handles()
         consumer.stop()
-        # The grace period (0.2 s) ends and the handler is cancelled; its release must wait.
-        await trio.sleep(0.6)
+        t0 = trio.current_time()
+        assert t0 == heartbeat.time
+        # The grace period ends and the handler is cancelled; its release must wait.
+        await trio.sleep_until(t0 + GRACE + 1)
         assert consumer.statistics().cancelled_at_grace == 1
-        assert server.releases == [], "a release went out while a heartbeat was on the wire"
-        server.let_go.set()
-    assert server.heartbeat_answered_at is not None
-    [(released_at, handles)] = server.releases  # exactly one release, never a second one
-    assert handles == [HANDLE]
-    assert released_at >= server.heartbeat_answered_at
+        assert releases(fake_sqs) == [], "a release went out while a heartbeat was on the wire"
+    answered_at = heartbeat.time + hold
+    # Exactly one release, never a second one, sent the moment the heartbeat's answer came.
+    assert releases(fake_sqs) == [(answered_at, [handle])]
+    assert len(heartbeats(fake_sqs)) == 1
+    assert fake_sqs.queue(fake_queue_url).counts().visible == 1
     stats = consumer.statistics()
     assert (stats.released, stats.release_expired, stats.unflushed) == (1, 0, 0)
 
 
-async def test_release_is_dropped_once_the_lease_may_have_run_out() -> None:
-    lease = 2
-    server = HeartbeatHoldingServer()
-    async with consuming(server, lease=lease) as consumer:
-        await server.heartbeat_arrived.wait()
+async def test_release_is_dropped_once_the_lease_may_have_run_out(
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    fake_sqs_client: trio_sqs.SQSClient,
+    fake_queue_url: str,
+) -> None:
+    # The heartbeat's answer must come after the lease it asked for could have ended, and before
+    # the client's 30 s read timeout (a heartbeat that times out is another path): a 10 s lease.
+    lease = 10
+    hold = lease + 1
+    fake_sqs.faults.delay("ChangeMessageVisibilityBatch", hold, match=is_heartbeat)
+    async with consuming(fake_sqs_client, fake_queue_url, lease=lease) as consumer:
+        heartbeat = await first_heartbeat(fake_sqs)
         consumer.stop()
-        await trio.sleep(0.6)
-        assert server.releases == []
-        # Answer the heartbeat only after the lease it asked for could have ended: the message
-        # may be visible again or someone else's, and our receipt handle must not touch it.
-        assert server.heartbeat_sent_at is not None
-        await trio.sleep_until(server.heartbeat_sent_at + lease + 0.1)
-        server.let_go.set()
-    assert server.releases == []
+        t0 = trio.current_time()
+        await trio.sleep_until(t0 + GRACE + 0.5)
+        assert consumer.statistics().cancelled_at_grace == 1
+        assert releases(fake_sqs) == []
+        # The lease the heartbeat set ran out at heartbeat.time + lease: the message is visible
+        # again (or someone else's), and our receipt handle must not touch it.
+        assert fake_sqs.queue(fake_queue_url).counts().visible == 1
+    assert trio.current_time() >= heartbeat.time + hold
+    assert releases(fake_sqs) == []
     stats = consumer.statistics()
     assert (stats.released, stats.release_expired, stats.unflushed) == (0, 1, 0)

@@ -132,3 +132,15 @@ def test_the_testing_namespace_exports_a_sorted_all_of_real_names() -> None:
     assert list(testing.__all__) == sorted(testing.__all__)
     for name in testing.__all__:
         assert hasattr(testing, name), name
+
+
+async def test_the_fake_transport_tells_the_client_when_its_request_is_on_the_wire(
+    autojump_clock: trio.abc.Clock, fake_sqs_client: trio_sqs.SQSClient, fake_queue_url: str
+) -> None:
+    """The consumer knows a long poll is on the wire from ``on_sent``: the fake's transport must
+    read the request's stream (as a network transport does), not httpx's cached content."""
+    sent: list[float] = []
+    await fake_sqs_client.receive_messages(
+        fake_queue_url, wait_time=1, on_sent=lambda: sent.append(trio.current_time())
+    )
+    assert len(sent) == 1

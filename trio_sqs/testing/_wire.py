@@ -477,7 +477,10 @@ class FakeSQSTransport(httpx.AsyncBaseTransport):
         self.abandoned = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
+        # Read the stream itself, not request.aread(): that returns the content httpx cached
+        # when the request was built and never iterates the stream, and the client learns
+        # that its request is on the wire (on_sent) from that iteration.
+        body = b"".join([chunk async for chunk in request.stream])  # type: ignore[union-attr]
         timeouts = request.extensions.get("timeout") or {}
         read_timeout = timeouts.get("read")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers.raw}
