@@ -1,7 +1,10 @@
 """CPU cost of one ReceiveMessage(10) + DeleteMessageBatch(10) pair: trio_sqs against botocore.
 
-Both clients talk to the same fake SQS server (``fake_sqs_server.py``), which runs as a separate
-process so that its CPU time is not counted. In this one process, the script runs:
+Both clients talk to the same SQS server, trio_sqs's in-memory SQS (``python -m
+trio_sqs.testing``), which runs as a separate process so that its CPU time is not counted. It is
+stateful: a pair deletes the 10 messages it received, so the script keeps the queue stocked
+(``Supply``: topped up between timed chunks, never inside one) and every receive gets 10. In this
+one process, the script runs:
 
 (a) trio_sqs: ``open_client(...)``, then ``receive_messages(url, max_messages=10, wait_time=0)``
     and ``delete_message_batch(url, [10 receipt handles])``, sequentially;
@@ -16,7 +19,8 @@ path does a little more with them: it checks MD5OfBody and MD5OfMessageAttribute
 After a warm-up, it measures the CPU time of this process (``time.process_time``, user + system)
 over rounds in which the two clients alternate every ``--chunk`` pairs (a b, b a, ...), and
 reports microseconds per pair, the spread across rounds, and the ratio ours / botocore against
-the goal of 0.6. It is a report, not a test: it exits 0 whatever the ratio.
+the goal of 0.6, and the server's own CPU per request (from its ``GET /stats``) over the timed
+chunks. It is a report, not a test: it exits 0 whatever the ratio.
 
 Run: ``python benchmarks/bench_client.py [--pairs N] [--rounds R] [--warmup W] [--chunk C]
 [--no-pin]``
@@ -29,29 +33,25 @@ import gc
 import os
 import platform
 import resource
-import select
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import botocore
 import botocore.session
 import httpx
 import trio
+from bench_common import FakeSQSServer
 
 import trio_sqs
 
 GOAL = 0.6
 MESSAGES = 10
-QUEUE_PATH = "/123456789012/bench"
-SERVER_SCRIPT = Path(__file__).with_name("fake_sqs_server.py")
-SERVER_START_TIMEOUT = 15.0
+QUEUE_NAME = "bench"
 
 OURS = "trio_sqs (httpx on Trio)"
 BOTOCORE = "botocore client (urllib3)"
@@ -100,28 +100,60 @@ def clean_aws_environment() -> None:
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
+class Supply:
+    """The benchmark queue on the server, kept stocked so that every receive gets 10 messages.
+
+    ``ensure(pairs)`` tops it up (SendMessageBatch from this process, outside any timed window)
+    to at least ``pairs`` receives' worth. ``measured()`` brackets a timed window and adds the
+    server's CPU and the requests it answered in it (from ``GET /stats``).
+    """
+
+    def __init__(self, server: FakeSQSServer, attributes: dict[str, str] | None = None) -> None:
+        self.server = server
+        self.url = server.create_queue(QUEUE_NAME, attributes)
+        self.sent = 0
+        self.server_cpu = 0.0
+        self.server_requests = 0
+
+    def ensure(self, pairs: int) -> None:
+        missing = (pairs + 1) * MESSAGES - self.server.queue_stats(QUEUE_NAME)["visible"]
+        if missing > 0:
+            count = -(-missing // MESSAGES) * MESSAGES
+            self.server.send(self.url, self.sent, count)
+            self.sent += count
+
+    def _snapshot(self) -> tuple[float, int]:
+        stats = self.server.server_stats()
+        requests = stats["requests"]
+        return stats["cpu_seconds"], requests.get("ReceiveMessage", 0) + requests.get(
+            "DeleteMessageBatch", 0
+        )
+
+    @contextmanager
+    def measured(self) -> Iterator[None]:
+        cpu, requests = self._snapshot()
+        yield
+        cpu_after, requests_after = self._snapshot()
+        self.server_cpu += cpu_after - cpu
+        self.server_requests += requests_after - requests
+
+    def describe(self) -> str:
+        if not self.server_requests:
+            return "server CPU per request: n/a"
+        return (
+            f"server CPU per request: {self.server_cpu * 1e6 / self.server_requests:.0f} µs "
+            f"(its own process; {self.server_requests:,} timed requests)"
+        )
+
+
 @contextmanager
-def fake_sqs_server(server_cpu: int | None) -> Iterator[str]:
-    """Start the fake server as a child process; yield its endpoint URL; stop it afterwards."""
-    command = [sys.executable, str(SERVER_SCRIPT), "--host", "127.0.0.1", "--port", "0"]
-    if server_cpu is not None:
-        command += ["--cpu", str(server_cpu)]
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], SERVER_START_TIMEOUT)
-        line = proc.stdout.readline() if ready else b""
-        if not line.strip().isdigit():
-            raise RuntimeError(f"the fake SQS server did not report a port (got {line!r})")
-        yield f"http://127.0.0.1:{int(line)}"
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()  # the server exits at end of file on its stdin
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def sqs_server(
+    server_cpu: int | None, attributes: dict[str, str] | None = None
+) -> Iterator[Supply]:
+    """Start ``python -m trio_sqs.testing`` (pinned to ``server_cpu``) with the benchmark queue;
+    stop it afterwards."""
+    with FakeSQSServer(server_cpu) as server:
+        yield Supply(server, attributes)
 
 
 class Tally:
@@ -193,9 +225,10 @@ def botocore_pairs(client: Any, queue_url: str, pairs: int) -> None:
 
 
 async def run_benchmark(
-    endpoint: str, *, pairs: int, rounds: int, warmup: int, chunk: int
+    supply: Supply, *, pairs: int, rounds: int, warmup: int, chunk: int
 ) -> tuple[Samples, Samples]:
-    queue_url = endpoint + QUEUE_PATH
+    endpoint = supply.server.endpoint
+    queue_url = supply.url
     ours = Samples()
     theirs = Samples()
     async with trio_sqs.open_client(
@@ -225,6 +258,7 @@ async def run_benchmark(
                 (run_botocore, theirs),
             ]
             for run, _ in runners:
+                supply.ensure(warmup)
                 await run(warmup)
             # Each round alternates the clients chunk by chunk (a b, b a, a b, ...), so that slow
             # drifts of the machine's speed hit both alike.
@@ -235,7 +269,8 @@ async def run_benchmark(
                     order = (0, 1) if (round_index + chunk_index) % 2 == 0 else (1, 0)
                     for which in order:
                         run, _ = runners[which]
-                        with tallies[which].timed():
+                        supply.ensure(size)
+                        with supply.measured(), tallies[which].timed():
                             await run(size)
                 for (_, samples), tally in zip(runners, tallies, strict=True):
                     tally.record(samples, pairs)
@@ -264,6 +299,7 @@ def report(
     warmup: int,
     chunk: int,
     pinning: Pinning,
+    server: str,
 ) -> str:
     ratio = statistics.median(ours.cpu) / statistics.median(theirs.cpu)
     per_round = [a / b for a, b in zip(ours.cpu, theirs.cpu, strict=True)]
@@ -276,6 +312,8 @@ def report(
         f"after {warmup} warm-up pairs each; CPU = time.process_time() of this process "
         "(user + system)",
         f"- {pinning.describe()}",
+        "- Server: trio_sqs's in-memory SQS (`python -m trio_sqs.testing`), its own process; "
+        f"{server}",
         f"- Python {platform.python_version()}, trio {trio.__version__}, httpx {httpx.__version__}, "
         f"botocore {botocore.__version__}, {os.cpu_count()} CPUs",
         "",
@@ -339,10 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     if pinning.client_cpu is not None:
         # Before any thread exists (Trio's worker threads inherit the main thread's mask).
         os.sched_setaffinity(0, {pinning.client_cpu})
-    with fake_sqs_server(pinning.server_cpu) as endpoint:
+    with sqs_server(pinning.server_cpu) as supply:
         ours, theirs = trio.run(
             lambda: run_benchmark(
-                endpoint,
+                supply,
                 pairs=args.pairs,
                 rounds=args.rounds,
                 warmup=args.warmup,
@@ -358,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup,
             chunk=min(args.chunk, args.pairs),
             pinning=pinning,
+            server=supply.describe(),
         )
     )
     return 0

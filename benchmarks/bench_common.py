@@ -1,6 +1,8 @@
-"""What the three benchmark consumers share: their command line, CPU pinning, and the JSON lines
-they report to ``run_all.py`` on stdout. Standard library only, so that it adds nothing to the
-memory or start-up of any consumer.
+"""What the benchmarks share: the three consumers' command line, CPU pinning and the JSON lines
+they report to ``run_all.py`` on stdout; the SQS server every benchmark runs against
+(:class:`FakeSQSServer`: ``python -m trio_sqs.testing`` in a child process) and the messages
+they send it. Standard library only, and what only the parent scripts use is imported lazily,
+so that it adds nothing to the memory or start-up of any consumer.
 
 Every consumer (``consumer_trio_sqs.py``, ``consumer_aiobotocore.py``, ``consumer_boto3.py``)
 takes the same settings, prints ``{"event": "ready", ...}`` once it is set up (client created,
@@ -25,6 +27,156 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 REGION = "us-east-1"
+SERVER_START_TIMEOUT = 30.0
+
+
+class BenchError(Exception):
+    """One run went wrong (a consumer crashed, hung, or left the queue inconsistent; the server
+    refused a request)."""
+
+
+def message_body(index: int) -> str:
+    """A ~250-byte JSON body."""
+    return json.dumps(
+        {
+            "event": "order.created",
+            "order_id": f"ord-{index:06d}",
+            "customer": {"id": f"cus-{index * 7919:08d}", "tier": "gold"},
+            "items": [{"sku": f"SKU-{index}-{k}", "qty": k + 1} for k in range(3)],
+            "note": "benchmark payload " + "x" * 40,
+        },
+        separators=(",", ":"),
+    )
+
+
+def message_entry(index: int) -> dict[str, Any]:
+    """SendMessage parameters (less QueueUrl), or a SendMessageBatch entry with ``Id`` added:
+    the body above and two string message attributes."""
+    return {
+        "MessageBody": message_body(index),
+        "MessageAttributes": {
+            "trace_id": {"DataType": "String", "StringValue": f"trace-{index:032x}"},
+            "tenant": {"DataType": "String", "StringValue": "acme-corp"},
+        },
+    }
+
+
+class FakeSQSServer:
+    """trio_sqs's in-memory SQS (``python -m trio_sqs.testing``) as a child process, pinned to
+    ``cpu`` when given, and a small blocking client for it (unsigned JSON-protocol calls and
+    ``GET /stats``, on one keep-alive connection).
+
+    The server exits when its stdin closes (``close()``, or this process dying). Its queues
+    behave as SQS's (long polls, visibility timeouts, a poll whose client went away takes
+    messages); ``stats()`` gives its own CPU time and the requests counted per operation, overall
+    and per queue (see ``trio_sqs.testing.serve_fake_sqs``).
+    """
+
+    def __init__(self, cpu: int | None, python: str = sys.executable) -> None:
+        import http.client
+        import select
+        import subprocess
+
+        def pin() -> None:
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})
+
+        command = [python, "-m", "trio_sqs.testing", "--port", "0", "--exit-on-stdin-eof"]
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=pin
+        )
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], SERVER_START_TIMEOUT)
+        line = self.proc.stdout.readline().decode().strip() if ready else ""
+        if not line.startswith("http://"):
+            self.close()
+            raise RuntimeError(f"python -m trio_sqs.testing did not start (got {line!r})")
+        #: ``http://127.0.0.1:PORT``; queue URLs are ``{endpoint}/123456789012/{name}``.
+        self.endpoint = line
+        self.port = int(line.rsplit(":", 1)[1])
+        self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+
+    def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Any:
+        self._conn.request(method, path, body, headers)
+        response = self._conn.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            raise BenchError(f"server answered {response.status}: {payload[:300]!r}")
+        return json.loads(payload) if payload else {}
+
+    def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._request(
+            "POST",
+            "/",
+            json.dumps(params).encode(),
+            {
+                "X-Amz-Target": f"AmazonSQS.{operation}",
+                "Content-Type": "application/x-amz-json-1.0",
+            },
+        )
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        """The server's CPU seconds and requests by operation, and every queue's counts."""
+        result: dict[str, Any] = self._request("GET", "/stats", None, {})
+        return result
+
+    def server_stats(self) -> dict[str, Any]:
+        """CPU seconds and requests by operation, without the queues (it asks for the queue
+        ``.``, a name no queue can have)."""
+        result: dict[str, Any] = self._request("GET", "/stats?queue=.", None, {})
+        return result
+
+    def queue_stats(self, name: str) -> dict[str, Any]:
+        """One queue: visible, in_flight, delayed, waiting_polls, deliveries, requests (by
+        operation, on this queue)."""
+        result: dict[str, Any] = self._request("GET", f"/stats?queue={name}", None, {})
+        if result["queue"] is None:
+            raise BenchError(f"no queue {name!r} on the server")
+        queue: dict[str, Any] = result["queue"]
+        return queue
+
+    def create_queue(self, name: str, attributes: dict[str, str] | None = None) -> str:
+        params: dict[str, Any] = {"QueueName": name}
+        if attributes:
+            params["Attributes"] = attributes
+        return str(self.call("CreateQueue", params)["QueueUrl"])
+
+    def send(self, url: str, first: int, count: int) -> None:
+        """Send messages ``first`` to ``first + count - 1`` (``message_entry``), 10 a batch."""
+        for start in range(first, first + count, 10):
+            entries = [
+                {"Id": str(i - start), **message_entry(i)}
+                for i in range(start, min(start + 10, first + count))
+            ]
+            result = self.call("SendMessageBatch", {"QueueUrl": url, "Entries": entries})
+            if result.get("Failed"):
+                raise BenchError(f"SendMessageBatch failed: {result['Failed'][:1]}")
+
+    def close(self) -> None:
+        import subprocess
+
+        self._conn_close()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()  # the server exits at end of file on its stdin
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def _conn_close(self) -> None:
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> FakeSQSServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass

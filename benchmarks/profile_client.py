@@ -1,8 +1,9 @@
 """Where trio_sqs spends CPU on a ReceiveMessage(10) + DeleteMessageBatch(10) pair.
 
-Companion to ``bench_client.py`` (same fake server, same pinning). It times each stage of our
-path in isolation, with the same inputs the real loop uses (requests signed for the fake server,
-responses captured from it), so that profiler overhead does not distort the split:
+Companion to ``bench_client.py`` (same server, trio_sqs's in-memory SQS in its own process, and
+same pinning). It times each stage of our path in isolation, with the same inputs the real loop
+uses (requests signed for the server, responses captured from it), so that profiler overhead does
+not distort the split:
 
 - serialize (botocore's JSON serializer), sign (``AWSRequest`` + ``SigV4Auth`` + header copy),
 - transport (``httpx.AsyncClient.request`` on Trio with a pre-signed request, body read),
@@ -15,6 +16,11 @@ signer checked byte for byte against botocore's, a JSON decoder checked against 
 and projects what the pair would cost with each. All timings are CPU time of this process
 (``time.process_time``), medians over interleaved rounds. ``--cprofile`` adds a cProfile listing
 of the real loop (its per-call overhead inflates call-heavy code such as botocore's parser and h11).
+
+The queue has a visibility timeout of 0, so the timers that only receive (and the DeleteMessageBatch
+timers, which repeat one batch of receipt handles: a stale handle is deleted successfully, as on
+SQS) leave its messages in place; the timers of whole pairs delete what they receive, and the
+queue is topped up before each timed batch (``bench_client.Supply``), outside the timed window.
 
 Run: ``python benchmarks/profile_client.py [--rounds R] [--iterations N] [--cprofile]``
 """
@@ -46,12 +52,12 @@ import httpx
 import trio
 import urllib3
 from bench_client import (
-    QUEUE_PATH,
+    Supply,
     botocore_pairs,
     choose_pinning,
     clean_aws_environment,
-    fake_sqs_server,
     ours_pairs,
+    sqs_server,
 )
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -73,6 +79,8 @@ class Bench:
     """Named async thunks, each timed ``iterations`` times per round, rounds interleaved."""
 
     iterations: int
+    #: Called with the number of calls about to be timed, outside the timed window.
+    before: Callable[[int], None] = lambda n: None
     timers: dict[str, tuple[Timer, int]] = field(default_factory=dict)
     results: dict[str, list[float]] = field(default_factory=dict)
 
@@ -87,10 +95,12 @@ class Bench:
 
     async def run(self, rounds: int) -> None:
         for name, (thunk, _) in self.timers.items():
+            self.before(1)
             await thunk()  # warm caches and connections
             self.results[name] = []
         for _ in range(rounds):
             for name, (thunk, n) in self.timers.items():
+                self.before(n)
                 started = time.process_time()
                 for _ in range(n):
                     await thunk()
@@ -335,11 +345,12 @@ async def add_operation(
     return body
 
 
-async def measure(endpoint: str, rounds: int, iterations: int) -> Bench:
-    queue_url = endpoint + QUEUE_PATH
+async def measure(supply: Supply, rounds: int, iterations: int) -> Bench:
+    endpoint = supply.server.endpoint
+    queue_url = supply.url
     host = endpoint.removeprefix("http://")
     port = int(host.rsplit(":", 1)[1])
-    bench = Bench(iterations)
+    bench = Bench(iterations, before=supply.ensure)
     async with AsyncExitStack() as stack:
         sqs = await stack.enter_async_context(
             trio_sqs.open_client(
@@ -362,6 +373,7 @@ async def measure(endpoint: str, rounds: int, iterations: int) -> Bench:
         )
         stack.callback(client.close)
         shared = Shared(sqs, await sqs._credentials.get(), host, port, stack, pool, urllib3_pool)
+        supply.ensure(2)
         first = await sqs.receive_messages(queue_url, wait_time=0)
         handles = [m.receipt_handle for m in first.messages]
 
@@ -539,15 +551,16 @@ def report(bench: Bench) -> str:
     return "\n".join(lines)
 
 
-def run_cprofile(endpoint: str, pairs: int) -> str:
+def run_cprofile(supply: Supply, pairs: int) -> str:
     async def loop() -> cProfile.Profile:
         async with trio_sqs.open_client(
             region=REGION,
-            endpoint_url=endpoint,
+            endpoint_url=supply.server.endpoint,
             aws_access_key_id=ACCESS_KEY,
             aws_secret_access_key=SECRET_KEY,
         ) as sqs:
-            url = endpoint + QUEUE_PATH
+            url = supply.url
+            supply.ensure(100 + pairs)
             await ours_pairs(sqs, url, 100)
             profiler = cProfile.Profile(time.process_time)
             profiler.enable()
@@ -574,8 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     pinning = choose_pinning(not args.no_pin)
     if pinning.client_cpu is not None:
         os.sched_setaffinity(0, {pinning.client_cpu})
-    with fake_sqs_server(pinning.server_cpu) as endpoint:
-        bench = trio.run(measure, endpoint, args.rounds, args.iterations)
+    with sqs_server(pinning.server_cpu, {"VisibilityTimeout": "0"}) as supply:
+        bench = trio.run(measure, supply, args.rounds, args.iterations)
         print(f"- {pinning.describe()}; {args.rounds} rounds x {args.iterations} calls per stage\n")
         print(report(bench))
         print("\n<details><summary>every timer (median µs per call)</summary>\n")
@@ -584,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n</details>")
         if args.cprofile:
             print("\n## cProfile of 300 pairs (CPU timer; inflates call-heavy code)\n")
-            print(run_cprofile(endpoint, 300))
+            print(run_cprofile(supply, 300))
     return 0
 
 

@@ -5,7 +5,8 @@ Run: ``python benchmarks/run_all.py [--quick] [--out DIR] [--only SCENARIO ...] 
 (the tables), ``results.png`` (the chart) and ``results.json`` (every run's raw figures) into
 ``benchmarks/results/`` and prints the Markdown on stdout; progress goes to stderr.
 
-One stateful SQS server (``sqs_server.py``) runs for the whole invocation as its own process.
+One SQS server, trio_sqs's in-memory SQS (``python -m trio_sqs.testing``, see
+``bench_common.FakeSQSServer``), runs for the whole invocation as its own process.
 Each consumer run is a fresh subprocess (``consumer_<name>.py``) on a fresh queue, so CPU time,
 peak RSS and exit time are per process. The consumers are pinned to CPU 0, the server and this
 script to CPU 1 (``os.sched_setaffinity``), so the server never competes with the consumer it
@@ -18,7 +19,8 @@ concurrency 10 and the same handler):
 
 - drain: N preloaded messages (20,000; --quick 5,000), no-op handler. Messages/s and consumer CPU
   from "ready" (set up, about to consume) to "all N deleted"; SQS requests per 1,000 messages
-  from the server's counters; peak RSS (VmHWM: see bench_common.py).
+  from the server's counters (``GET /stats``, per queue); peak RSS (VmHWM: see bench_common.py);
+  the server's own CPU per request.
 - steady: 10 messages/s produced for 60 s (--quick 15 s), 200 ms handlers. Requests and CPU per
   1,000 messages: the cost of being idle most of the time.
 - idle shutdown: an empty queue; SIGTERM while the consumer waits in a 20 s long poll; the time
@@ -30,7 +32,6 @@ concurrency 10 and the same handler):
 from __future__ import annotations
 
 import argparse
-import http.client
 import importlib.metadata
 import importlib.util
 import json
@@ -51,8 +52,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_common import BenchError, FakeSQSServer, message_entry
+
 HERE = Path(__file__).resolve().parent
-SERVER_SCRIPT = HERE / "sqs_server.py"
 CONSUMERS = ("trio_sqs", "aiobotocore", "boto3")
 # The idle-shutdown scenario also runs trio_sqs's consumer with gc.freeze() before the
 # interpreter exits (bench_common.finish): what one line in an application changes.
@@ -79,10 +81,6 @@ COLORS = {"trio_sqs": "#2a7ab9", "aiobotocore": "#e08a1e", "boto3": "#5a9e4b", F
 PRODUCER_OPERATIONS = {"CreateQueue", "SendMessage", "SendMessageBatch"}
 SCENARIOS = ("drain", "steady", "idle", "loaded")
 CONSUMER_CPU, SERVER_CPU = 0, 1
-
-
-class BenchError(Exception):
-    """One run went wrong (a consumer crashed, hung, or left the queue inconsistent)."""
 
 
 @dataclass(frozen=True)
@@ -118,101 +116,36 @@ def log(text: str) -> None:
 # -- the server ----------------------------------------------------------------------------------
 
 
-def message_body(index: int) -> str:
-    """A ~250-byte JSON body, like the ones bench_client.py uses."""
-    return json.dumps(
-        {
-            "event": "order.created",
-            "order_id": f"ord-{index:06d}",
-            "customer": {"id": f"cus-{index * 7919:08d}", "tier": "gold"},
-            "items": [{"sku": f"SKU-{index}-{k}", "qty": k + 1} for k in range(3)],
-            "note": "benchmark payload " + "x" * 40,
-        },
-        separators=(",", ":"),
-    )
-
-
-def message_entry(index: int) -> dict[str, Any]:
-    """SendMessage parameters (less QueueUrl), or a SendMessageBatch entry with ``Id`` added."""
-    return {
-        "MessageBody": message_body(index),
-        "MessageAttributes": {
-            "trace_id": {"DataType": "String", "StringValue": f"trace-{index:032x}"},
-            "tenant": {"DataType": "String", "StringValue": "acme-corp"},
-        },
-    }
-
-
-class Server:
-    """The stateful SQS server as a child process, and a small unsigned client for it."""
+class Server(FakeSQSServer):
+    """The SQS server of the whole run (``python -m trio_sqs.testing``) and its queues."""
 
     def __init__(self, cpu: int | None) -> None:
-        command = [sys.executable, str(SERVER_SCRIPT), "--host", "127.0.0.1", "--port", "0"]
-        if cpu is not None:
-            command += ["--cpu", str(cpu)]
-        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 15)
-        line = self.proc.stdout.readline() if ready else b""
-        if not line.strip().isdigit():
-            self.close()
-            raise RuntimeError(f"the SQS server did not start (got {line!r})")
-        self.port = int(line)
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        super().__init__(cpu)
+        #: Messages this script sent to each queue (messages leave a queue only when deleted).
+        self.sent: dict[str, int] = {}
 
-    def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Any:
-        self._conn.request(method, path, body, headers)
-        response = self._conn.getresponse()
-        payload = response.read()
-        if response.status != 200:
-            raise BenchError(f"server answered {response.status}: {payload[:300]!r}")
-        return json.loads(payload) if payload else {}
-
-    def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self._request(
-            "POST",
-            "/",
-            json.dumps(params).encode(),
-            {
-                "X-Amz-Target": f"AmazonSQS.{operation}",
-                "Content-Type": "application/x-amz-json-1.0",
-            },
-        )
-        return result
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("GET", "/stats?queue=-", None, {})
-        return result
-
-    def queue_stats(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("GET", f"/stats?queue={name}", None, {})["queue"]
-        return result
-
-    def create_queue(self, scenario: str, consumer: str) -> tuple[str, str]:
+    def new_queue(self, scenario: str, consumer: str) -> tuple[str, str]:
         name = f"{scenario}-{consumer}-{uuid.uuid4().hex[:10]}"
-        return name, str(self.call("CreateQueue", {"QueueName": name})["QueueUrl"])
+        self.sent[name] = 0
+        return name, self.create_queue(name)
 
-    def preload(self, url: str, count: int) -> None:
-        for start in range(0, count, 10):
-            entries = [
-                {"Id": str(i - start), **message_entry(i)}
-                for i in range(start, min(start + 10, count))
-            ]
-            result = self.call("SendMessageBatch", {"QueueUrl": url, "Entries": entries})
-            if result.get("Failed"):
-                raise BenchError(f"preload failed: {result['Failed'][:1]}")
+    def preload(self, name: str, url: str, count: int) -> None:
+        self.send(url, 0, count)
+        self.sent[name] += count
 
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()  # the server exits at end of file on its stdin
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+    def send_one(self, name: str, url: str, index: int) -> None:
+        self.call("SendMessage", {"QueueUrl": url, **message_entry(index)})
+        self.sent[name] += 1
+
+    def remaining(self, queue: dict[str, Any]) -> int:
+        return int(queue["visible"] + queue["in_flight"] + queue["delayed"])
+
+    def deleted(self, name: str, queue: dict[str, Any] | None = None) -> int:
+        """Messages deleted from the queue: those sent less those still there (no retention
+        period, purge or redrive in these runs)."""
+        if queue is None:
+            queue = self.queue_stats(name)
+        return self.sent[name] - self.remaining(queue)
 
 
 def consumer_requests(queue: dict[str, Any]) -> int:
@@ -364,17 +297,17 @@ class Context:
 
 def run_drain(ctx: Context, consumer: str) -> dict[str, Any]:
     n = ctx.plan.drain_messages
-    name, url = ctx.server.create_queue("drain", consumer)
-    ctx.server.preload(url, n)
-    before = ctx.server.stats()["cpu_seconds"]
+    name, url = ctx.server.new_queue("drain", consumer)
+    ctx.server.preload(name, url, n)
+    before = ctx.server.server_stats()["cpu_seconds"]
     with child(consumer, ctx.server, name, ctx.plan, expect=n, cpu=ctx.cpu, env=ctx.env) as c:
         c.event("ready", 60)
         report = c.event("report", 60 + n / 100)
         if not c.wait_exit(5):
             c.proc.kill()  # done and reported; nothing more to measure
-        server_cpu = ctx.server.stats()["cpu_seconds"] - before
+        server_cpu = ctx.server.server_stats()["cpu_seconds"] - before
     queue = ctx.server.queue_stats(name)
-    if queue["deleted"] != n or queue["visible"] or queue["in_flight"]:
+    if ctx.server.deleted(name, queue) != n or queue["deliveries"] < n:
         raise BenchError(f"{consumer}: drain left the queue inconsistent: {queue}")
     cpu = report["cpu_user"] + report["cpu_system"]
     requests = consumer_requests(queue)
@@ -394,7 +327,7 @@ def run_drain(ctx: Context, consumer: str) -> dict[str, Any]:
 
 def run_steady(ctx: Context, consumer: str) -> dict[str, Any]:
     plan = ctx.plan
-    name, url = ctx.server.create_queue("steady", consumer)
+    name, url = ctx.server.new_queue("steady", consumer)
     total = round(plan.steady_rate * plan.steady_seconds)
     with child(
         consumer,
@@ -411,9 +344,9 @@ def run_steady(ctx: Context, consumer: str) -> dict[str, Any]:
             pause = start + i / plan.steady_rate - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
-            ctx.server.call("SendMessage", {"QueueUrl": url, **message_entry(i)})
+            ctx.server.send_one(name, url, i)
         wait_until(
-            lambda: ctx.server.queue_stats(name)["deleted"] >= total,
+            lambda: ctx.server.deleted(name) >= total,
             15,
             "every produced message to be deleted",
             every=0.1,
@@ -434,7 +367,7 @@ def run_steady(ctx: Context, consumer: str) -> dict[str, Any]:
 
 
 def run_idle(ctx: Context, consumer: str) -> dict[str, Any]:
-    name, _ = ctx.server.create_queue("idle", consumer)
+    name, _ = ctx.server.new_queue("idle", consumer)
     with child(consumer, ctx.server, name, ctx.plan, cpu=ctx.cpu, env=ctx.env) as c:
         c.event("ready", 60)
         wait_until(lambda: ctx.server.queue_stats(name)["waiting_polls"] >= 1, 20, "a long poll")
@@ -453,8 +386,8 @@ def run_idle(ctx: Context, consumer: str) -> dict[str, Any]:
 
 def run_loaded(ctx: Context, consumer: str) -> dict[str, Any]:
     plan = ctx.plan
-    name, url = ctx.server.create_queue("loaded", consumer)
-    ctx.server.preload(url, plan.loaded_preload)
+    name, url = ctx.server.new_queue("loaded", consumer)
+    ctx.server.preload(name, url, plan.loaded_preload)
     with child(
         consumer,
         ctx.server,
@@ -481,7 +414,7 @@ def run_loaded(ctx: Context, consumer: str) -> dict[str, Any]:
         "left_invisible": queue["in_flight"],
         "completed": report["completed"],
         "cancelled": report["cancelled"],
-        "deleted": queue["deleted"],
+        "deleted": ctx.server.deleted(name, queue),
     }
 
 
@@ -699,6 +632,8 @@ def markdown(results: Results, plan: Plan, meta: dict[str, Any]) -> str:
         f"{meta['load_after']} after (other work shares these CPUs: absolute figures are "
         "indicative, the ratios of one run are what to compare).",
         f"- {meta['pinning']}",
+        "- Server: trio_sqs's in-memory SQS (`python -m trio_sqs.testing`), its own process; "
+        "requests counted by it, per queue (`GET /stats`).",
         f"- {versions()}.",
         f"- All three: batch {plan.batch}, WaitTimeSeconds {plan.wait}, VisibilityTimeout "
         f"{plan.visibility}, concurrency {plan.concurrency}, the same handler; each run is its "
@@ -738,10 +673,15 @@ def markdown(results: Results, plan: Plan, meta: dict[str, Any]) -> str:
             )
         busy = [v * 100 for c in CONSUMERS for v in values(drain[c], "server_busy")]
         if busy:
+            verdict = (
+                "it was not the bottleneck"
+                if max(busy) < 80
+                else "**it may have been the bottleneck**: compare with care"
+            )
             lines += [
                 "",
                 f"The server was busy {min(busy):.0f}-{max(busy):.0f} % of one CPU during the "
-                "drains (its own process and CPU): it was not the bottleneck.",
+                f"drains (its own process and CPU): {verdict}.",
             ]
     if "steady" in results:
         steady = results["steady"]
@@ -941,7 +881,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="fewer messages and runs (~6 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer messages and runs (~4-6 min)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="output directory")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")

@@ -1,23 +1,24 @@
 """Measure the two ways of treating the in-flight long poll at stop (DESIGN.md 1, clause 1).
 
-Scenario of the original bug report, against an embedded moto server: a producer sends 10
-messages/s, handlers take 200 ms, the consumer is stopped after a few seconds while the producer
+Scenario of the original bug report, against trio_sqs's in-memory SQS in a process of its own
+(``python -m trio_sqs.testing``; like SQS, it keeps a long poll whose client went away running for
+its WaitTimeSeconds, and that poll takes messages): a producer sends 10 messages/s, handlers take 200 ms, the consumer is stopped after a few seconds while the producer
 goes on (as it would for the other replicas). For each ``poll_on_stop`` mode it reports:
 
 - shutdown time: from ``stop()`` to the end of the ``async with`` block;
 - stranded: messages produced before the check that were neither completed by the stopped
   consumer nor receivable by a fresh receiver right after it, i.e. swallowed by a long poll that
-  was abandoned (SQS and moto keep such a poll running for its WaitTimeSeconds) and invisible for
-  the whole receive lease;
+  was abandoned (SQS keeps such a poll running for its WaitTimeSeconds, and so does the server)
+  and invisible for the whole receive lease;
 - aborted polls, as the consumer's statistics count them.
 
-Run: python benchmarks/shutdown_modes.py [--runs 5] [--stop-after 3]
+Run: python benchmarks/shutdown_modes.py [--runs 5] [--stop-after 3] [--no-pin]
+(this process on the first allowed CPU, the server on the second, when there are two).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import random
 import statistics
@@ -25,6 +26,7 @@ import time
 import uuid
 
 import trio
+from bench_common import FakeSQSServer
 
 import trio_sqs
 
@@ -90,22 +92,13 @@ def summary(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} (min {min(values):.1f}, max {max(values):.1f})"
 
 
-async def main(runs: int, stop_after: float) -> None:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+async def main(endpoint: str, runs: int, stop_after: float) -> None:
     results: dict[str, list[dict[str, float]]] = {"abort": [], "land": []}
-    try:
-        for run in range(runs):
-            for mode in ("abort", "land") if run % 2 == 0 else ("land", "abort"):
-                result = await one_run(endpoint, mode, stop_after, seed=run)
-                results[mode].append(result)
-                print(f"run {run} {mode}: {result}", flush=True)
-    finally:
-        server.stop()
+    for run in range(runs):
+        for mode in ("abort", "land") if run % 2 == 0 else ("land", "abort"):
+            result = await one_run(endpoint, mode, stop_after, seed=run)
+            results[mode].append(result)
+            print(f"run {run} {mode}: {result}", flush=True)
     print()
     print(f"{runs} runs per mode, producer {RATE:.0f}/s, handlers {HANDLER_SECONDS * 1000:.0f} ms,")
     print("concurrency 8, stop after a few seconds, producer going on 2 s after stop")
@@ -124,9 +117,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--stop-after", type=float, default=3.0)
+    parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")
     args = parser.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    trio.run(main, args.runs, args.stop_after)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pin = not args.no_pin and len(cpus) >= 2
+    with FakeSQSServer(cpus[1] if pin else None) as server:
+        if pin:
+            os.sched_setaffinity(0, {cpus[0]})
+        trio.run(main, server.endpoint, args.runs, args.stop_after)

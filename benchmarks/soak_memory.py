@@ -5,11 +5,12 @@ On demand, not part of ``run_all.py`` (a million messages take 6-10 minutes here
 Run: ``python benchmarks/soak_memory.py [--messages 1000000] [--consumer trio_sqs]
 [--backlog 5000] [--interval 2] [--out FILE] [--no-pin]``
 
-It starts the stateful SQS server (``sqs_server.py``) and one consumer process (the same
-``consumer_<name>.py`` as ``run_all.py``: batch 10, long polls, concurrency 10, no-op handler),
-and keeps a backlog of ``--backlog`` messages in the queue (topped up in batches by this script)
-until ``--messages`` have been sent. Every ``--interval`` seconds it samples the consumer's
-resident memory (``VmRSS`` of /proc/PID/status) against the number of messages deleted so far.
+It starts the SQS server (trio_sqs's in-memory SQS, ``python -m trio_sqs.testing``) and one
+consumer process (the same ``consumer_<name>.py`` as ``run_all.py``: batch 10, long polls,
+concurrency 10, no-op handler), and keeps a backlog of ``--backlog`` messages in the queue
+(topped up in batches by this script) until ``--messages`` have been sent. Every ``--interval``
+seconds it samples the consumer's resident memory (``VmRSS`` of /proc/PID/status) against the
+number of messages deleted so far.
 
 It prints a Markdown table of RSS at every tenth of the run and a verdict: the growth of RSS from
 10 % of the run (after start-up and warm-up: caches, connection pools, the allocator's arenas)
@@ -37,7 +38,6 @@ from run_all import (
     child_environment,
     log,
     make_plan,
-    message_entry,
 )
 
 
@@ -75,17 +75,14 @@ def soak(args: argparse.Namespace) -> str:
     server = Server(server_cpu)
     started = time.monotonic()
     try:
-        name, url = server.create_queue("soak", args.consumer)
-        sent = 0
+        name, url = server.new_queue("soak", args.consumer)
 
         def top_up() -> None:
-            nonlocal sent
             visible = server.queue_stats(name)["visible"]
-            while visible < args.backlog and sent < total:
-                count = min(10, total - sent)
-                entries = [{"Id": str(i), **message_entry(sent + i)} for i in range(count)]
-                server.call("SendMessageBatch", {"QueueUrl": url, "Entries": entries})
-                sent += count
+            while visible < args.backlog and server.sent[name] < total:
+                count = min(10, total - server.sent[name])
+                server.send(url, server.sent[name], count)
+                server.sent[name] += count
                 visible += count
 
         top_up()
@@ -107,7 +104,7 @@ def soak(args: argparse.Namespace) -> str:
                 top_up()
                 now = time.monotonic()
                 if now >= next_sample:
-                    deleted = server.queue_stats(name)["deleted"]
+                    deleted = server.deleted(name)
                     try:
                         samples.append((deleted, rss_kib(consumer.proc.pid)))
                     except (OSError, BenchError):

@@ -1,316 +1,332 @@
-"""The benchmark server (benchmarks/sqs_server.py) must answer like SQS, or the benchmarks measure
-consumers against a protocol that does not exist. The same requests go, through trio_sqs's own
-client, to it and to moto (itself checked against SQS by its maintainers), concurrently; what each
-answers is reduced to its shape and semantics (fields present, MD5 digests valid, batch outcomes
-and error codes, visibility, delay and long-poll behaviour) and the two must agree.
+"""The HTTP server of trio_sqs.testing (what the benchmarks run against) serves real clients in
+other processes: boto3 against ``python -m trio_sqs.testing`` in a subprocess, and HTTP/1.1 edge
+cases (keep-alive, pipelining, requests split across reads, clients closing mid-request, scripted
+stalls and drops, requests it refuses) with raw sockets on 127.0.0.1.
+
+Real sockets on a real clock: nothing here asserts on elapsed time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import select
 import subprocess
 import sys
+import urllib.request
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import boto3
+import botocore.exceptions
 import pytest
 import trio
 
-import trio_sqs
-from trio_sqs import MessageAttributeValue, SendEntry
+from trio_sqs.testing import FakeSQS, serve_fake_sqs
 
-SERVER = Path(__file__).resolve().parent.parent / "benchmarks" / "sqs_server.py"
-# Visibility and delay checks sleep for real: keep the steps short but clear of timer jitter.
-STEP = 1.0
-
-
-@pytest.fixture(scope="module")
-def bench_endpoint() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(SERVER), "--port", "0"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 15)
-        line = proc.stdout.readline() if ready else b""
-        assert line.strip().isdigit(), f"the benchmark server did not start ({line!r})"
-        yield f"http://127.0.0.1:{int(line)}"
-    finally:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.close()  # it exits at end of file on stdin
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+TARGET = "AmazonSQS."
+JSON = "application/x-amz-json-1.0"
 
 
 def md5(text: str) -> str:
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
 
-def md5_of_attributes(attributes: dict[str, dict[str, str]]) -> str:
-    """SQS's digest of (string-typed) message attributes, written out here independently of both
-    servers and of trio_sqs: sorted names; length-prefixed name, type, then 1 and the value."""
-    buf = b""
-    for name in sorted(attributes):
-        parts = (name, attributes[name]["DataType"])
-        for part in parts:
-            buf += len(part.encode()).to_bytes(4, "big") + part.encode()
-        value = attributes[name]["StringValue"].encode()
-        buf += b"\x01" + len(value).to_bytes(4, "big") + value
-    return hashlib.md5(buf, usedforsecurity=False).hexdigest()
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "application/json"
+        return json.loads(response.read())
 
 
-WIRE_ATTRIBUTES = {"trace_id": {"DataType": "String", "StringValue": "trace-0001"}}
-WIRE_ATTRIBUTES["priority"] = {"DataType": "Number", "StringValue": "7"}
+# -- boto3 against the server in its own process --------------------------------------------------
 
 
-ATTRIBUTES = {
-    "trace_id": MessageAttributeValue.string("trace-0001"),
-    "priority": MessageAttributeValue.number(7),
-}
+@pytest.fixture
+def server_process() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trio_sqs.testing", "--port", "0", "--exit-on-stdin-eof"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        line = proc.stdout.readline().decode().strip() if ready else ""
+        assert line.startswith("http://127.0.0.1:"), f"no endpoint on stdout ({line!r})"
+        yield proc, line
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
-async def exchange(endpoint: str) -> dict[str, Any]:
-    """Run one fixed conversation with a server; return what it answered, reduced to what must
-    not differ between servers (no ids, handles or timestamps, only their presence and validity)."""
-    seen: dict[str, Any] = {}
-    async with trio_sqs.open_client(region="us-east-1", endpoint_url=endpoint) as sqs:
-        name = f"bench-{uuid.uuid4().hex[:12]}"
-        url = await sqs.create_queue(name)
-        seen["url_ends_with_name"] = url.endswith("/" + name)
-        seen["get_queue_url"] = (await sqs.get_queue_url(name)) == url
-        attributes = await sqs.get_queue_attributes(url, ["All"])
-        seen["queue_attributes"] = {
-            k: attributes.get(k)
-            for k in (
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-                "ApproximateNumberOfMessagesDelayed",
-                "VisibilityTimeout",
-                "DelaySeconds",
-                "ReceiveMessageWaitTimeSeconds",
-            )
-        }
-        seen["queue_arn"] = attributes.get("QueueArn", "").endswith(":" + name)
-        seen["fifo_attribute"] = await sqs.get_queue_attributes(url, ["FifoQueue"])
-        try:
-            await sqs.get_queue_url("no-such-queue-" + uuid.uuid4().hex[:8])
-        except trio_sqs.QueueDoesNotExist as exc:
-            seen["missing_queue"] = (exc.code, exc.status_code)
+def test_boto3_in_another_process(server_process: tuple[subprocess.Popen[bytes], str]) -> None:
+    proc, endpoint = server_process
+    sqs = boto3.client(
+        "sqs",
+        region_name="us-east-1",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    assert url == f"{endpoint}/123456789012/{name}"
+    attributes = {"tenant": {"DataType": "String", "StringValue": "acme"}}
+    sent = sqs.send_message(QueueUrl=url, MessageBody="héllo", MessageAttributes=attributes)
+    assert sent["MD5OfMessageBody"] == md5("héllo")
 
-        # Sending: single and batch, with attributes; digests as SQS computes them.
-        single = await sqs.send_message(url, "single body", message_attributes=ATTRIBUTES)
-        raw_single = await sqs.call(
-            "SendMessage",
-            {
-                "QueueUrl": url,
-                "MessageBody": "raw body",
-                "MessageAttributes": {k: v.to_wire() for k, v in ATTRIBUTES.items()},
-            },
-        )
-        seen["send_keys"] = sorted(raw_single)
-        seen["send_md5_body"] = single.md5_of_body == md5("single body")
-        seen["send_md5_attributes"] = raw_single["MD5OfMessageAttributes"] == md5_of_attributes(
-            WIRE_ATTRIBUTES
-        )
-        bodies = [f"batch body {i}" for i in range(8)]
-        sent, outcome = await sqs.send_message_batch(
-            url, [SendEntry(id=f"e{i}", body=b) for i, b in enumerate(bodies)]
-        )
-        seen["send_batch"] = (sorted(s.id or "" for s in sent), len(outcome.failed))
-        seen["send_batch_md5"] = all(
-            s.md5_of_body == md5(b) for s, b in zip(sent, bodies, strict=True)
-        )
-        seen["unique_ids"] = len({s.message_id for s in sent} | {single.message_id}) == 9
+    received = sqs.receive_message(
+        QueueUrl=url,
+        MaxNumberOfMessages=10,
+        WaitTimeSeconds=0,
+        MessageAttributeNames=["All"],
+        MessageSystemAttributeNames=["All"],
+    )["Messages"]
+    assert len(received) == 1
+    message = received[0]
+    assert (message["MessageId"], message["Body"]) == (sent["MessageId"], "héllo")
+    assert message["MD5OfBody"] == md5("héllo")
+    assert message["MD5OfMessageAttributes"] == sent["MD5OfMessageAttributes"]
+    assert message["MessageAttributes"] == attributes
+    assert message["Attributes"]["ApproximateReceiveCount"] == "1"
+    in_flight = get_json(f"{endpoint}/stats?queue={name}")["queue"]
+    assert (in_flight["visible"], in_flight["in_flight"]) == (0, 1)
 
-        # Receiving: 10 messages, all attributes, a short lease.
-        raw = await sqs.call(
-            "ReceiveMessage",
-            {
-                "QueueUrl": url,
-                "MaxNumberOfMessages": 10,
-                "WaitTimeSeconds": 0,
-                "VisibilityTimeout": 1,
-                "MessageSystemAttributeNames": ["All"],
-                "MessageAttributeNames": ["All"],
-            },
-        )
-        messages = raw["Messages"]
-        seen["received"] = len(messages)
-        seen["message_keys"] = sorted({tuple(sorted(m)) for m in messages})
-        seen["system_attributes"] = sorted({tuple(sorted(m["Attributes"])) for m in messages})
-        seen["receive_counts"] = sorted(
-            {m["Attributes"]["ApproximateReceiveCount"] for m in messages}
-        )
-        seen["md5_of_body_valid"] = all(m["MD5OfBody"] == md5(m["Body"]) for m in messages)
-        seen["bodies"] = sorted(m["Body"] for m in messages)
-        with_attributes = [m for m in messages if "MessageAttributes" in m]
-        seen["with_attributes"] = len(with_attributes)
-        seen["md5_of_attributes_valid"] = all(
-            m["MD5OfMessageAttributes"] == md5_of_attributes(m["MessageAttributes"])
-            for m in with_attributes
-        )
-        seen["attribute_values"] = sorted(
-            {
-                (k, v["DataType"], v["StringValue"])
-                for m in with_attributes
-                for k, v in m["MessageAttributes"].items()
-            }
-        )
-        # Only some attributes asked for: only those come back (none of the messages is visible
-        # now, so this looks at an empty receive's shape too).
-        seen["hidden_receive"] = await sqs.call(
-            "ReceiveMessage", {"QueueUrl": url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 0}
-        )
-        counts = await sqs.get_queue_attributes(
-            url, ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-        )
-        seen["counts_in_flight"] = counts
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    with pytest.raises(botocore.exceptions.ClientError) as missing:
+        sqs.receive_message(QueueUrl=f"{endpoint}/123456789012/nope-{name}")
+    assert missing.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert "NonExistentQueue" in missing.value.response["Error"]["Code"]
 
-        # The lease ends: the same messages come back, with new handles and a higher count.
-        await trio.sleep(STEP + 0.3)
-        again = await sqs.receive_messages(
-            url, max_messages=10, wait_time=0, visibility_timeout=30, message_attribute_names=()
-        )
-        seen["redelivered"] = sorted(m.body for m in again) == seen["bodies"]
-        seen["redelivered_count"] = sorted({m.receive_count for m in again})
-        old_handles = {m["ReceiptHandle"] for m in messages}
-        seen["new_handles"] = not old_handles & {m.receipt_handle for m in again}
-        seen["no_attributes_unasked"] = all(not m.message_attributes for m in again)
-        handles = [m.receipt_handle for m in again]
-
-        # Releasing (visibility 0) part of them, with a foreign handle in the batch.
-        released = await sqs.change_message_visibility_batch(
-            url, {"a": handles[0], "b": handles[1], "bad": "not-a-receipt-handle"}, 0
-        )
-        seen["release"] = (sorted(released.successful), sorted(f.code for f in released.failed))
-        back = await sqs.receive_messages(url, max_messages=10, wait_time=0, visibility_timeout=30)
-        seen["released_back"] = len(back)
-        handles = handles[2:] + [m.receipt_handle for m in back]
-
-        # Deleting: a batch with a foreign handle, a single delete, and a delete repeated.
-        deleted = await sqs.delete_message_batch(
-            url, {**{str(i): h for i, h in enumerate(handles[:-1])}, "bad": "garbage"}
-        )
-        seen["delete_batch"] = (len(deleted.successful), sorted(f.code for f in deleted.failed))
-        await sqs.delete_message(url, handles[-1])
-        await sqs.delete_message(url, handles[-1])  # deleting twice is not an error
-        try:
-            await sqs.change_message_visibility(url, handles[-1], 10)
-        except trio_sqs.SQSError as exc:
-            seen["change_deleted"] = exc.code
-        try:
-            await sqs.delete_message(url, "garbage")
-        except trio_sqs.InvalidReceiptHandle as exc:
-            seen["delete_garbage"] = exc.code
-        seen["empty_after"] = len(await sqs.receive_messages(url, wait_time=0))
-        seen["counts_after"] = await sqs.get_queue_attributes(
-            url, ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-        )
-        try:
-            await sqs.call("ReceiveMessage", {"QueueUrl": url, "MaxNumberOfMessages": 11})
-        except trio_sqs.SQSError as exc:
-            seen["max_11"] = (exc.code, exc.status_code)
-
-        # Delayed messages are invisible, then arrive.
-        await sqs.send_message(url, "delayed", delay_seconds=1)
-        seen["delayed_hidden"] = len(await sqs.receive_messages(url, wait_time=0))
-        seen["delayed_count"] = (await sqs.get_queue_attributes(url, ["All"]))[
-            "ApproximateNumberOfMessagesDelayed"
-        ]
-        await trio.sleep(STEP + 0.3)
-        late = await sqs.receive_messages(url, wait_time=0)
-        seen["delayed_arrives"] = [m.body for m in late]
-        await sqs.delete_message(url, late.messages[0].receipt_handle)
-
-        # A long poll returns as soon as a message is sent, not at the end of its wait.
-        async def send_soon() -> None:
-            await trio.sleep(0.3)
-            await sqs.send_message(url, "wake up")
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_soon)
-            start = trio.current_time()
-            woke = await sqs.receive_messages(url, wait_time=5)
-            took = trio.current_time() - start
-        seen["long_poll"] = ([m.body for m in woke], 0.2 < took < 2.0)
-        await sqs.delete_message_batch(url, [m.receipt_handle for m in woke])
-        start = trio.current_time()
-        empty = await sqs.receive_messages(url, wait_time=1)
-        took = trio.current_time() - start
-        seen["long_poll_empty"] = (len(empty), 0.9 < took < 2.0)
-
-        # A long poll abandoned by its client runs on at the server and swallows what arrives
-        # (DESIGN.md 2.2): the loaded-shutdown benchmark counts such messages.
-        with trio.move_on_after(0.3):
-            await sqs.receive_messages(url, wait_time=3, visibility_timeout=30)
-        await sqs.send_message(url, "orphan")
-        await trio.sleep(0.2)
-        swallowed = await sqs.receive_messages(url, wait_time=0)
-        counts = await sqs.get_queue_attributes(url, ["ApproximateNumberOfMessagesNotVisible"])
-        seen["orphaned_poll"] = (len(swallowed), counts["ApproximateNumberOfMessagesNotVisible"])
-    return seen
-
-
-@pytest.mark.deadline(40)
-async def test_same_answers_as_moto(moto_endpoint: str, bench_endpoint: str) -> None:
-    results: dict[str, dict[str, Any]] = {}
-
-    async def run(label: str, endpoint: str) -> None:
-        results[label] = await exchange(endpoint)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run, "moto", moto_endpoint)
-        nursery.start_soon(run, "bench", bench_endpoint)
-    moto, bench = results["moto"], results["bench"]
-    differing = {
-        k: (moto.get(k), bench.get(k))
-        for k in moto.keys() | bench.keys()
-        if moto.get(k) != bench.get(k)
-    }
-    assert not differing, f"(moto, benchmark server) disagree: {differing}"
-    # And both are right, not merely alike.
-    assert bench["received"] == 10
-    assert bench["md5_of_body_valid"] and bench["md5_of_attributes_valid"]
-    assert bench["with_attributes"] == 2
-    assert bench["redelivered"] and bench["redelivered_count"] == [2] and bench["new_handles"]
-    assert bench["release"] == (["a", "b"], ["ReceiptHandleIsInvalid"])
-    assert bench["released_back"] == 2
-    assert bench["delete_batch"] == (9, ["ReceiptHandleIsInvalid"])
-    assert bench["empty_after"] == 0
-    assert bench["delayed_hidden"] == 0 and bench["delayed_arrives"] == ["delayed"]
-    assert bench["long_poll"] == (["wake up"], True)
-    assert bench["long_poll_empty"] == (0, True)
-    assert bench["orphaned_poll"] == (0, "1")
-
-
-async def test_counts_requests_and_messages(bench_endpoint: str) -> None:
-    """GET /stats: requests per operation and queue, and the queue's visible / in-flight counts
-    (what run_all.py reads)."""
-    import httpx
-
-    async with trio_sqs.open_client(region="us-east-1", endpoint_url=bench_endpoint) as sqs:
-        name = f"stats-{uuid.uuid4().hex[:12]}"
-        url = await sqs.create_queue(name)
-        await sqs.send_message_batch(url, [SendEntry(body=f"m{i}") for i in range(5)])
-        got = await sqs.receive_messages(url, max_messages=3, wait_time=0)
-        await sqs.delete_message_batch(url, [got.messages[0].receipt_handle])
-    async with httpx.AsyncClient() as http:
-        response = await http.get(f"{bench_endpoint}/stats", params={"queue": name})
-    queue = response.json()["queue"]
-    assert queue["requests"] == {
+    stats = get_json(f"{endpoint}/stats")
+    assert stats["cpu_seconds"] > 0
+    assert stats["requests"] == {
         "CreateQueue": 1,
-        "SendMessageBatch": 1,
-        "ReceiveMessage": 1,
-        "DeleteMessageBatch": 1,
+        "SendMessage": 1,
+        "ReceiveMessage": 2,
+        "DeleteMessage": 1,
     }
-    assert (queue["visible"], queue["in_flight"], queue["deleted"]) == (2, 2, 1)
-    assert response.json()["cpu_seconds"] > 0
+    assert stats["queues"] == {
+        name: {
+            "visible": 0,
+            "in_flight": 0,
+            "delayed": 0,
+            "waiting_polls": 0,
+            "deliveries": 1,
+            "orphaned_deliveries": 0,
+            # The calls that named this queue (not the receive from the missing one).
+            "requests": {
+                "CreateQueue": 1,
+                "SendMessage": 1,
+                "ReceiveMessage": 1,
+                "DeleteMessage": 1,
+            },
+        }
+    }
+    assert get_json(f"{endpoint}/stats?queue=nope")["queue"] is None
+
+    assert proc.stdin is not None
+    proc.stdin.close()  # --exit-on-stdin-eof
+    assert proc.wait(timeout=15) == 0
+
+
+# -- raw HTTP/1.1 against the server in this process ----------------------------------------------
+
+
+def raw_request(
+    operation: str, params: dict[str, Any], *, headers: str = "", version: str = "HTTP/1.1"
+) -> bytes:
+    body = json.dumps(params).encode()
+    head = (
+        f"POST / {version}\r\nHost: 127.0.0.1\r\nX-Amz-Target: {TARGET}{operation}\r\n"
+        f"Content-Type: {JSON}\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
+    )
+    return head.encode() + body
+
+
+class RawClient:
+    """One TCP connection; responses read by Content-Length, leftovers kept for the next."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def _more(self) -> None:
+        data = await self.stream.receive_some(65536)
+        if not data:
+            raise EOFError("the server closed the connection")
+        self.buffer += data
+
+    async def head(self) -> tuple[int, dict[str, str]]:
+        while b"\r\n\r\n" not in self.buffer:
+            await self._more()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        version, status, _ = lines[0].split(" ", 2)
+        assert version == "HTTP/1.1"
+        headers = {}
+        for line in lines[1:]:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+        return int(status), headers
+
+    async def response(self) -> tuple[int, dict[str, str], Any]:
+        status, headers = await self.head()
+        length = int(headers["content-length"])
+        while len(self.buffer) < length:
+            await self._more()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return status, headers, json.loads(body) if body else None
+
+    async def closed(self) -> bool:
+        """True if the server closed the connection (after whatever it still had to say)."""
+        try:
+            while True:
+                await self._more()
+        except EOFError:
+            return True
+
+
+@asynccontextmanager
+async def served() -> AsyncIterator[tuple[FakeSQS, str, int]]:
+    """A FakeSQS served on 127.0.0.1 (a free port), with a fresh queue: (fake, queue URL, port)."""
+    fake = FakeSQS()
+    async with trio.open_nursery() as nursery:
+        endpoint = await nursery.start(serve_fake_sqs, fake)
+        created = await fake.call("CreateQueue", {"QueueName": f"raw-{uuid.uuid4().hex[:8]}"})
+        try:
+            yield fake, created["QueueUrl"], int(endpoint.rsplit(":", 1)[1])
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def connect(port: int) -> AsyncIterator[RawClient]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        yield RawClient(stream)
+
+
+async def test_keep_alive_pipelining_and_requests_split_across_reads() -> None:
+    async with served() as (fake, url, port), connect(port) as client:
+        send = raw_request("SendMessage", {"QueueUrl": url, "MessageBody": "split"})
+        cuts = [0, 7, send.index(b"\r\n\r\n") + 1, send.index(b"\r\n\r\n") + 3, len(send) - 4]
+        for start, end in zip(cuts, [*cuts[1:], len(send)], strict=True):
+            await client.stream.send_all(send[start:end])
+            await trio.sleep(0.02)  # separate reads, most likely (correct either way)
+        status, headers, sent = await client.response()
+        assert (status, headers["content-type"]) == (200, JSON)
+        assert sent["MD5OfMessageBody"] == md5("split")
+
+        # Two requests in one write, answered in order on the same connection.
+        receive = raw_request("ReceiveMessage", {"QueueUrl": url, "MaxNumberOfMessages": 10})
+        attributes = raw_request("GetQueueAttributes", {"QueueUrl": url, "AttributeNames": ["All"]})
+        await client.stream.send_all(receive + attributes)
+        status, _, received = await client.response()
+        assert status == 200 and [m["Body"] for m in received["Messages"]] == ["split"]
+        status, _, attrs = await client.response()
+        assert status == 200
+        assert attrs["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"
+
+        # A stats request in the middle of the conversation, then SQS again: still keep-alive.
+        await client.stream.send_all(b"GET /stats?queue=nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, stats = await client.response()
+        assert (status, headers["content-type"], stats["queue"]) == (200, "application/json", None)
+        handle = received["Messages"][0]["ReceiptHandle"]
+        await client.stream.send_all(
+            raw_request("DeleteMessage", {"QueueUrl": url, "ReceiptHandle": handle})
+        )
+        status, _, _ = await client.response()
+        assert status == 200
+        assert fake.queue(url).counts().total == 0
+
+
+async def test_a_client_closing_mid_request_changes_nothing() -> None:
+    async with served() as (fake, url, port):
+        send = raw_request("SendMessage", {"QueueUrl": url, "MessageBody": "never whole"})
+        for cut in (20, send.index(b"\r\n\r\n") + 4, len(send) - 1):  # in the head, the body
+            async with connect(port) as client:
+                await client.stream.send_all(send[:cut])
+        async with connect(port) as client:  # the server goes on serving
+            await client.stream.send_all(raw_request("ListQueues", {}))
+            status, _, listed = await client.response()
+            assert (status, listed["QueueUrls"]) == (200, [url])
+        assert fake.queue(url).counts().total == 0
+        assert fake.call_counts["SendMessage"] == 0
+
+
+async def test_stall_sends_the_head_and_never_the_body() -> None:
+    async with served() as (fake, url, port), connect(port) as client:
+        await fake.call("SendMessage", {"QueueUrl": url, "MessageBody": "taken"})
+        fake.faults.stall("ReceiveMessage")
+        await client.stream.send_all(raw_request("ReceiveMessage", {"QueueUrl": url}))
+        status, headers = await client.head()
+        assert status == 200 and int(headers["content-length"]) > 0
+        with trio.move_on_after(0.2):
+            await client._more()
+        assert client.buffer == b""  # no body came (however slow the machine, none would)
+        assert fake.queue(url).counts().in_flight == 1  # the receive took effect
+
+
+@pytest.mark.parametrize("after", [False, True])
+async def test_drop_resets_the_connection(after: bool) -> None:
+    async with served() as (fake, url, port), connect(port) as client:
+        fake.faults.drop("SendMessage", after=after)
+        await client.stream.send_all(
+            raw_request("SendMessage", {"QueueUrl": url, "MessageBody": "x"})
+        )
+        with pytest.raises(trio.BrokenResourceError) as reset:
+            await client._more()
+        assert isinstance(reset.value.__cause__, ConnectionResetError)  # RST, not FIN
+        assert fake.queue(url).counts().visible == (1 if after else 0)
+
+
+async def test_expect_continue_connection_close_and_http_1_0() -> None:
+    async with served() as (_, url, port):
+        async with connect(port) as client:
+            request = raw_request("ListQueues", {}, headers="Expect: 100-continue\r\n")
+            head, _, body = request.partition(b"\r\n\r\n")
+            await client.stream.send_all(head + b"\r\n\r\n")
+            status, _ = await client.head()
+            assert status == 100
+            await client.stream.send_all(body)
+            status, _, listed = await client.response()
+            assert (status, listed["QueueUrls"]) == (200, [url])
+        async with connect(port) as client:
+            await client.stream.send_all(
+                raw_request("ListQueues", {}, headers="Connection: close\r\n")
+            )
+            status, headers, _ = await client.response()
+            assert (status, headers["connection"]) == (200, "close")
+            assert await client.closed()
+        async with connect(port) as client:
+            await client.stream.send_all(raw_request("ListQueues", {}, version="HTTP/1.0"))
+            status, _, _ = await client.response()
+            assert status == 200 and await client.closed()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"NONSENSE\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: nine\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\n folded: header\r\n\r\n", 400),
+        (b"POST / HTTP/2.0\r\nContent-Length: 0\r\n\r\n", 505),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+    ],
+)
+async def test_requests_it_cannot_read_are_refused_and_closed(
+    request_bytes: bytes, status: int
+) -> None:
+    async with served() as (_, _, port), connect(port) as client:
+        await client.stream.send_all(request_bytes)
+        answered, headers, _ = await client.response()
+        assert (answered, headers["connection"]) == (status, "close")
+        assert await client.closed()
