@@ -1,36 +1,62 @@
 """Invalid settings fail at once, with a message naming the option, the value and the allowed range.
 
-"Before any I/O" is checked against a fake server that records every request: it must see none.
+"Before any I/O" is checked on trio_sqs.testing's in-memory SQS, through a transport that records
+every request leaving the client: it must see none.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
 import trio_sqs
 from trio_sqs import ConfigurationError, Limits, RetryPolicy, SendEntry, SQSClient
+from trio_sqs.testing import FakeSQS
 
-from .fake_sqs import FakeSQS, serve_fake_sqs
+QUEUE_URL = "http://sqs.fake.invalid/123456789012/q"
 
-QUEUE_URL = "http://127.0.0.1/123456789012/q"
+
+class Recorder(httpx.AsyncBaseTransport):
+    """Records every request on its way to the fake."""
+
+    def __init__(self, fake: FakeSQS) -> None:
+        self.inner = fake.transport()
+        self.requests: list[httpx.Request] = []
+
+    def operations(self) -> list[str]:
+        return [r.headers["x-amz-target"].rpartition(".")[2] for r in self.requests]
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeSQS]:
-    async with serve_fake_sqs() as server:
-        yield server
+async def fake(fake_sqs: FakeSQS) -> FakeSQS:
+    await fake_sqs.call("CreateQueue", {"QueueName": "q"})
+    assert fake_sqs.queue("q").url == QUEUE_URL
+    return fake_sqs
 
 
 @pytest.fixture
-async def client(fake: FakeSQS) -> AsyncIterator[SQSClient]:
-    async with trio_sqs.open_client(region="us-east-1", endpoint_url=fake.endpoint) as client:
+def wire(fake: FakeSQS) -> Recorder:
+    return Recorder(fake)
+
+
+@pytest.fixture
+async def client(fake: FakeSQS, wire: Recorder) -> AsyncIterator[SQSClient]:
+    async with trio_sqs.open_client(
+        region="us-east-1", endpoint_url=fake.endpoint, transport=wire
+    ) as client:
         yield client
 
 
@@ -135,7 +161,7 @@ CALL_CASES: list[Any] = [
 @pytest.mark.parametrize(("invoke", "message"), CALL_CASES)
 async def test_invalid_call_fails_before_any_io(
     client: SQSClient,
-    fake: FakeSQS,
+    wire: Recorder,
     invoke: Callable[[SQSClient], Awaitable[object]],
     message: str,
 ) -> None:
@@ -143,10 +169,10 @@ async def test_invalid_call_fails_before_any_io(
         await invoke(client)
     assert isinstance(info.value, ValueError)
     assert info.value.code in ("InvalidOption", "InvalidParameter")
-    assert fake.requests == []
+    assert wire.requests == []
     # The client is still fine afterwards.
     await client.purge_queue(QUEUE_URL)
-    assert fake.operations() == ["PurgeQueue"]
+    assert wire.operations() == ["PurgeQueue"]
 
 
 # -- option objects --------------------------------------------------------------------------------
@@ -198,14 +224,6 @@ def test_options_are_keyword_only_and_frozen() -> None:
 # -- open_client -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def dead_endpoint() -> Any:
-    """A port with nothing listening: any connection attempt would fail with a transport error."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
 OPEN_CASES: list[Any] = [
     pytest.param({"region": "not a region!"}, "region='not a region!'", id="region-garbage"),
     pytest.param({"region": ""}, "region must be a non-empty string", id="region-empty"),
@@ -246,78 +264,98 @@ OPEN_CASES: list[Any] = [
 
 @pytest.mark.parametrize(("options", "message"), OPEN_CASES)
 async def test_open_client_rejects_invalid_options(
-    fake: FakeSQS, options: dict[str, Any], message: str
+    fake: FakeSQS, wire: Recorder, options: dict[str, Any], message: str
 ) -> None:
-    kwargs: dict[str, Any] = {"region": "us-east-1", "endpoint_url": fake.endpoint, **options}
+    kwargs: dict[str, Any] = {
+        "region": "us-east-1",
+        "endpoint_url": fake.endpoint,
+        "transport": wire,
+        **options,
+    }
     with pytest.raises(ConfigurationError, match=re.escape(message)) as info:
         async with trio_sqs.open_client(**kwargs):
             pytest.fail("open_client accepted an invalid option")
     assert info.value.code == "InvalidOption"
-    assert fake.requests == [] and fake.connections == 0
+    assert wire.requests == []
 
 
 @pytest.mark.parametrize("region", ["local", "elasticmq", "mars-1"])
-async def test_region_that_is_no_aws_region_needs_an_endpoint(fake: FakeSQS, region: str) -> None:
+async def test_region_that_is_no_aws_region_needs_an_endpoint(
+    fake: FakeSQS, wire: Recorder, region: str
+) -> None:
     with pytest.raises(ConfigurationError, match=f"region='{region}' is not an AWS region name"):
-        async with trio_sqs.open_client(region=region):
+        async with trio_sqs.open_client(region=region, transport=wire):
             pytest.fail("opened a client for a region AWS does not have")
+    assert wire.requests == []
     # With an explicit endpoint (a local server), any DNS label will do.
-    async with trio_sqs.open_client(region=region, endpoint_url=fake.endpoint) as client:
+    async with trio_sqs.open_client(
+        region=region, endpoint_url=fake.endpoint, transport=wire
+    ) as client:
         assert client.region == region
         await client.purge_queue(QUEUE_URL)
-    assert fake.requests[0].headers["authorization"].split("/")[2] == region
+    [request] = wire.requests
+    assert request.headers["authorization"].split("/")[2] == region
 
 
-async def test_no_region(monkeypatch: pytest.MonkeyPatch, fake: FakeSQS) -> None:
+async def test_no_region(monkeypatch: pytest.MonkeyPatch, fake: FakeSQS, wire: Recorder) -> None:
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     with pytest.raises(ConfigurationError, match="no region: pass region="):
-        async with trio_sqs.open_client(endpoint_url=fake.endpoint):
+        async with trio_sqs.open_client(endpoint_url=fake.endpoint, transport=wire):
             pytest.fail("opened a client without a region")
-    assert fake.connections == 0
+    assert wire.requests == []
 
 
-async def test_fips_with_explicit_endpoint(fake: FakeSQS) -> None:
+async def test_fips_with_explicit_endpoint(fake: FakeSQS, wire: Recorder) -> None:
     with pytest.raises(ConfigurationError, match="FIPS and custom endpoint are not supported"):
         async with trio_sqs.open_client(
-            region="us-east-1", endpoint_url=fake.endpoint, use_fips=True
+            region="us-east-1", endpoint_url=fake.endpoint, use_fips=True, transport=wire
         ):
             pytest.fail("opened a FIPS client on a custom endpoint")
-    assert fake.connections == 0
+    assert wire.requests == []
 
 
-async def test_invalid_calls_never_reach_a_dead_endpoint(dead_endpoint: str) -> None:
-    """With nothing listening, I/O would end in TransportError; validation errors come first."""
+async def test_invalid_calls_never_reach_a_dead_server(fake: FakeSQS, wire: Recorder) -> None:
+    """With every connection dropped, I/O ends in TransportError; validation errors come first."""
+    fake.faults.drop(None, times=100)
     async with trio_sqs.open_client(
         region="us-east-1",
-        endpoint_url=dead_endpoint,
+        endpoint_url=fake.endpoint,
         retry=RetryPolicy(max_attempts=1),
+        transport=wire,
     ) as client:
-        assert client.endpoint == dead_endpoint
+        assert client.endpoint == fake.endpoint
         with pytest.raises(ConfigurationError, match=re.escape("wait_time=21")):
             await client.receive_messages(QUEUE_URL, wait_time=21)
+        assert wire.requests == []
         with pytest.raises(trio_sqs.TransportError):
             await client.receive_messages(QUEUE_URL, wait_time=0)
+        assert wire.operations() == ["ReceiveMessage"]
 
 
 async def test_environment_endpoint_is_validated_too(
-    monkeypatch: pytest.MonkeyPatch, fake: FakeSQS
+    monkeypatch: pytest.MonkeyPatch, fake: FakeSQS, wire: Recorder
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", "ftp://127.0.0.1:21")
     with pytest.raises(ConfigurationError, match=re.escape("endpoint_url='ftp://127.0.0.1:21'")):
-        async with trio_sqs.open_client(region="us-east-1"):
+        async with trio_sqs.open_client(region="us-east-1", transport=wire):
             pytest.fail("accepted an invalid endpoint from the environment")
+    assert wire.requests == []
     monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", fake.endpoint)
-    async with trio_sqs.open_client(region="us-east-1") as client:
+    async with trio_sqs.open_client(region="us-east-1", transport=wire) as client:
         assert client.endpoint == fake.endpoint
         await client.purge_queue(QUEUE_URL)
-    assert fake.operations() == ["PurgeQueue"]
+    assert wire.operations() == ["PurgeQueue"]
+    assert str(wire.requests[0].url).startswith(fake.endpoint + "/")
 
 
-async def test_cancelled_open_does_not_hang() -> None:
+async def test_cancelled_open_does_not_hang(fake: FakeSQS, wire: Recorder) -> None:
     with trio.move_on_after(0) as scope:
-        async with trio_sqs.open_client(region="us-east-1", endpoint_url="http://127.0.0.1:9"):
+        async with trio_sqs.open_client(
+            region="us-east-1", endpoint_url=fake.endpoint, transport=wire
+        ):
             pytest.fail("the block ran inside a cancelled scope")
     assert scope.cancelled_caught
+    assert wire.requests == []
 
 
 # -- the public namespace --------------------------------------------------------------------------

@@ -1,4 +1,10 @@
-"""Credentials: resolution and refresh happen in worker threads and never stall the event loop."""
+"""Credentials: resolution and refresh happen in worker threads and never stall the event loop.
+
+"Never stalls" is proven without timing: a slow refresh blocks in its worker thread until the
+Trio loop has shown it runs meanwhile (other tasks got scheduled, or every task blocked waiting),
+so a refresh made on the loop's own thread could never end (it would fail at a bound instead).
+Requests go to trio_sqs.testing's in-memory SQS through a transport that records their headers.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +13,28 @@ import logging
 import os
 import re
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
+import trio.testing
 from botocore.credentials import ReadOnlyCredentials, RefreshableCredentials
 from botocore.exceptions import ClientError, CredentialRetrievalError
 
 import trio_sqs
 from trio_sqs import CredentialsError, SQSClient
 from trio_sqs._credentials import CredentialCache
+from trio_sqs.testing import FakeSQS
 
-from .fake_sqs import FakeSQS, Request, serve_fake_sqs
-
-REFRESH_SECONDS = 1.0
-MAX_TICK_GAP = 0.2
+# A safety net only, never reached when the code is right: how long a blocked refresh waits for
+# the loop to show it is alive before it gives up (and the test fails).
+LOOP_PROOF_TIMEOUT = 10.0
+QUEUE_URL = "http://sqs.fake.invalid/123456789012/q"
 
 
 def _iso_in(seconds: float) -> str:
@@ -34,12 +43,35 @@ def _iso_in(seconds: float) -> str:
     ).isoformat()
 
 
-def slow_refreshable(calls: list[float]) -> RefreshableCredentials:
-    """Credentials inside botocore's mandatory refresh window, whose provider takes 1 s."""
+class Gate:
+    """Holds a refresh in its worker thread until the Trio side opens it.
+
+    ``entered`` is set (on the Trio side) when a refresh starts; :meth:`open` lets it finish.
+    ``stalled`` records a refresh that gave up waiting: the loop never opened the gate.
+    """
+
+    def __init__(self) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+        self.entered = trio.Event()
+        self._opened = threading.Event()
+        self.stalled = False
+
+    def wait_in_thread(self) -> None:
+        self.token.run_sync_soon(self.entered.set)
+        if not self._opened.wait(LOOP_PROOF_TIMEOUT):
+            self.stalled = True
+
+    def open(self) -> None:
+        self._opened.set()
+
+
+def gated_refreshable(calls: list[str], gate: Gate) -> RefreshableCredentials:
+    """Credentials inside botocore's mandatory refresh window, whose provider blocks until the
+    gate opens (a slow STS / IMDS / container endpoint)."""
 
     def refresh() -> dict[str, str]:
-        calls.append(time.monotonic())
-        time.sleep(REFRESH_SECONDS)  # a slow STS / IMDS / container endpoint
+        calls.append(threading.current_thread().name)
+        gate.wait_in_thread()
         return {
             "access_key": "AKIDNEW",
             "secret_key": "secret-new",
@@ -59,57 +91,65 @@ def slow_refreshable(calls: list[float]) -> RefreshableCredentials:
     )
 
 
-class Ticker:
-    """Ticks every 10 ms on the Trio thread and records the gaps between ticks."""
-
-    def __init__(self) -> None:
-        self.gaps: list[float] = []
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        last = time.perf_counter()
-        task_status.started()
-        while True:
-            await trio.sleep(0.01)
-            now = time.perf_counter()
-            self.gaps.append(now - last)
-            last = now
+async def prove_loop_runs(gate: Gate, ticks: int = 100) -> None:
+    """Once a refresh has started, run the loop through ``ticks`` schedule points (other tasks
+    run meanwhile), then let the refresh finish."""
+    await gate.entered.wait()
+    for _ in range(ticks):
+        await trio.lowlevel.checkpoint()
+    gate.open()
 
 
-@asynccontextmanager
-async def ticking() -> AsyncIterator[Ticker]:
-    ticker = Ticker()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ticker.run)
-        yield ticker
-        nursery.cancel_scope.cancel()
+@dataclass
+class Recorder(httpx.AsyncBaseTransport):
+    """Records the headers of every request on its way to the fake."""
+
+    fake: FakeSQS
+    requests: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.inner = self.fake.transport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append({k.lower(): v for k, v in request.headers.items()})
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
-def access_key_of(request: Request) -> str:
-    match = re.search(r"Credential=([^/]+)/", request.headers["authorization"])
+def access_key_of(headers: dict[str, str]) -> str:
+    match = re.search(r"Credential=([^/]+)/", headers["authorization"])
     assert match is not None
     return match.group(1)
 
 
+@pytest.fixture
+async def fake(fake_sqs: FakeSQS) -> FakeSQS:
+    await fake_sqs.call("CreateQueue", {"QueueName": "q"})
+    return fake_sqs
+
+
 @asynccontextmanager
-async def client_on_fake(**kwargs: Any) -> AsyncIterator[tuple[SQSClient, FakeSQS]]:
-    async with (
-        serve_fake_sqs() as server,
-        trio_sqs.open_client(region="us-east-1", endpoint_url=server.endpoint, **kwargs) as client,
-    ):
-        yield client, server
+async def client_on_fake(fake: FakeSQS, **kwargs: Any) -> AsyncIterator[tuple[SQSClient, Recorder]]:
+    wire = Recorder(fake)
+    async with trio_sqs.open_client(
+        region="us-east-1", endpoint_url=fake.endpoint, transport=wire, **kwargs
+    ) as client:
+        yield client, wire
 
 
 class FakeSource:
     """A credential provider shaped like botocore's RefreshableCredentials, with a knob for expiry.
 
     Like botocore's, ``get_frozen_credentials`` refreshes only when a refresh is needed (advisory
-    or mandatory window); then it blocks for ``delay`` seconds (it runs in a worker thread) and
-    hands out a new generation of keys. Otherwise it returns the current keys at once.
-    ``calls`` counts refreshes.
+    or mandatory window); then it blocks until ``gate`` opens, if there is one (it runs in a
+    worker thread), and hands out a new generation of keys. Otherwise it returns the current keys
+    at once. ``calls`` counts refreshes.
     """
 
-    def __init__(self, delay: float = 0.0, fail: Exception | None = None) -> None:
-        self.delay = delay
+    def __init__(self, gate: Gate | None = None, fail: Exception | None = None) -> None:
+        self.gate = gate
         self.fail = fail
         self.generation = 0
         self.calls = 0
@@ -134,7 +174,8 @@ class FakeSource:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            time.sleep(self.delay)
+            if self.gate is not None:
+                self.gate.wait_in_thread()
             if self.fail is not None:
                 raise self.fail
             self.generation += 1
@@ -150,53 +191,65 @@ class FakeSource:
 # -- a slow refresh never stalls the loop --------------------------------------------------------
 
 
-async def test_slow_refresh_through_open_client_does_not_stall_the_loop() -> None:
-    calls: list[float] = []
-    credentials = slow_refreshable(calls)
-    async with ticking() as ticker:
-        started = time.perf_counter()
-        async with client_on_fake(credentials=credentials) as (client, server):
+async def test_slow_refresh_through_open_client_does_not_stall_the_loop(fake: FakeSQS) -> None:
+    calls: list[str] = []
+    gate = Gate()
+    credentials = gated_refreshable(calls, gate)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(prove_loop_runs, gate)
+        async with client_on_fake(fake, credentials=credentials) as (client, wire):
             await client.get_queue_url("q")
-        elapsed = time.perf_counter() - started
+    assert not gate.stalled, "the refresh blocked the Trio loop"
+    assert calls != [] and threading.main_thread().name not in calls
     assert len(calls) == 1
-    assert elapsed >= REFRESH_SECONDS  # the refresh really happened while the ticker ran
-    assert len(ticker.gaps) >= 50
-    assert max(ticker.gaps) < MAX_TICK_GAP
-    [request] = server.requests
+    [request] = wire.requests
     assert access_key_of(request) == "AKIDNEW"
-    assert request.headers["x-amz-security-token"] == "token-new"
+    assert request["x-amz-security-token"] == "token-new"
 
 
 async def test_concurrent_gets_share_one_slow_refresh() -> None:
-    calls: list[float] = []
-    cache = CredentialCache(slow_refreshable(calls))
-    results: list[ReadOnlyCredentials] = []
-
-    async def get() -> None:
-        results.append(await cache.get())
-
-    async with ticking() as ticker:
-        async with trio.open_nursery() as nursery:
-            for _ in range(5):
-                nursery.start_soon(get)
-    assert len(calls) == 1
-    assert cache.refreshes == 1
-    assert [r.access_key for r in results] == ["AKIDNEW"] * 5
-    assert max(ticker.gaps) < MAX_TICK_GAP
-
-
-async def test_one_refresh_at_a_time() -> None:
-    source = FakeSource(delay=0.1)
-    cache = CredentialCache(source)
+    calls: list[str] = []
+    gate = Gate()
+    cache = CredentialCache(gated_refreshable(calls, gate))
     results: list[ReadOnlyCredentials] = []
 
     async def get() -> None:
         results.append(await cache.get())
 
     async with trio.open_nursery() as nursery:
-        for _ in range(10):
+        for _ in range(5):
             nursery.start_soon(get)
-    assert source.calls == 1
+        await gate.entered.wait()
+        # All five wait now, the loop still running: one of them in the refresh's thread.
+        await trio.testing.wait_all_tasks_blocked()
+        assert results == []
+        gate.open()
+    assert not gate.stalled
+    assert len(calls) == 1
+    assert cache.refreshes == 1
+    assert [r.access_key for r in results] == ["AKIDNEW"] * 5
+
+
+async def test_one_refresh_at_a_time() -> None:
+    gate = Gate()
+    source = FakeSource(gate=gate)
+    cache = CredentialCache(source)
+    results: list[ReadOnlyCredentials] = []
+
+    async def get() -> None:
+        results.append(await cache.get())
+
+    async def refresh_while_all_wait(expected_calls: int) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(get)
+            await gate.entered.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            # Ten callers wait for the one refresh under way; none started another.
+            assert source.in_flight == 1 and source.calls == expected_calls
+            gate.open()
+
+    await refresh_while_all_wait(1)
     assert {r.access_key for r in results} == {"AKIDGEN1"}
 
     # The cached snapshot serves without calling the provider again.
@@ -205,23 +258,24 @@ async def test_one_refresh_at_a_time() -> None:
 
     source.mandatory = True  # the snapshot is about to expire
     results.clear()
-    async with trio.open_nursery() as nursery:
-        for _ in range(10):
-            nursery.start_soon(get)
+    first_gate, gate = gate, Gate()  # a closed gate again, for the second refresh
+    source.gate = gate
+    await refresh_while_all_wait(2)
     assert source.calls == 2
     assert source.max_in_flight == 1
     assert {r.access_key for r in results} == {"AKIDGEN2"}
+    assert not first_gate.stalled and not gate.stalled
 
 
-async def test_requests_pick_up_refreshed_credentials() -> None:
+async def test_requests_pick_up_refreshed_credentials(fake: FakeSQS) -> None:
     source = FakeSource()
-    async with client_on_fake(credentials=source) as (client, server):
-        await client.purge_queue("http://127.0.0.1/1/q")
-        await client.purge_queue("http://127.0.0.1/1/q")
+    async with client_on_fake(fake, credentials=source) as (client, wire):
+        await client.get_queue_attributes(QUEUE_URL)
+        await client.get_queue_attributes(QUEUE_URL)
         source.mandatory = True
-        await client.purge_queue("http://127.0.0.1/1/q")
-    assert [access_key_of(r) for r in server.requests] == ["AKIDGEN1", "AKIDGEN1", "AKIDGEN2"]
-    assert [r.headers["x-amz-security-token"] for r in server.requests] == ["tok1", "tok1", "tok2"]
+        await client.get_queue_attributes(QUEUE_URL)
+    assert [access_key_of(r) for r in wire.requests] == ["AKIDGEN1", "AKIDGEN1", "AKIDGEN2"]
+    assert [r["x-amz-security-token"] for r in wire.requests] == ["tok1", "tok1", "tok2"]
     assert source.calls == 2
 
 
@@ -291,99 +345,105 @@ async def test_provider_returning_nothing_is_a_credentials_error() -> None:
 # -- where credentials come from -----------------------------------------------------------------
 
 
-async def test_explicit_keys_win_over_the_environment() -> None:
+async def test_explicit_keys_win_over_the_environment(fake: FakeSQS) -> None:
     async with client_on_fake(
+        fake,
         aws_access_key_id="AKIDEXPLICIT",
         aws_secret_access_key="secret",
         aws_session_token="explicit-token",
-    ) as (client, server):
+    ) as (client, wire):
         await client.get_queue_url("q")
-    [request] = server.requests
+    [request] = wire.requests
     assert access_key_of(request) == "AKIDEXPLICIT"
-    assert request.headers["x-amz-security-token"] == "explicit-token"
+    assert request["x-amz-security-token"] == "explicit-token"
 
 
-async def test_environment_keys() -> None:
-    async with client_on_fake() as (client, server):
-        await client.get_queue_url("q")
-    [request] = server.requests
+async def test_environment_keys(fake: FakeSQS) -> None:
+    # The fake checks signatures here: the request was signed with the environment's secret.
+    fake.verify_signatures = True
+    async with client_on_fake(fake) as (client, wire):
+        assert await client.get_queue_url("q") == QUEUE_URL
+    [request] = wire.requests
     assert access_key_of(request) == os.environ["AWS_ACCESS_KEY_ID"] == "testing"
-    assert "x-amz-security-token" not in request.headers
+    assert "x-amz-security-token" not in request
 
 
 def _write_credentials(text: str) -> None:
     Path(os.environ["AWS_SHARED_CREDENTIALS_FILE"]).write_text(text)
 
 
-async def test_named_profile_from_the_shared_credentials_file() -> None:
+async def test_named_profile_from_the_shared_credentials_file(fake: FakeSQS) -> None:
     _write_credentials(
         "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = d\n\n"
         "[work]\naws_access_key_id = AKIDWORK\naws_secret_access_key = w\n"
         "aws_session_token = work-token\n"
     )
-    async with client_on_fake(profile="work") as (client, server):
+    async with client_on_fake(fake, profile="work") as (client, wire):
         await client.get_queue_url("q")
-    [request] = server.requests
+    [request] = wire.requests
     assert access_key_of(request) == "AKIDWORK"
-    assert request.headers["x-amz-security-token"] == "work-token"
+    assert request["x-amz-security-token"] == "work-token"
 
 
 async def test_default_profile_when_the_environment_has_no_keys(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, fake: FakeSQS
 ) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     _write_credentials("[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = d\n")
-    async with client_on_fake() as (client, server):
+    async with client_on_fake(fake) as (client, wire):
         await client.get_queue_url("q")
-    assert [access_key_of(r) for r in server.requests] == ["AKIDDEFAULT"]
+    assert [access_key_of(r) for r in wire.requests] == ["AKIDDEFAULT"]
 
 
-async def test_unknown_profile(monkeypatch: pytest.MonkeyPatch) -> None:
-    async with serve_fake_sqs() as server:
-        with pytest.raises(CredentialsError, match="nope"):
-            async with trio_sqs.open_client(
-                region="us-east-1", endpoint_url=server.endpoint, profile="nope"
-            ):
-                pytest.fail("opened a client with a profile that does not exist")
-    assert server.requests == []
+async def test_unknown_profile(fake: FakeSQS) -> None:
+    wire = Recorder(fake)
+    with pytest.raises(CredentialsError, match="nope"):
+        async with trio_sqs.open_client(
+            region="us-east-1", endpoint_url=fake.endpoint, profile="nope", transport=wire
+        ):
+            pytest.fail("opened a client with a profile that does not exist")
+    assert wire.requests == []
 
 
-async def test_no_credentials_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_no_credentials_at_all(monkeypatch: pytest.MonkeyPatch, fake: FakeSQS) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    async with serve_fake_sqs() as server:
-        with pytest.raises(CredentialsError, match="no AWS credentials found"):
-            async with trio_sqs.open_client(region="us-east-1", endpoint_url=server.endpoint):
-                pytest.fail("opened a client without credentials")
-    assert server.requests == []
+    wire = Recorder(fake)
+    with pytest.raises(CredentialsError, match="no AWS credentials found"):
+        async with trio_sqs.open_client(
+            region="us-east-1", endpoint_url=fake.endpoint, transport=wire
+        ):
+            pytest.fail("opened a client without credentials")
+    assert wire.requests == []
 
 
-async def test_failing_provider_at_open() -> None:
+async def test_failing_provider_at_open(fake: FakeSQS) -> None:
     source = FakeSource(fail=CredentialRetrievalError(provider="sso", error_msg="token expired"))
-    async with serve_fake_sqs() as server:
-        with pytest.raises(CredentialsError, match="token expired") as info:
-            async with trio_sqs.open_client(
-                region="us-east-1", endpoint_url=server.endpoint, credentials=source
-            ):
-                pytest.fail("opened a client whose credentials cannot be resolved")
+    wire = Recorder(fake)
+    with pytest.raises(CredentialsError, match="token expired") as info:
+        async with trio_sqs.open_client(
+            region="us-east-1", endpoint_url=fake.endpoint, credentials=source, transport=wire
+        ):
+            pytest.fail("opened a client whose credentials cannot be resolved")
     assert isinstance(info.value.__cause__, CredentialRetrievalError)
-    assert server.requests == []
+    assert wire.requests == []
 
 
-async def test_sts_error_inside_the_provider_is_a_credentials_error() -> None:
+async def test_sts_error_inside_the_provider_is_a_credentials_error(fake: FakeSQS) -> None:
     """AssumeRole / web-identity providers call STS; its errors are ClientError, not BotoCoreError."""
     denied = ClientError(
         {"Error": {"Code": "AccessDenied", "Message": "not authorized to assume role"}},
         "AssumeRoleWithWebIdentity",
     )
-    async with serve_fake_sqs() as server:
-        with pytest.raises(CredentialsError, match="not authorized to assume role") as info:
-            async with trio_sqs.open_client(
-                region="us-east-1",
-                endpoint_url=server.endpoint,
-                credentials=FakeSource(fail=denied),
-            ):
-                pytest.fail("opened a client whose role cannot be assumed")
+    wire = Recorder(fake)
+    with pytest.raises(CredentialsError, match="not authorized to assume role") as info:
+        async with trio_sqs.open_client(
+            region="us-east-1",
+            endpoint_url=fake.endpoint,
+            credentials=FakeSource(fail=denied),
+            transport=wire,
+        ):
+            pytest.fail("opened a client whose role cannot be assumed")
     assert info.value.__cause__ is denied
-    assert server.requests == []
+    assert wire.requests == []

@@ -5,28 +5,36 @@ forever; once every slot has leaked, every request fails with PoolTimeout. SQSCl
 requests queue inside the pool (a trio.Semaphore per budget, the budgets adding up to the pool
 size), so no storm of cancelled concurrent calls can leak a slot.
 
-The server is a local fake with small random delays, not moto, so hundreds of rounds take
-seconds and the timing of each cancel varies. Capacity is checked without timing: the server
-holds requests to a "barrier" queue until as many are in flight at once as the pool has slots, so
-a single leaked slot makes the check hang (and fail at its deadline).
+This is about httpx's pool on real sockets, so it runs on the wall clock against
+trio_sqs.testing's in-memory SQS served over HTTP on 127.0.0.1 (a port the OS picks), with small
+random delays, not moto: hundreds of rounds take seconds and the timing of each cancel varies.
+Capacity is checked without timing: the server holds requests to a "barrier" queue until as many
+are in flight at once as the pool has slots, so a single leaked slot makes the check hang (and
+fail at its deadline).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import random
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
 
 import trio_sqs
 from trio_sqs import Limits, RetryPolicy, SQSClient
+from trio_sqs._util import raise_unwrapped
+from trio_sqs.testing import FakeSQS
+from trio_sqs.testing._server import _serve_connection
 
-from .fake_sqs import Request, Response, default_result, serve_fake_sqs
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
-QUEUE_URL = "http://127.0.0.1/123456789012/pool"
-BARRIER_URL = "http://127.0.0.1/123456789012/barrier"
 SEED = 20240517
 ROUNDS = 300
 CALLERS = 8
@@ -37,10 +45,12 @@ HEALTHY_DEADLINE = 5.0
 # within 300 rounds for every seed tried, while runs with the gate stayed at full capacity.
 SHARE_RUN_TO_COMPLETION = 0.2
 MAX_CANCEL_AFTER = 0.012
+MAX_JITTER = 0.003
 
 
 class Barrier:
-    """Server side: hold requests to BARRIER_URL until ``parties`` of them are in flight at once."""
+    """Server side: hold requests to the barrier queue until ``parties`` of them are in flight
+    at once."""
 
     def __init__(self) -> None:
         self.parties = 0
@@ -57,26 +67,59 @@ class Barrier:
         await self.all_in.wait()
 
 
-def jittery_handler(
-    rng: random.Random, barrier: Barrier | None = None
-) -> Callable[[Request], Awaitable[Response]]:
-    async def handler(request: Request) -> Response:
-        if barrier is not None and request.params.get("QueueUrl") == BARRIER_URL:
-            await barrier.wait()
-            return Response(body=default_result(request))
-        return Response(body=default_result(request), delay=rng.uniform(0, 0.003))
+class JitteryFake(FakeSQS):
+    """The in-memory SQS, answering each call after a small random delay; calls on the barrier
+    queue wait at the barrier instead."""
 
-    return handler
+    def __init__(self, rng: random.Random, barrier: Barrier) -> None:
+        super().__init__()
+        self.rng = rng
+        self.barrier = barrier
+        self.connections = 0
+
+    async def call(self, operation: str, params: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if str(params.get("QueueUrl", "")).endswith("/barrier"):
+            await self.barrier.wait()
+        else:
+            await trio.sleep(self.rng.uniform(0, MAX_JITTER))
+        return await super().call(operation, params, **kwargs)
 
 
-async def sqs_call(client: SQSClient, index: int, queue_url: str = QUEUE_URL) -> None:
+@asynccontextmanager
+async def serve(fake: JitteryFake) -> AsyncIterator[str]:
+    """Serve ``fake`` over HTTP/1.1 on 127.0.0.1 (port 0: the OS picks a free one), counting
+    the connections it accepts."""
+
+    async def counted(stream: trio.SocketStream) -> None:
+        fake.connections += 1
+        await _serve_connection(fake, stream)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                functools.partial(trio.serve_tcp, counted, 0, host="127.0.0.1")
+            )
+            host, port = listeners[0].socket.getsockname()[:2]
+            fake.endpoint = f"http://{host}:{port}"
+            try:
+                yield fake.endpoint
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise_unwrapped(group)  # the test's own failure, as itself
+
+
+async def sqs_call(client: SQSClient, index: int, queue: str = "pool") -> None:
     # Mix the two budgets: long polls (here wait_time=0) and everything else.
+    url = f"{client.endpoint}/123456789012/{queue}"
     if index % 3 == 0:
-        await client.receive_messages(queue_url, wait_time=0)
+        await client.receive_messages(url, wait_time=0)
     elif index % 3 == 1:
-        await client.delete_message(queue_url, f"handle-{index}")
+        await client.get_queue_attributes(url, ["ApproximateNumberOfMessages"])
     else:
-        await client.change_message_visibility_batch(queue_url, ["a", "b"], 0)
+        # Receipt handles SQS never issued: answered with per-entry failures, not an error.
+        result = await client.change_message_visibility_batch(url, ["a", "b"], 0)
+        assert [f.code for f in result.failed] == ["ReceiptHandleIsInvalid"] * 2
 
 
 class Outcome:
@@ -138,9 +181,9 @@ async def assert_full_capacity(client: SQSClient, barrier: Barrier) -> None:
         with trio.fail_after(HEALTHY_DEADLINE):
             async with trio.open_nursery() as nursery:
                 for _ in range(limits.max_receive_connections):
-                    nursery.start_soon(sqs_call, client, 0, BARRIER_URL)
+                    nursery.start_soon(sqs_call, client, 0, "barrier")
                 for index in range(limits.max_other_connections):
-                    nursery.start_soon(sqs_call, client, 1 + index % 2, BARRIER_URL)
+                    nursery.start_soon(sqs_call, client, 1 + index % 2, "barrier")
     except trio.TooSlowError:
         pytest.fail(
             f"only {barrier.arrived} of {limits.max_connections} connections could be used at "
@@ -155,16 +198,19 @@ async def assert_full_capacity(client: SQSClient, barrier: Barrier) -> None:
 async def run_storm(*, gated: bool = True) -> None:
     rng = random.Random(SEED)
     barrier = Barrier()
+    fake = JitteryFake(rng, barrier)
     limits = Limits(max_receive_connections=1, max_other_connections=2)
     async with (
-        serve_fake_sqs(jittery_handler(rng, barrier)) as server,
+        serve(fake) as endpoint,
         trio_sqs.open_client(
             region="us-east-1",
-            endpoint_url=server.endpoint,
+            endpoint_url=endpoint,
             limits=limits,
             retry=RetryPolicy(max_attempts=1),
         ) as client,
     ):
+        for name in ("pool", "barrier"):
+            await fake.call("CreateQueue", {"QueueName": name})
         if not gated:
             # Only for the demonstration below: budgets wider than the pool, so that requests
             # queue inside httpcore's pool as they would without trio_sqs's gate.
@@ -183,7 +229,7 @@ async def run_storm(*, gated: bool = True) -> None:
         assert outcome.completed > ROUNDS
         assert outcome.cancelled > ROUNDS
         # Cancelled calls dropped their connections: the server saw many more than the pool.
-        assert server.connections > 10 * limits.max_connections
+        assert fake.connections > 10 * limits.max_connections
         await assert_full_capacity(client, barrier)
 
 

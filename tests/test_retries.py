@@ -1,22 +1,31 @@
-"""Retries, against a scripted local server that records every request it receives."""
+"""Retries, on trio_sqs.testing's in-memory SQS under Trio's virtual clock.
+
+Errors come from the fake (``fake.faults``: SQS's own throttling and 5xx answers, dropped
+connections, stalled bodies, signature checks) or, for answers SQS itself never gives (a load
+balancer's plain-text 503, a captive portal's HTML), from a transport in front of it. Every
+request is recorded on its way with its virtual time and headers, so backoffs are asserted to
+the exact second and each attempt is seen to be signed afresh.
+"""
 
 from __future__ import annotations
 
 import datetime
-import email.utils
-import hashlib
 import itertools
 import re
-import time
+import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import botocore.auth
 import httpx
 import pytest
 import trio
+import trio.testing
 
 import trio_sqs
+import trio_sqs._client
 from trio_sqs import (
     ClockSkewError,
     QueueDoesNotExist,
@@ -26,60 +35,111 @@ from trio_sqs import (
     Throttled,
     TransportError,
 )
+from trio_sqs._client import DEFAULT_TIMEOUT, POLL_READ_MARGIN
+from trio_sqs.testing import FakeSQS
 
-from .fake_sqs import (
-    RESET,
-    FakeSQS,
-    Handler,
-    Request,
-    Reset,
-    Response,
-    answer_ok,
-    error,
-    scripted,
-    serve_fake_sqs,
-)
-
-FAST = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.002)
-QUEUE_URL = "http://127.0.0.1/123456789012/q"
+# Backoff ceilings 1, 2, 3, 3, ... s; with no_jitter each backoff is its ceiling.
+POLICY = RetryPolicy(max_attempts=4, base_delay=1.0, max_delay=3.0)
+BACKOFFS = [1.0, 2.0, 3.0]
 
 
-def throttling() -> Response:
-    return error(400, "ThrottlingException", "Rate exceeded", query_error="Throttling;Sender")
+@dataclass
+class Sent:
+    """One request as it left the client."""
+
+    time: float
+    operation: str
+    headers: dict[str, str]
+    body: bytes
+    status: int | None = None  # of the answer it got, if any
+    request_id: str | None = None
 
 
-def unavailable() -> Response:
-    return Response(status=503, body=b"Service Unavailable", headers={"Content-Type": "text/plain"})
+Canned = Callable[[int], httpx.Response]
 
 
-def numbered(make: Callable[[], Response]) -> Handler:
-    """Always answer ``make()``, with request ids req-1, req-2, ..."""
-    counter = itertools.count(1)
+@dataclass
+class Recorder(httpx.AsyncBaseTransport):
+    """Records every request on its way to the fake; :meth:`answer_next` puts canned answers
+    in front of the fake (a proxy or load balancer answering instead of SQS)."""
 
-    async def handler(request: Request) -> Response:
-        response = make()
-        response.headers["x-amzn-RequestId"] = f"req-{next(counter)}"
+    fake: FakeSQS
+    requests: list[Sent] = field(default_factory=list)
+    canned: list[Canned] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.inner = self.fake.transport()
+
+    def answer_next(self, make: Canned, times: int = 1) -> None:
+        self.canned.extend([make] * times)
+
+    def times(self) -> list[float]:
+        return [r.time for r in self.requests]
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        sent = Sent(
+            trio.current_time(),
+            request.headers.get("x-amz-target", "").rpartition(".")[2],
+            {k.lower(): v for k, v in request.headers.items()},
+            await request.aread(),
+        )
+        self.requests.append(sent)
+        if self.canned:
+            await trio.lowlevel.checkpoint()
+            response = self.canned.pop(0)(len(self.requests))
+        else:
+            response = await self.inner.handle_async_request(request)
+        sent.status = response.status_code
+        sent.request_id = response.headers.get("x-amzn-requestid")
         return response
 
-    return handler
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
-class Served:
-    server: FakeSQS
-    client: SQSClient
+def unavailable(n: int) -> httpx.Response:
+    """A load balancer's 503: plain text, not SQS's JSON."""
+    return httpx.Response(
+        503,
+        headers={"Content-Type": "text/plain", "x-amzn-RequestId": f"req-{n}"},
+        content=b"Service Unavailable",
+    )
+
+
+def captive_portal(n: int) -> httpx.Response:
+    return httpx.Response(
+        200,
+        headers={"Content-Type": "text/html", "x-amzn-RequestId": f"req-{n}"},
+        content=b"<html>captive portal</html>",
+    )
 
 
 @asynccontextmanager
-async def _serve(handler: Handler, retry: RetryPolicy = FAST) -> AsyncIterator[Served]:
-    served = Served()
-    async with (
-        serve_fake_sqs(handler) as server,
-        trio_sqs.open_client(
-            region="us-east-1", endpoint_url=server.endpoint, retry=retry
-        ) as client,
-    ):
-        served.server, served.client = server, client
-        yield served
+async def serve(
+    fake: FakeSQS, retry: RetryPolicy = POLICY
+) -> AsyncIterator[tuple[SQSClient, Recorder]]:
+    """A client on ``fake`` through a :class:`Recorder` (as open_fake_client: nothing to read,
+    no worker thread for MockClock's autojump to jump over)."""
+    recorder = Recorder(fake)
+    async with trio_sqs.open_client(
+        region=fake.region,
+        endpoint_url=fake.endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        use_fips=False,
+        use_dualstack=False,
+        retry=retry,
+        transport=recorder,
+    ) as client:
+        yield client, recorder
+
+
+@pytest.fixture
+def no_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every retry backoff is its full ceiling (the jitter always draws the maximum)."""
+    monkeypatch.setattr(
+        trio_sqs._client, "random", types.SimpleNamespace(uniform=lambda low, high: high)
+    )
 
 
 @pytest.fixture
@@ -94,16 +154,30 @@ def ticking_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-async def test_503_then_throttling_then_success(ticking_clock: None) -> None:
-    handler = scripted(unavailable(), throttling())
-    async with _serve(handler) as s:
-        sent = await s.client.send_message(QUEUE_URL, "retry me")
-    requests = s.server.requests
+def spaced_by(times: list[float], gaps: list[float]) -> list[float]:
+    return list(itertools.accumulate(gaps, initial=times[0]))
+
+
+async def test_503_then_throttling_then_success(
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    no_jitter: None,
+    ticking_clock: None,
+) -> None:
+    url = (await fake_sqs.call("CreateQueue", {"QueueName": "q"}))["QueueUrl"]
+    async with serve(fake_sqs) as (client, recorder):
+        recorder.answer_next(unavailable)
+        fake_sqs.faults.throttle("SendMessage")
+        sent = await client.send_message(url, "retry me")
+    requests = recorder.requests
     assert len(requests) == 3
-    assert sent.md5_of_body == hashlib.md5(b"retry me").hexdigest()
+    assert recorder.times() == spaced_by(recorder.times(), BACKOFFS[:2])
+    [message] = fake_sqs.queue(url).messages()  # sent once, by the third attempt
+    assert message.message_id == sent.message_id and message.body == "retry me"
+    assert fake_sqs.call_counts["SendMessage"] == 2  # the first attempt never reached SQS
     for request in requests:
         assert request.operation == "SendMessage"
-        assert request.params == {"QueueUrl": QUEUE_URL, "MessageBody": "retry me"}
+        assert request.body == requests[0].body
         assert re.fullmatch(r"\d{8}T\d{6}Z", request.headers["x-amz-date"])
         assert request.headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=testing/")
     # Each attempt was signed afresh: its own timestamp, its own signature.
@@ -115,86 +189,119 @@ async def test_503_then_throttling_then_success(ticking_clock: None) -> None:
     assert len({r.headers["authorization"] for r in requests}) == 3
 
 
-async def test_success_result_after_retry() -> None:
-    async def ok(request: Request) -> Response:
-        return Response(body={"QueueUrl": "http://127.0.0.1/123456789012/found"})
+async def test_success_result_after_retry(
+    autojump_clock: trio.testing.MockClock, fake_sqs: FakeSQS
+) -> None:
+    url = (await fake_sqs.call("CreateQueue", {"QueueName": "found"}))["QueueUrl"]
+    mark = len(fake_sqs.calls)
+    fake_sqs.faults.throttle("GetQueueUrl")
+    async with serve(fake_sqs) as (client, recorder):
+        assert await client.get_queue_url("found") == url
+    assert [r.operation for r in recorder.requests] == ["GetQueueUrl", "GetQueueUrl"]
+    assert fake_sqs.call_counts["GetQueueUrl"] == 2
+    assert [c.operation for c in fake_sqs.calls[mark:]][-1] == "GetQueueUrl"
+    # The one backoff drawn lies within its ceiling.
+    first, second = recorder.times()
+    assert 0 <= second - first <= POLICY.backoff_ceiling(1)
 
-    async with _serve(scripted(throttling(), then=ok)) as s:
-        assert await s.client.get_queue_url("found") == "http://127.0.0.1/123456789012/found"
-    assert s.server.operations() == ["GetQueueUrl", "GetQueueUrl"]
+
+CLIENT_ERRORS: list[Any] = [
+    # SQS's own answers, for a missing queue and a receipt handle it never issued.
+    pytest.param("missing-queue", QueueDoesNotExist, 400, id="queue-missing"),
+    pytest.param("bogus-handle", trio_sqs.InvalidReceiptHandle, 400, id="receipt-handle"),
+    # Scripted ones.
+    pytest.param("InvalidParameterValue", ServiceError, 400, id="invalid-parameter"),
+    pytest.param("AccessDenied", trio_sqs.AccessDenied, 403, id="access-denied"),
+]
 
 
-@pytest.mark.parametrize(
-    ("response", "cls"),
-    [
-        (
-            error(
-                400,
-                "QueueDoesNotExist",
-                "The specified queue does not exist.",
-                query_error="AWS.SimpleQueueService.NonExistentQueue;Sender",
-            ),
-            QueueDoesNotExist,
-        ),
-        (error(400, "InvalidParameterValue", "no"), ServiceError),
-        (error(400, "ReceiptHandleIsInvalid", "old"), trio_sqs.InvalidReceiptHandle),
-        (
-            Response(
-                status=403,
-                body={"__type": "com.amazon.coral.service#AccessDeniedException", "message": "no"},
-            ),
-            trio_sqs.AccessDenied,
-        ),
-    ],
-    ids=["queue-missing", "invalid-parameter", "receipt-handle", "access-denied"],
-)
-async def test_client_errors_fail_at_once(response: Response, cls: type[ServiceError]) -> None:
-    async def handler(request: Request) -> Response:
-        return response
-
-    async with _serve(handler, RetryPolicy(max_attempts=5, base_delay=0.001, max_delay=0.001)) as s:
+@pytest.mark.parametrize(("case", "cls", "status"), CLIENT_ERRORS)
+async def test_client_errors_fail_at_once(
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    case: str,
+    cls: type[ServiceError],
+    status: int,
+) -> None:
+    url = (await fake_sqs.call("CreateQueue", {"QueueName": "q"}))["QueueUrl"]
+    if case == "missing-queue":
+        url = url.replace("/q", "/never-created")
+    elif case != "bogus-handle":
+        fake_sqs.faults.fail("DeleteMessage", status=status, code=case, times=10)
+    retry = RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=1.0)
+    async with serve(fake_sqs, retry) as (client, recorder):
+        t0 = trio.current_time()
         with pytest.raises(cls) as info:
-            await s.client.delete_message(QUEUE_URL, "handle")
+            await client.delete_message(url, "handle")
+        assert trio.current_time() == t0  # no backoff: nothing was retried
     assert type(info.value) is cls
-    assert len(s.server.requests) == 1
-    assert info.value.request_id and info.value.status_code == response.status
+    assert len(recorder.requests) == 1
+    assert info.value.status_code == status
+    assert info.value.request_id == recorder.requests[0].request_id is not None
 
 
-async def test_connection_reset_is_retried() -> None:
-    async with _serve(scripted(RESET, RESET)) as s:
-        await s.client.delete_message(QUEUE_URL, "handle")
-    assert s.server.operations() == ["DeleteMessage"] * 3
-    assert s.server.connections >= 3  # each reset cost a connection
+async def test_connection_reset_is_retried(
+    autojump_clock: trio.testing.MockClock, fake_sqs: FakeSQS, no_jitter: None
+) -> None:
+    fake_sqs.faults.drop("GetQueueUrl", times=2)  # closed without an answer, twice
+    url = (await fake_sqs.call("CreateQueue", {"QueueName": "q"}))["QueueUrl"]
+    async with serve(fake_sqs) as (client, recorder):
+        assert await client.get_queue_url("q") == url
+    assert [r.operation for r in recorder.requests] == ["GetQueueUrl"] * 3
+    assert fake_sqs.faults.applied[("drop", "GetQueueUrl")] == 2
+    assert recorder.times() == spaced_by(recorder.times(), BACKOFFS[:2])
 
 
-async def test_throttling_outlasts_every_attempt() -> None:
-    async with _serve(numbered(throttling)) as s:
+async def test_throttling_outlasts_every_attempt(
+    autojump_clock: trio.testing.MockClock, fake_sqs: FakeSQS, no_jitter: None
+) -> None:
+    url = (await fake_sqs.call("CreateQueue", {"QueueName": "q"}))["QueueUrl"]
+    fake_sqs.faults.throttle("PurgeQueue", times=POLICY.max_attempts)
+    async with serve(fake_sqs) as (client, recorder):
+        t0 = trio.current_time()
         with pytest.raises(Throttled) as info:
-            await s.client.purge_queue(QUEUE_URL)
-    assert len(s.server.requests) == FAST.max_attempts
+            await client.purge_queue(url)
+        assert trio.current_time() == t0 + sum(BACKOFFS)
+    assert len(recorder.requests) == POLICY.max_attempts
+    assert recorder.times() == spaced_by([t0], BACKOFFS)
     error_ = info.value
-    assert error_.code == "Throttling"
+    assert error_.code == "RequestThrottled"
     assert error_.status_code == 400
-    assert error_.request_id == f"req-{FAST.max_attempts}"  # the last attempt's
+    assert error_.request_id == recorder.requests[-1].request_id  # the last attempt's
+    assert len({r.request_id for r in recorder.requests}) == POLICY.max_attempts
+    assert fake_sqs.queue(url).last_purge is None  # never purged
 
 
-async def test_server_errors_outlast_every_attempt() -> None:
-    async with _serve(numbered(unavailable)) as s:
+@pytest.mark.parametrize("source", ["sqs-500", "proxy-503"])
+async def test_server_errors_outlast_every_attempt(
+    autojump_clock: trio.testing.MockClock, fake_sqs: FakeSQS, no_jitter: None, source: str
+) -> None:
+    url = (await fake_sqs.call("CreateQueue", {"QueueName": "q"}))["QueueUrl"]
+    async with serve(fake_sqs) as (client, recorder):
+        if source == "sqs-500":
+            fake_sqs.faults.fail("PurgeQueue", times=POLICY.max_attempts)
+        else:
+            recorder.answer_next(unavailable, times=POLICY.max_attempts)
         with pytest.raises(ServiceError) as info:
-            await s.client.purge_queue(QUEUE_URL)
-    assert len(s.server.requests) == FAST.max_attempts
-    assert info.value.status_code == 503
-    assert info.value.request_id == f"req-{FAST.max_attempts}"
+            await client.purge_queue(url)
+    assert len(recorder.requests) == POLICY.max_attempts
+    assert recorder.times() == spaced_by(recorder.times(), BACKOFFS)
+    assert info.value.status_code == (500 if source == "sqs-500" else 503)
+    assert info.value.request_id == recorder.requests[-1].request_id is not None
+    if source == "proxy-503":
+        assert info.value.request_id == f"req-{POLICY.max_attempts}"
 
 
-async def test_transport_errors_outlast_every_attempt() -> None:
-    async def reset(request: Request) -> Reset:
-        return RESET
-
-    async with _serve(reset) as s:
+async def test_transport_errors_outlast_every_attempt(
+    autojump_clock: trio.testing.MockClock, fake_sqs: FakeSQS, no_jitter: None
+) -> None:
+    url = (await fake_sqs.call("CreateQueue", {"QueueName": "q"}))["QueueUrl"]
+    fake_sqs.faults.drop("DeleteMessage", times=POLICY.max_attempts)
+    async with serve(fake_sqs) as (client, recorder):
         with pytest.raises(TransportError) as info:
-            await s.client.delete_message(QUEUE_URL, "handle")
-    assert len(s.server.requests) == FAST.max_attempts
+            await client.delete_message(url, "handle")
+    assert len(recorder.requests) == POLICY.max_attempts
+    assert recorder.times() == spaced_by(recorder.times(), BACKOFFS)
     error_ = info.value
     assert error_.code == "TransportError"
     assert "DeleteMessage" in error_.message
@@ -202,52 +309,67 @@ async def test_transport_errors_outlast_every_attempt() -> None:
     assert error_.status_code is None and error_.request_id is None  # no response ever came
 
 
-async def test_unreadable_responses_outlast_every_attempt() -> None:
-    def html() -> Response:
-        return Response(body=b"<html>captive portal</html>", headers={"Content-Type": "text/html"})
-
-    async with _serve(numbered(html)) as s:
+async def test_unreadable_responses_outlast_every_attempt(
+    autojump_clock: trio.testing.MockClock, fake_sqs: FakeSQS, no_jitter: None
+) -> None:
+    async with serve(fake_sqs) as (client, recorder):
+        recorder.answer_next(captive_portal, times=POLICY.max_attempts)
         with pytest.raises(TransportError) as info:
-            await s.client.get_queue_url("q")
-    assert len(s.server.requests) == FAST.max_attempts
+            await client.get_queue_url("q")
+    assert len(recorder.requests) == POLICY.max_attempts
+    assert recorder.times() == spaced_by(recorder.times(), BACKOFFS)
     error_ = info.value
     assert error_.code == "InvalidResponse"
     assert error_.status_code == 200
-    assert error_.request_id == f"req-{FAST.max_attempts}"
+    assert error_.request_id == f"req-{POLICY.max_attempts}"
     assert isinstance(error_.__cause__, ValueError)
 
 
-async def test_clock_skew_is_not_retried_and_names_the_skew() -> None:
-    async def handler(request: Request) -> Response:
-        return Response(
-            status=403,
-            body={
-                "__type": "com.amazon.coral.service#InvalidSignatureException",
-                "message": "Signature expired: 20240517T120000Z is now earlier than "
-                "20240517T121000Z (20240517T121500Z - 5 min.)",
-            },
-            headers={"Date": email.utils.formatdate(time.time() + 900, usegmt=True)},
-        )
+async def test_a_stalled_answer_is_retried_after_the_read_timeout(
+    autojump_clock: trio.testing.MockClock, fake_sqs: FakeSQS, no_jitter: None
+) -> None:
+    url = (await fake_sqs.call("CreateQueue", {"QueueName": "q"}))["QueueUrl"]
+    fake_sqs.faults.stall("GetQueueAttributes")  # headers, then a body that never comes
+    async with serve(fake_sqs) as (client, recorder):
+        t0 = trio.current_time()
+        attributes = await client.get_queue_attributes(url)
+    assert attributes["QueueArn"].endswith(":q")
+    assert recorder.times() == [t0, t0 + DEFAULT_TIMEOUT + BACKOFFS[0]]
 
-    async with _serve(handler) as s:
+
+async def test_a_stalled_long_poll_is_not_retried(
+    autojump_clock: trio.testing.MockClock, fake_sqs: FakeSQS, no_jitter: None
+) -> None:
+    """A long poll's read timeout is its wait time plus a margin; the poller, not the client,
+    decides what comes next."""
+    url = (await fake_sqs.call("CreateQueue", {"QueueName": "q"}))["QueueUrl"]
+    fake_sqs.faults.stall("ReceiveMessage")
+    async with serve(fake_sqs) as (client, recorder):
+        t0 = trio.current_time()
+        with pytest.raises(TransportError) as info:
+            await client.receive_messages(url, wait_time=20)
+        # The answer's headers came when the 20 s poll ended; the read timeout (wait time plus
+        # margin) then bounded the wait for its body, as httpx bounds each read.
+        assert trio.current_time() == t0 + 20 + (20 + POLL_READ_MARGIN)
+    assert isinstance(info.value.__cause__, httpx.ReadTimeout)
+    assert len(recorder.requests) == 1
+
+
+async def test_clock_skew_is_not_retried_and_names_the_skew(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The server's clock 15 minutes ahead of ours: SQS (the fake, checking signatures) refuses
+    the signature as expired, and its Date header tells how far off we are."""
+    fake = FakeSQS(verify_signatures=True, clock_skew=900)
+    async with serve(fake) as (client, recorder):
         with pytest.raises(ClockSkewError) as info:
-            await s.client.get_queue_url("q")
-    assert len(s.server.requests) == 1
+            await client.get_queue_url("q")
+    [request] = recorder.requests
     error_ = info.value
-    assert error_.status_code == 403 and error_.request_id
+    assert error_.status_code == request.status and error_.status_code in (400, 403)
+    assert error_.request_id == request.request_id is not None
+    assert "Signature expired" in error_.message
+    # Date headers have whole seconds: the skew is 900 s give or take one.
     assert error_.skew is not None and 898 < error_.skew <= 901
     named = re.search(r"clock is ([+-]\d+\.\d) s from ours", str(error_))
     assert named is not None and abs(float(named.group(1)) - 900) < 2
-
-
-async def test_cancel_during_backoff_returns_at_once() -> None:
-    slow = RetryPolicy(max_attempts=10, base_delay=30.0, max_delay=30.0)
-    async with _serve(numbered(unavailable), slow) as s:
-        with trio.move_on_after(0.3) as scope:
-            await s.client.purge_queue(QUEUE_URL)
-        assert scope.cancelled_caught
-        assert trio.current_time() - scope.deadline < 0.05
-        # The client still works afterwards.
-        s.server.handler = answer_ok
-        await s.client.purge_queue(QUEUE_URL)
-    assert 2 <= len(s.server.requests) <= 10

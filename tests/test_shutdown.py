@@ -1,15 +1,21 @@
 """The shutdown contract of DESIGN.md section 1, clause by clause, proven on the wire.
 
-Requests are recorded by a proxy in front of a real moto server. To prove that no ReceiveMessage
-leaves after stop, each test first brings every poller to rest inside a long poll (the proxy holds
-ReceiveMessage responses back, and the test waits until all pollers are parked there), then calls
-stop: from then on any ReceiveMessage the proxy records was sent after stop.
+Most tests run on trio_sqs.testing's in-memory SQS under ``trio.testing.MockClock``: settings are
+realistic (20 s long polls, a 30 s lease, 10 s grace, 5 s flush) and every bound is asserted
+exactly, in virtual seconds. ``fake.calls`` records every request the server received, in arrival
+order with its virtual time: "no ReceiveMessage after stop" is read there, from the index it had
+at the moment of ``stop()``. Before stopping, each test brings every poller to rest inside a long
+poll that the fake holds (nothing else can run then), so no ReceiveMessage is in transit at t0.
+
+The fake behaves as SQS does where moto does not (DESIGN 2.2, 2.7): a long poll whose client went
+away runs on server-side and takes the next message at once. One test keeps the clause on real
+sockets: through a recording proxy in front of moto.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 import trio
@@ -17,86 +23,101 @@ import trio.testing
 
 import trio_sqs
 from trio_sqs import Message
+from trio_sqs.testing import FakeSQS, QueueCounts, RecordedCall
 
 from .recording_proxy import RecordingProxy
 
-GRACE = 1.0
-FLUSH = 2.0
+WAIT = 20
+LEASE = 30
+GRACE = 10.0
+FLUSH = 5.0
+# Settings shared by the tests on the fake: what a production consumer would use.
+REALISTIC = {
+    "wait_time": WAIT,
+    "visibility_timeout": LEASE,
+    "grace_period": GRACE,
+    "flush_timeout": FLUSH,
+}
 
 
-async def drain(sqs: trio_sqs.SQSClient, url: str, *, wait: int = 1) -> list[Message]:
-    """Receive everything visible now (the test's own view of the queue)."""
-    seen: list[Message] = []
-    while True:
-        batch = await sqs.receive_messages(url, wait_time=wait, visibility_timeout=30)
-        if not batch:
-            return seen
-        seen.extend(batch)
-        wait = 0
+def receives(calls: Sequence[RecordedCall]) -> list[RecordedCall]:
+    return [c for c in calls if c.operation == "ReceiveMessage"]
 
 
-async def send_n(sqs: trio_sqs.SQSClient, url: str, n: int) -> None:
+def operations(calls: Sequence[RecordedCall]) -> list[str]:
+    return [c.operation for c in calls]
+
+
+async def send_n(sqs: trio_sqs.SQSClient, url: str, n: int) -> list[str]:
+    ids: list[str] = []
     entries = [trio_sqs.SendEntry(body=f"m{i}") for i in range(n)]
     for start in range(0, n, 10):
-        _, result = await sqs.send_message_batch(url, entries[start : start + 10])
+        sent, result = await sqs.send_message_batch(url, entries[start : start + 10])
         assert result.ok
+        ids.extend(s.message_id for s in sent)
+    return ids
 
 
-@pytest.fixture
-async def proxied(proxy: RecordingProxy) -> AsyncIterator[trio_sqs.SQSClient]:
-    async with trio_sqs.open_client(region="us-east-1", endpoint_url=proxy.url) as client:
-        yield client
-
-
-async def park_pollers(proxy: RecordingProxy, pollers: int) -> float:
-    """Hold ReceiveMessage responses until every poller waits in one; return t0 for stop.
-
-    A poller has at most one request out, so once the proxy has recorded an open request for each
-    of them, no ReceiveMessage is in transit: any the proxy records after t0 was sent after t0.
-    """
-    proxy.hold_receives()
-    await proxy.wait_for(lambda p: p.open_receives() >= pollers)
-    # Let the pollers reach their wait for the response (the proxy may read a request before the
-    # sending task has run again): each one then knows its request is on the wire.
+async def park(fake: FakeSQS, url: str, pollers: int) -> None:
+    """Let everything run until it blocks: then each poller waits inside a long poll on the
+    fake, so no ReceiveMessage is in transit (anything recorded from now on was sent later)."""
     await trio.testing.wait_all_tasks_blocked()
-    return trio.current_time()
+    assert fake.queue(url).waiting_polls == pollers
+
+
+async def idle_handler(message: Message) -> None:
+    raise AssertionError("no message was sent")
+
+
+# -- clause 1: an idle consumer stops at once ---------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["abort", "land"])
-async def test_idle_consumer_stops_in_milliseconds(
-    proxied: trio_sqs.SQSClient, proxy: RecordingProxy, queue_name: str, mode: str
+async def test_idle_consumer_stops_at_once(
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    fake_sqs_client: trio_sqs.SQSClient,
+    mode: str,
 ) -> None:
-    url = await proxied.create_queue(queue_name)
-
-    async def handler(message: Message) -> None:
-        raise AssertionError("no message was sent")
-
+    url = await fake_sqs_client.create_queue(f"idle-{mode}")
+    queue = fake_sqs.queue(url)
     async with trio_sqs.open_consumer(
-        url, handler, client=proxied, wait_time=20, poll_on_stop=mode, grace_period=GRACE
+        url, idle_handler, client=fake_sqs_client, poll_on_stop=mode, **REALISTIC
     ) as consumer:
         pollers = len(consumer._pollers)
-        await proxy.wait_for(lambda p: p.open_receives() >= pollers)
-        await trio.sleep(0.2)  # well inside the 20 s long poll
+        assert pollers == 2
+        await park(fake_sqs, url, pollers)
+        sent_at = trio.current_time()
+        await trio.sleep(5)  # well inside the 20 s long polls
+        await park(fake_sqs, url, pollers)
+        assert [c.time for c in receives(fake_sqs.calls)] == [sent_at] * pollers
+        mark = len(fake_sqs.calls)
         t0 = trio.current_time()
-        started = time.perf_counter()
-    took = time.perf_counter() - started
-    assert took < 0.25, f"idle stop took {took:.3f} s"
-    assert proxy.receives_after(t0) == []
+    assert trio.current_time() == t0  # 0 virtual seconds: nothing holds an idle stop open
+    assert fake_sqs.calls[mark:] == []  # no ReceiveMessage, nor anything else, after stop
     stats = consumer.statistics()
     assert stats.state == "stopped"
     assert stats.aborted_polls == pollers  # each one a possible orphan, and counted
+    # Server-side the abandoned polls run on until their wait ends, as on SQS.
+    assert queue.waiting_polls == pollers
+    await trio.sleep_until(sent_at + WAIT)
+    assert queue.waiting_polls == 0
+
+
+# -- clauses 1 and 2: no receive after stop; unstarted messages go back at t0 -------------------
 
 
 @pytest.mark.parametrize("mode", ["abort", "land"])
 async def test_no_receive_after_stop_and_unstarted_go_back(
-    sqs: trio_sqs.SQSClient,
-    proxied: trio_sqs.SQSClient,
-    proxy: RecordingProxy,
-    queue_name: str,
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    fake_sqs_client: trio_sqs.SQSClient,
     mode: str,
 ) -> None:
-    url = await sqs.create_queue(queue_name)
-    await send_n(sqs, url, 10)
+    sqs = fake_sqs_client
+    url = await sqs.create_queue(f"unstarted-{mode}")
+    queue = fake_sqs.queue(url)
+    ids = await send_n(sqs, url, 10)
     started = trio.Event()
     release_handler = trio.Event()
     handled: list[str] = []
@@ -109,162 +130,261 @@ async def test_no_receive_after_stop_and_unstarted_go_back(
     async with trio_sqs.open_consumer(
         url,
         handler,
-        client=proxied,
+        client=sqs,
         concurrency=1,
         batch_size=10,
         max_buffered=19,  # room for a second poll, which parks in a long poll on the empty queue
         pollers=1,
-        wait_time=20,
         poll_on_stop=mode,
-        grace_period=GRACE,
-        flush_timeout=4.0,  # moto re-checks a waiting poll about once a second
+        **REALISTIC,
     ) as consumer:
         await started.wait()
-        t0 = await park_pollers(proxy, 1)
+        await park(fake_sqs, url, 1)
         assert consumer.statistics().buffered == 9
-        parked = [r for r in proxy.requests if r.operation == "ReceiveMessage" and not r.answered]
-        assert len(parked) == 1
         assert consumer._pollers[0].sent
+        await trio.sleep(2)
+        mark = len(fake_sqs.calls)
+        t0 = trio.current_time()
         consumer.stop()
-        proxy.release_receives()
-        # Clause 2: the 9 unstarted messages are released right after t0, while the handler is
+        await trio.testing.wait_all_tasks_blocked()
+        after = fake_sqs.calls[mark:]
+        # Clause 2: the 9 unstarted messages are released at t0 itself, while the handler is
         # still inside its grace period.
-        with trio.fail_after(1.0):
-            await proxy.wait_for(
-                lambda p: any(
-                    r.operation == "ChangeMessageVisibilityBatch" and r.answered
-                    for r in p.requests
-                    if r.arrived_at >= t0
-                )
-            )
+        release = after[0]
+        assert release.operation == "ChangeMessageVisibilityBatch"
+        assert release.time == t0
+        assert [e["VisibilityTimeout"] for e in release.params["Entries"]] == [0] * 9
+        # SQS hands what becomes visible to a poll waiting server-side at once (DESIGN 2.2):
+        # at least one of the 9, however many it takes.
         if mode == "abort":
-            # Clause 1, "abort": the in-flight poll is dropped at once.
-            with trio.fail_after(0.5):
-                await proxy.wait_for(lambda p: parked[0].client_gone)
-            back = await drain(sqs, url, wait=0)
+            # Clause 1, "abort": the poll in flight is dropped at t0, but its server side runs
+            # on and strands what it takes for the lease (README, "Orphaned long polls").
+            assert consumer.statistics().aborted_polls == 1
+            taken = queue.orphaned_deliveries
+            assert operations(after) == ["ChangeMessageVisibilityBatch"]
+            assert queue.counts() == QueueCounts(9 - taken, 1 + taken, 0)
         else:
-            # Clause 1, "land": the poll stays open while a handler is in its grace period. SQS
-            # may hand it the released messages; they are then released again once it lands.
-            await trio.sleep(0.3)
-            assert not parked[0].client_gone, (parked[0], consumer.statistics())
+            # Clause 1, "land": the poll stays open while the handler is in its grace period;
+            # what it lands with goes back at once.
+            assert queue.orphaned_deliveries == 0
+            assert operations(after) == ["ChangeMessageVisibilityBatch"] * 2
+            assert after[1].time == t0
+            taken = len(after[1].params["Entries"])
+            assert consumer.statistics().received == 10 + taken
+            assert queue.counts() == QueueCounts(9, 1, 0)
+        assert 1 <= taken <= 9
+        await trio.sleep(3)
         release_handler.set()
-    if mode == "land":
-        assert parked[0].answered, "the poll sent before the release was aborted, not landed"
-        back = await drain(sqs, url, wait=1)
-    assert proxy.receives_after(t0) == []
-    assert len(back) == 9
-    stats = consumer.statistics()
-    assert stats.completed == 1 and stats.deleted == 1
-    assert stats.released >= 9
-    assert stats.aborted_polls == (1 if mode == "abort" else 0)
+    assert trio.current_time() == t0 + 3  # the handler finished in grace; its delete went at once
+    assert receives(fake_sqs.calls[mark:]) == []
+    assert operations(fake_sqs.calls[mark:])[-1] == "DeleteMessageBatch"
     assert len(handled) == 1
+    stats = consumer.statistics()
+    assert stats.completed == 1 and stats.deleted == 1 and stats.unflushed == 0
+    if mode == "abort":
+        assert stats.received == 10 and stats.released == 9 and stats.aborted_polls == 1
+        stranded = [m for m in queue.messages() if m.state == "in_flight"]
+        assert len(stranded) == taken
+        assert {m.visible_at for m in stranded} == {t0 + LEASE}
+        await trio.sleep_until(t0 + LEASE)
+    else:
+        assert stats.received == 10 + taken and stats.released == 9 + taken
+        assert stats.aborted_polls == 0
+    back = queue.messages()
+    assert queue.counts() == QueueCounts(9, 0, 0)
+    assert {m.message_id for m in back} == set(ids) - set(handled)
+    # The stop raised receive counts by at most 1 (DESIGN 1, clause 1): only what SQS handed to
+    # the poll in flight was received once more.
+    assert sorted(m.receive_count for m in back) == [1] * (9 - taken) + [2] * taken
+
+
+# -- clause 3: grace for running handlers ------------------------------------------------------
 
 
 async def test_handler_inside_grace_is_acknowledged_with_heartbeats(
-    sqs: trio_sqs.SQSClient, proxied: trio_sqs.SQSClient, proxy: RecordingProxy, queue_name: str
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    fake_sqs_client: trio_sqs.SQSClient,
 ) -> None:
-    url = await sqs.create_queue(queue_name)
-    await send_n(sqs, url, 1)
+    sqs = fake_sqs_client
+    url = await sqs.create_queue("heartbeats-in-grace")
+    queue = fake_sqs.queue(url)
+    [message_id] = await send_n(sqs, url, 1)
     running = trio.Event()
+    seen_by_rival: list[Message] = []
 
     async def handler(message: Message) -> None:
         running.set()
-        await trio.sleep(2.5)  # longer than the lease: only heartbeats keep it invisible
+        await trio.sleep(42)  # past the 30 s lease: only heartbeats keep it invisible
 
-    async with trio_sqs.open_consumer(
-        url,
-        handler,
-        client=proxied,
-        visibility_timeout=2,
-        heartbeat_interval=0.5,
-        grace_period=4.0,
-        flush_timeout=FLUSH,
-        wait_time=1,
-    ) as consumer:
-        await running.wait()
-        t0 = trio.current_time()
-        consumer.stop()
-        # While the handler runs in its grace period, nobody else may get the message.
-        with trio.move_on_after(2.0):
-            assert await drain(sqs, url, wait=2) == []
-    took = trio.current_time() - t0
-    assert took < 4.0 + FLUSH + 1.0
+    async def rival() -> None:
+        # Another consumer polling all along: it would get the message if it ever were visible.
+        while True:
+            seen_by_rival.extend(await sqs.receive_messages(url, wait_time=WAIT))
+
+    async with trio.open_nursery() as nursery:
+        async with trio_sqs.open_consumer(url, handler, client=sqs, **REALISTIC) as consumer:
+            await running.wait()
+            started = trio.current_time()
+            nursery.start_soon(rival)
+            await trio.sleep(35)  # the first lease ended 5 s ago
+            mark = len(fake_sqs.calls)
+            t0 = trio.current_time()
+            consumer.stop()
+        took = trio.current_time() - t0
+        nursery.cancel_scope.cancel()
+    assert took == 42 - 35  # the handler finished inside grace; nothing else held the stop
+    assert took <= GRACE + FLUSH
+    assert seen_by_rival == []
     stats = consumer.statistics()
     assert stats.completed == 1 and stats.deleted == 1 and stats.cancelled_at_grace == 0
-    assert stats.visibility_extensions >= 2
-    assert "ChangeMessageVisibilityBatch" in proxy.operations(t0)  # heartbeats went on after t0
-    assert await drain(sqs, url) == []
+    # One heartbeat every interval minus a tick (30 / 3 - 2.5 s), before stop and after it.
+    heartbeats = [
+        c.time - started for c in fake_sqs.calls if c.operation == "ChangeMessageVisibilityBatch"
+    ]
+    assert heartbeats == [7.5, 15.0, 22.5, 30.0, 37.5]
+    assert stats.visibility_extensions == 5
+    assert any(c.operation == "ChangeMessageVisibilityBatch" for c in fake_sqs.calls[mark:])
+    # After stop, only the rival polled (the consumer's polls ask for the lease).
+    assert [c for c in receives(fake_sqs.calls[mark:]) if "VisibilityTimeout" in c.params] == []
+    assert queue.message(message_id) is None  # deleted, never delivered twice
+    assert queue.deliveries == 1
 
 
 async def test_handler_overrunning_grace_is_cancelled_and_released(
-    sqs: trio_sqs.SQSClient, queue_name: str, moto_endpoint: str
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    fake_sqs_client: trio_sqs.SQSClient,
 ) -> None:
-    url = await sqs.create_queue(queue_name)
-    await send_n(sqs, url, 1)
+    sqs = fake_sqs_client
+    url = await sqs.create_queue("overrun-grace")
+    queue = fake_sqs.queue(url)
+    [message_id] = await send_n(sqs, url, 1)
     running = trio.Event()
-    cancelled = False
+    cancelled_at: float | None = None
 
     async def handler(message: Message) -> None:
-        nonlocal cancelled
+        nonlocal cancelled_at
         running.set()
         try:
-            await trio.sleep(60)
+            await trio.sleep_forever()
         except trio.Cancelled:
-            cancelled = True
+            cancelled_at = trio.current_time()
             raise
 
-    # moto re-checks a waiting poll about once a second: give the landing window (half the flush
-    # timeout) room for that.
-    flush = 4.0
-    async with trio_sqs.open_consumer(
-        url, handler, client=sqs, grace_period=0.5, flush_timeout=flush, visibility_timeout=30
-    ) as consumer:
+    async with trio_sqs.open_consumer(url, handler, client=sqs, **REALISTIC) as consumer:
         await running.wait()
+        received_at = trio.current_time()
+        await trio.sleep(5)
+        mark = len(fake_sqs.calls)
         t0 = trio.current_time()
         consumer.stop()
     took = trio.current_time() - t0
-    assert cancelled
-    assert 0.5 <= took < 0.5 + flush + 1.0
+    assert cancelled_at == t0 + GRACE  # the grace ends at t0 + grace, exactly
+    assert took == GRACE  # the release and the landing poll took no time after that
+    assert took <= GRACE + FLUSH
     stats = consumer.statistics()
     assert stats.cancelled_at_grace == 1 and stats.deleted == 0 and stats.completed == 0
-    # Released; the poll in flight may have been handed it back, and then it was released again.
-    assert stats.released == stats.received
-    assert stats.aborted_polls == 0
-    # Visible again right away, not after the 30 s lease.
-    back = await drain(sqs, url, wait=1)
-    assert len(back) == 1 and back[0].receive_count == stats.received + 1
+    # "land": the poll sent right after the receive (until received_at + 20) was still waiting
+    # at t0 + 10; SQS handed it the released message, it landed and was released again.
+    assert receives(fake_sqs.calls[mark:]) == []
+    assert stats.received == 2 and stats.released == 2 and stats.aborted_polls == 0
+    assert t0 + GRACE < received_at + WAIT
+    # Visible again right away, not after the 30 s lease; the stop raised its count by 1.
+    [snapshot] = queue.messages()
+    assert snapshot.message_id == message_id
+    assert snapshot.state == "visible" and snapshot.receive_count == 2
+    assert queue.orphaned_deliveries == 0
+
+
+async def test_shutdown_is_bounded_by_grace_plus_flush(
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    fake_sqs_client: trio_sqs.SQSClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Clauses 4 and 5 at their bound: a handler overruns its grace, and SQS takes a minute to
+    answer the release. The stop ends at t0 + grace + flush, and the unconfirmed release is
+    counted and logged."""
+    sqs = fake_sqs_client
+    url = await sqs.create_queue("bounded")
+    [message_id] = await send_n(sqs, url, 1)
+    running = trio.Event()
+
+    async def handler(message: Message) -> None:
+        running.set()
+        await trio.sleep_forever()
+
+    def is_release(params: Any) -> bool:
+        return all(e["VisibilityTimeout"] == 0 for e in params["Entries"])
+
+    fake_sqs.faults.delay("ChangeMessageVisibilityBatch", 60, times=10, match=is_release)
+    async with trio_sqs.open_consumer(
+        url, handler, client=sqs, poll_on_stop="abort", **REALISTIC
+    ) as consumer:
+        await running.wait()
+        await trio.sleep(1)
+        t0 = trio.current_time()
+        consumer.stop()
+    assert trio.current_time() == t0 + GRACE + FLUSH
+    stats = consumer.statistics()
+    assert stats.cancelled_at_grace == 1 and stats.unflushed == 1 and stats.released == 0
+    [release] = [
+        c
+        for c in fake_sqs.calls
+        if c.operation == "ChangeMessageVisibilityBatch" and is_release(c.params)
+    ]
+    assert release.time == t0 + GRACE  # sent when the grace ended; its answer never came in time
+    assert any("shutdown bound reached" in r.getMessage() for r in caplog.records)
+    # It took effect all the same (only its answer was late): the poll aborted at t0, still
+    # waiting server-side, took the message at once (DESIGN 2.2).
+    assert fake_sqs.queue(url).orphaned_deliveries == 1
+    assert fake_sqs.queue(url).message(message_id) is not None
 
 
 async def test_cancelling_the_enclosing_scope_takes_the_same_path(
-    sqs: trio_sqs.SQSClient, queue_name: str
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    fake_sqs_client: trio_sqs.SQSClient,
 ) -> None:
-    url = await sqs.create_queue(queue_name)
+    sqs = fake_sqs_client
+    url = await sqs.create_queue("enclosing-scope")
     await send_n(sqs, url, 1)
     running = trio.Event()
-    finished = False
+    finished_at: float | None = None
 
     async def handler(message: Message) -> None:
-        nonlocal finished
+        nonlocal finished_at
         running.set()
-        await trio.sleep(0.5)
-        finished = True
+        await trio.sleep(5)
+        finished_at = trio.current_time()
 
     with trio.CancelScope() as outer:
-        async with trio_sqs.open_consumer(url, handler, client=sqs, grace_period=GRACE) as consumer:
+        async with trio_sqs.open_consumer(url, handler, client=sqs, **REALISTIC) as consumer:
             await running.wait()
+            t0 = trio.current_time()
+            mark = len(fake_sqs.calls)
             outer.cancel()
             await trio.sleep_forever()
-    assert finished, "the handler was cut off instead of getting its grace period"
+    assert finished_at == t0 + 5, "the handler was cut off instead of getting its grace period"
+    assert trio.current_time() == t0 + 5
+    assert receives(fake_sqs.calls[mark:]) == []
     stats = consumer.statistics()
     assert stats.state == "stopped" and stats.completed == 1 and stats.deleted == 1
-    assert await drain(sqs, url) == []
+    assert fake_sqs.queue(url).counts().total == 0
 
 
-async def test_stop_is_synchronous_and_idempotent(sqs: trio_sqs.SQSClient, queue_url: str) -> None:
+async def test_stop_is_synchronous_and_idempotent(
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs_client: trio_sqs.SQSClient,
+    fake_queue_url: str,
+) -> None:
     async def handler(message: Message) -> None:
         pass
 
-    async with trio_sqs.open_consumer(queue_url, handler, client=sqs, wait_time=1) as consumer:
+    async with trio_sqs.open_consumer(
+        fake_queue_url, handler, client=fake_sqs_client, **REALISTIC
+    ) as consumer:
         assert consumer.stop() is None
         consumer.stop()
         assert consumer.state == "stopping"
@@ -273,18 +393,21 @@ async def test_stop_is_synchronous_and_idempotent(sqs: trio_sqs.SQSClient, queue
     assert consumer.state == "stopped"
 
 
-@pytest.mark.deadline(40)
+# -- the scenario of the original bug report ---------------------------------------------------
+
+
 @pytest.mark.parametrize("mode", ["abort", "land"])
 async def test_bug_report_scenario(
-    sqs: trio_sqs.SQSClient,
-    proxied: trio_sqs.SQSClient,
-    proxy: RecordingProxy,
-    queue_name: str,
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    fake_sqs_client: trio_sqs.SQSClient,
     mode: str,
 ) -> None:
     """Producer at 10 messages/s, handlers of 200 ms, stop after a few seconds: no receive after
     stop, every message completed and deleted or visible again at once, bounded shutdown."""
-    url = await sqs.create_queue(queue_name)
+    sqs = fake_sqs_client
+    url = await sqs.create_queue(f"bug-report-{mode}")
+    queue = fake_sqs.queue(url)
     produced: list[str] = []
     completed: list[str] = []
 
@@ -299,43 +422,108 @@ async def test_bug_report_scenario(
         completed.append(message.message_id)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(producer)
         async with trio_sqs.open_consumer(
             url,
             handler,
-            client=proxied,
+            client=sqs,
             concurrency=8,
-            # One poller, so that "every poller is parked in a held poll" can be reached while
-            # handlers run (a second poller would wait for a whole batch of credit).
             pollers=1,
-            visibility_timeout=30,
             poll_on_stop=mode,
-            grace_period=GRACE,
-            flush_timeout=FLUSH,
+            **REALISTIC,
         ) as consumer:
-            await trio.sleep(3.0)
-            t0 = await park_pollers(proxy, len(consumer._pollers))
-            # The last poller parked right after it received a message, so handlers are running
-            # and the "land" path (not the idle one) is exercised.
-            in_flight_at_stop = consumer.statistics().in_flight
+            nursery.start_soon(producer)
+            # Between two messages: the poller waits in a long poll and the handlers of the
+            # last two messages (sent 50 and 150 ms ago) are running.
+            await trio.sleep(3.05)
+            await park(fake_sqs, url, 1)
+            assert consumer.statistics().in_flight == 2
+            mark = len(fake_sqs.calls)
+            t0 = trio.current_time()
             consumer.stop()
-            proxy.release_receives()
         took = trio.current_time() - t0
         nursery.cancel_scope.cancel()
-    assert in_flight_at_stop > 0
-    assert took < GRACE + FLUSH + 1.0
-    assert proxy.receives_after(t0) == []
+    # The last handler finished 150 ms after t0 and its delete went out at once.
+    assert took == pytest.approx(0.15)
+    assert took <= GRACE + FLUSH
+    assert receives(fake_sqs.calls[mark:]) == []
     stats = consumer.statistics()
     assert stats.unflushed == 0 and stats.delete_failed == 0 and stats.release_failed == 0
-    assert stats.deleted == len(completed) == len(set(completed))
-    # Everything not completed is visible again right away (nothing waits out the 30 s lease)...
-    rest = await drain(sqs, url, wait=1)
-    rest_ids = {m.message_id for m in rest}
-    assert not rest_ids & set(completed)
-    # ...except what an aborted poll may have orphaned inside moto (DESIGN 2.2): those are
-    # exactly the messages neither completed nor visible, and there can be none if no poll
-    # was aborted after it was sent.
-    stranded = set(produced) - set(completed) - rest_ids
-    if stats.aborted_polls == 0:
-        assert stranded == set()
-    assert len(completed) >= 10
+    assert stats.deleted == len(completed) == len(set(completed)) == 31
+    state = {m.message_id: m for m in queue.messages()}
+    assert not state.keys() & set(completed)  # deleted
+    assert set(produced) - set(completed) == state.keys()  # nothing else is gone
+    stranded = {i for i, m in state.items() if m.state == "in_flight"}
+    if mode == "abort":
+        # The message produced 50 ms after t0 went to the abandoned poll (DESIGN 2.2): it is
+        # stranded for the lease, then visible again.
+        assert stats.aborted_polls == 1 and stats.received == 31
+        assert queue.orphaned_deliveries == 1 and len(stranded) == 1
+        [orphan] = [state[i] for i in stranded]
+        assert orphan.visible_at == pytest.approx(t0 + 0.05 + LEASE)
+    else:
+        # The poll landed with that message, which went back at once.
+        assert stats.aborted_polls == 0 and stats.received == 32 and stats.released == 1
+        assert queue.orphaned_deliveries == 0 and stranded == set()
+
+
+# -- on real sockets: moto behind a recording proxy ---------------------------------------------
+
+
+@pytest.fixture
+async def proxied(proxy: RecordingProxy) -> AsyncIterator[trio_sqs.SQSClient]:
+    async with trio_sqs.open_client(region="us-east-1", endpoint_url=proxy.url) as client:
+        yield client
+
+
+async def test_no_receive_after_stop_on_real_sockets(
+    sqs: trio_sqs.SQSClient,
+    proxied: trio_sqs.SQSClient,
+    proxy: RecordingProxy,
+    queue_name: str,
+) -> None:
+    """Clause 1 as a real server sees it: a consumer with a running handler, a poll held open by
+    the proxy, buffered messages released at stop; no ReceiveMessage arrives after t0."""
+    url = await sqs.create_queue(queue_name)
+    await send_n(sqs, url, 10)
+    started = trio.Event()
+    release_handler = trio.Event()
+
+    async def handler(message: Message) -> None:
+        started.set()
+        await release_handler.wait()
+
+    async with trio_sqs.open_consumer(
+        url,
+        handler,
+        client=proxied,
+        concurrency=1,
+        batch_size=10,
+        max_buffered=19,
+        pollers=1,
+        poll_on_stop="land",
+        **REALISTIC,
+    ) as consumer:
+        await started.wait()
+        # Hold ReceiveMessage answers until the poller waits in one: a poller has at most one
+        # request out, so none is in transit at t0 and any recorded from t0 on was sent later.
+        proxy.hold_receives()
+        await proxy.wait_for(lambda p: p.open_receives() >= 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert consumer._pollers[0].sent
+        parked = [r for r in proxy.requests if r.operation == "ReceiveMessage" and not r.answered]
+        t0 = trio.current_time()
+        consumer.stop()
+        proxy.release_receives()
+        await proxy.wait_for(
+            lambda p: any(
+                r.operation == "ChangeMessageVisibilityBatch" and r.answered
+                for r in p.requests
+                if r.arrived_at >= t0
+            )
+        )
+        release_handler.set()
+    assert len(parked) == 1 and parked[0].answered
+    assert proxy.receives_after(t0) == []
+    stats = consumer.statistics()
+    assert stats.completed == 1 and stats.deleted == 1 and stats.released >= 9
+    assert stats.aborted_polls == 0 and stats.unflushed == 0
