@@ -24,7 +24,7 @@ import trio.testing
 import trio_sqs
 import trio_sqs._client
 from trio_sqs import Limits, RetryPolicy, SQSClient
-from trio_sqs.testing import FakeSQS, QueueCounts
+from trio_sqs.testing import FakeSQS, QueueCounts, open_fake_client
 
 CANCEL_AFTER = 5.0
 
@@ -63,13 +63,8 @@ async def open_wired_client(
     """A real client on ``fake`` through a :class:`Wire` (as open_fake_client, with nothing to
     read: no worker thread, so MockClock's autojump has nothing to jump over)."""
     wire = Wire(fake)
-    async with trio_sqs.open_client(
-        region=fake.region,
-        endpoint_url=fake.endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        use_fips=False,
-        use_dualstack=False,
+    async with open_fake_client(
+        fake,
         limits=limits,
         retry=retry,
         transport=wire,

@@ -36,7 +36,7 @@ from trio_sqs import (
     TransportError,
 )
 from trio_sqs._client import DEFAULT_TIMEOUT, POLL_READ_MARGIN
-from trio_sqs.testing import FakeSQS
+from trio_sqs.testing import FakeSQS, open_fake_client
 
 # Backoff ceilings 1, 2, 3, 3, ... s; with no_jitter each backoff is its ceiling.
 POLICY = RetryPolicy(max_attempts=4, base_delay=1.0, max_delay=3.0)
@@ -121,13 +121,8 @@ async def serve(
     """A client on ``fake`` through a :class:`Recorder` (as open_fake_client: nothing to read,
     no worker thread for MockClock's autojump to jump over)."""
     recorder = Recorder(fake)
-    async with trio_sqs.open_client(
-        region=fake.region,
-        endpoint_url=fake.endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        use_fips=False,
-        use_dualstack=False,
+    async with open_fake_client(
+        fake,
         retry=retry,
         transport=recorder,
     ) as client:

@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any
 
+import httpx
+
 from .._client import SQSClient
 from .._config import Limits, RetryPolicy
 from .._connect import open_client
@@ -27,12 +29,16 @@ async def open_fake_client(
     *,
     limits: Limits | None = None,
     retry: RetryPolicy | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[SQSClient]:
     """An :class:`SQSClient` on ``fake``, in process: the real client (signing, serialization,
     parsing, retries) over the fake's transport, with the fake's region and test keys.
 
     It opens without a worker thread (nothing to read: region, endpoint and keys are given), so
     it works inside a test on ``trio.testing.MockClock`` with autojump.
+
+    ``transport`` replaces ``fake.transport()``: a test's own wrapper around it (to watch or
+    hold requests on their way) goes here.
 
     Cancellation: as :func:`trio_sqs.open_client`.
     """
@@ -46,7 +52,7 @@ async def open_fake_client(
         retry=retry,
         use_fips=False,
         use_dualstack=False,
-        transport=fake.transport(),
+        transport=transport if transport is not None else fake.transport(),
     ) as client:
         yield client
 
