@@ -99,6 +99,10 @@ class _Message:
     first_receive_ms: int | None = None
     receipt: str | None = None
     received_at: float = 0.0
+    # When a dead-letter move brought it into this queue: it is not moved on again at that same
+    # instant (a queue that is its own DLQ, or two queues that are each other's, would otherwise
+    # pass it back and forth forever without time moving).
+    moved_in_at: float | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -165,12 +169,20 @@ class FakeQueue:
         self._visible: list[tuple[int, int, _Message]] = []
         self._groups: dict[str, collections.deque[_Message]] = {}
         self._group_in_flight: collections.Counter[str] = collections.Counter()
+        # FIFO: (head's seq, group) of groups that may be receivable (checked when popped), so
+        # that a receive does not look at every group of the queue.
+        self._ready: list[tuple[int, str]] = []
+        self._handing_out = False
         self._polls: collections.deque[_Poll] = collections.deque()
         self._dedup: dict[str, tuple[float, str, str | None]] = {}
         self._tick = itertools.count()
         self._receipts = itertools.count(1)
         self.last_purge: float | None = None
-        #: Deliveries to long polls whose client had gone away (messages nobody saw).
+        #: Deliveries nobody saw because the receive's client went away inside the fake: a long
+        #: poll abandoned before the messages came, a receive cancelled after it took them, a
+        #: delayed answer (``faults.delay``) given up. Not counted: answers lost by a scripted
+        #: ``stall`` or ``drop(after=True)``, or dropped by the client once the transport had
+        #: returned them.
         self.orphaned_deliveries = 0
         #: Every delivery, whoever took it.
         self.deliveries = 0
@@ -269,6 +281,14 @@ class FakeQueue:
         message.due = 0.0
         if not self.fifo:
             heapq.heappush(self._visible, (message.seq, message.version, message))
+        elif message.group is not None:
+            self._maybe_ready(message.group)
+
+    def _maybe_ready(self, name: str) -> None:
+        """Note a FIFO group as receivable if it is: not locked and its head is visible."""
+        group = self._groups.get(name)
+        if group and self._group_in_flight[name] == 0 and group[0].state == VISIBLE:
+            heapq.heappush(self._ready, (group[0].seq, name))
 
     def next_timer(self) -> float:
         return self._timers[0][0] if self._timers else math.inf
@@ -286,20 +306,29 @@ class FakeQueue:
         self._hand_out(now)
 
     def _hand_out(self, at: float) -> None:
-        polls = self._polls
-        while polls:
-            poll = polls[0]
-            if poll.result is not None or poll.deadline <= at:
+        # Not re-entered: a dead-letter move out of this queue during a take can come back into
+        # it (a cycle of redrive policies) while the poll at the head is being served; the outer
+        # loop goes on handing out what arrived.
+        if self._handing_out:
+            return
+        self._handing_out = True
+        try:
+            polls = self._polls
+            while polls:
+                poll = polls[0]
+                if poll.result is not None or poll.deadline <= at:
+                    polls.popleft()
+                    continue
+                taken = self._take(poll.max_messages, poll.visibility, at, poll.render)
+                if not taken:
+                    return
                 polls.popleft()
-                continue
-            taken = self._take(poll.max_messages, poll.visibility, at, poll.render)
-            if not taken:
-                return
-            polls.popleft()
-            poll.result = taken
-            if poll.abandoned:
-                self.orphaned_deliveries += len(taken)
-            poll.event.set()
+                poll.result = taken
+                if poll.abandoned:
+                    self.orphaned_deliveries += len(taken)
+                poll.event.set()
+        finally:
+            self._handing_out = False
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -312,18 +341,24 @@ class FakeQueue:
                 if message.version == version and message.state == VISIBLE:
                     out.append(message)
             return out
-        heads = sorted(
-            (group[0].seq, name)
-            for name, group in self._groups.items()
-            if group and self._group_in_flight[name] == 0
-        )
-        for _, name in heads:
-            for message in self._groups[name]:
+        ready = self._ready
+        chosen: set[str] = set()  # a group may be noted more than once
+        while ready and len(out) < limit:
+            seq, name = heapq.heappop(ready)
+            group = self._groups.get(name)
+            if (
+                name in chosen
+                or not group
+                or group[0].seq != seq
+                or group[0].state != VISIBLE
+                or self._group_in_flight[name] != 0
+            ):
+                continue  # stale: the group changed since it was noted
+            chosen.add(name)
+            for message in group:
                 if message.state != VISIBLE or len(out) >= limit:
                     break
                 out.append(message)
-            if len(out) >= limit:
-                break
         return out
 
     def _take(
@@ -341,7 +376,11 @@ class FakeQueue:
                 break
             moved = False
             for message in candidates:
-                if redrive is not None and message.receive_count >= redrive[1]:
+                if (
+                    redrive is not None
+                    and message.receive_count >= redrive[1]
+                    and message.moved_in_at != at
+                ):
                     self._move_to(redrive[0], message, at)
                     moved = True
                     continue
@@ -380,6 +419,7 @@ class FakeQueue:
             group=message.group if self.fifo else None,
             receive_count=message.receive_count,
             first_receive_ms=message.first_receive_ms,
+            moved_in_at=at,
         )
         self._insert(moved, 0, at)
 
@@ -400,7 +440,12 @@ class FakeQueue:
         self.advance(now)
         taken = self._take(max_messages, visibility, now, render)
         if taken or wait == 0:
-            await trio.lowlevel.checkpoint()
+            try:
+                await trio.lowlevel.checkpoint()
+            except trio.Cancelled:
+                # Taken for a client that went away before it could have the answer.
+                self.orphaned_deliveries += len(taken)
+                raise
             return taken
         poll = _Poll(max_messages, visibility, now + wait, render)
         self._polls.append(poll)
@@ -496,6 +541,8 @@ class FakeQueue:
             if not group:
                 del self._groups[message.group]
                 del self._group_in_flight[message.group]
+            else:
+                self._maybe_ready(message.group)
 
     def delete(self, handle: object) -> None:
         """DeleteMessage. A handle of a message already deleted succeeds, as in SQS; so does an
@@ -547,6 +594,7 @@ class FakeQueue:
             self._remove(message)
         self._timers.clear()
         self._visible.clear()
+        self._ready.clear()
 
     def close(self) -> None:
         """The queue was deleted: waiting polls end empty."""

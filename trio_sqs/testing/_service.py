@@ -39,6 +39,8 @@ _ENTRY_ID = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _ATTR_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
 _INVALID_BODY_CHAR = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _DEDUP_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+# MessageGroupId and ReceiveRequestAttemptId: 1 to 128 alphanumeric or punctuation characters.
+_GROUP_ID = _DEDUP_ID
 # A Number attribute: a decimal number, no NaN, infinity or hex.
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 
@@ -170,6 +172,13 @@ def _list(params: Mapping[str, Any], name: str) -> list[Any]:
     return value
 
 
+def _str_list(params: Mapping[str, Any], name: str) -> list[str]:
+    values = _list(params, name)
+    if not all(isinstance(value, str) for value in values):
+        raise _serialization(name, "a list of strings")
+    return values
+
+
 def _map(params: Mapping[str, Any], name: str) -> dict[str, Any]:
     value = params.get(name)
     if value is None:
@@ -246,6 +255,8 @@ def _check_message_attributes(attributes: dict[str, Any], *, system: bool = Fals
             raise invalid_parameter(
                 f"The message attribute '{name}' must contain non-empty message attribute type."
             )
+        if _INVALID_BODY_CHAR.search(data_type):
+            raise invalid_parameter(f"The type of message attribute '{name}' is invalid.")
         base = data_type.split(".", 1)[0]
         if base not in ("String", "Number", "Binary") or len(data_type) > 256:
             raise invalid_parameter(
@@ -469,6 +480,19 @@ class FakeSQS:
         await trio.lowlevel.checkpoint()
         return dict(result)
 
+    def answer_abandoned(self, operation: str, params: Mapping[str, Any], result: Any) -> None:
+        """The client went away after ``operation`` took effect and before its answer reached it
+        (a delayed answer cancelled or timed out): messages it received count as orphaned."""
+        if operation != "ReceiveMessage" or not isinstance(result, dict):
+            return
+        messages = result.get("Messages")
+        url = params.get("QueueUrl")
+        if not messages or not isinstance(url, str):
+            return
+        queue = self._queues.get(url.rstrip("/").rpartition("/")[2])
+        if queue is not None:
+            queue.orphaned_deliveries += len(messages)
+
     def _queue(self, params: Mapping[str, Any]) -> FakeQueue:
         url = _required_str(params, "QueueUrl")
         queue = self._queues.get(url.rstrip("/").rpartition("/")[2])
@@ -508,7 +532,7 @@ class FakeSQS:
                     )
                 value = str(number)
             elif name == "RedrivePolicy":
-                value = self._check_redrive(value)
+                value = self._check_redrive(value, fifo=fifo)
             elif name in ("SqsManagedSseEnabled", "ContentBasedDeduplication", "FifoQueue"):
                 if value.lower() not in ("true", "false"):
                     raise FakeError(
@@ -518,14 +542,14 @@ class FakeSQS:
             out[name] = value
         return out
 
-    def _check_redrive(self, raw: str) -> str:
+    def _check_redrive(self, raw: str, *, fifo: bool) -> str:
         if raw == "":
             return ""
         try:
             policy = json.loads(raw)
             arn = policy["deadLetterTargetArn"]
             count = int(policy["maxReceiveCount"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             raise FakeError(
                 "InvalidAttributeValue",
                 "Invalid value for the parameter RedrivePolicy. Reason: Redrive policy is not "
@@ -537,11 +561,18 @@ class FakeSQS:
                 "Invalid value for the parameter RedrivePolicy. Reason: maxReceiveCount must be "
                 "between 1 and 1000.",
             )
-        if not isinstance(arn, str) or self.queue_by_arn(arn) is None:
+        target = self.queue_by_arn(arn) if isinstance(arn, str) else None
+        if target is None:
             raise FakeError(
                 "InvalidAttributeValue",
                 "Invalid value for the parameter RedrivePolicy. Reason: Dead letter target "
                 "does not exist.",
+            )
+        if target.fifo != fifo:
+            raise FakeError(
+                "InvalidAttributeValue",
+                "Invalid value for the parameter RedrivePolicy. Reason: Dead-letter queue must "
+                "be same type of queue as the source.",
             )
         return json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": count})
 
@@ -600,7 +631,7 @@ class FakeSQS:
 
     def _get_queue_attributes(self, params: dict[str, Any]) -> dict[str, Any]:
         queue = self._queue(params)
-        names = _list(params, "AttributeNames")
+        names = _str_list(params, "AttributeNames")
         known = set(_SETTABLE) | set(_READ_ONLY) | {"All"}
         for name in names:
             if name not in known:
@@ -643,7 +674,9 @@ class FakeSQS:
             try:
                 start = int(base64.b64decode(token).decode())
             except (binascii.Error, ValueError):
-                raise invalid_parameter("Invalid NextToken value.") from None
+                start = -1
+            if start < 0:
+                raise invalid_parameter("Invalid NextToken value.")
         page = names[start : start + limit]
         result: dict[str, Any] = {}
         if page:
@@ -697,6 +730,11 @@ class FakeSQS:
                 f"{limit} bytes."
             )
         group = _str(params, "MessageGroupId", required=False)
+        if group is not None and not _GROUP_ID.match(group):
+            raise invalid_parameter(
+                f"Value {group} for parameter MessageGroupId is invalid. Reason: MessageGroupId "
+                "can only include alphanumeric and punctuation characters. 1 to 128 in length."
+            )
         dedup = _str(params, "MessageDeduplicationId", required=False)
         delay = _int(params, "DelaySeconds", queue.delay_seconds, 0, 900)
         now = trio.current_time()
@@ -773,7 +811,11 @@ class FakeSQS:
     def _send_message_batch(self, params: dict[str, Any]) -> dict[str, Any]:
         queue = self._queue(params)
         entries = _entries(params, "SendMessageBatchRequestEntry")
-        total = sum(len(str(e.get("MessageBody", "")).encode()) for e in entries)
+        total = sum(
+            len(body.encode("utf-8", "surrogatepass"))
+            for body in (e.get("MessageBody") for e in entries)
+            if isinstance(body, str)
+        )
         limit = int(queue.attributes["MaximumMessageSize"])
         if total > limit:
             raise FakeError(
@@ -799,11 +841,17 @@ class FakeSQS:
         max_messages = _int(params, "MaxNumberOfMessages", 1, 1, 10)
         wait = _int(params, "WaitTimeSeconds", queue.receive_wait_time, 0, 20)
         visibility = _int(params, "VisibilityTimeout", queue.visibility_timeout, 0, 43_200)
-        system_names = _list(params, "MessageSystemAttributeNames") or _list(
+        system_names = _str_list(params, "MessageSystemAttributeNames") or _str_list(
             params, "AttributeNames"
         )
-        user_names = _list(params, "MessageAttributeNames")
-        _str(params, "ReceiveRequestAttemptId", required=False)
+        user_names = _str_list(params, "MessageAttributeNames")
+        attempt = _str(params, "ReceiveRequestAttemptId", required=False)
+        if attempt is not None and not _GROUP_ID.match(attempt):
+            raise invalid_parameter(
+                f"Value {attempt} for parameter ReceiveRequestAttemptId is invalid. Reason: "
+                "ReceiveRequestAttemptId can only include alphanumeric and punctuation "
+                "characters. 1 to 128 in length."
+            )
         for name in system_names:
             if name not in SYSTEM_ATTRIBUTES and name != "All":
                 raise FakeError("InvalidAttributeName", f"Unknown Attribute {name}.")

@@ -428,7 +428,11 @@ async def answer(
         first = result["Messages"][0]
         result["Messages"][0] = {**first, "MD5OfBody": "0" * 32}
     if fault is not None and fault.kind == "delay":
-        await trio.sleep(fault.seconds)
+        try:
+            await trio.sleep(fault.seconds)
+        except trio.Cancelled:
+            fake.answer_abandoned(operation, params, result)
+            raise
     if fault is not None and fault.kind == "drop":
         return WireAnswer(0, {}, b"", action="drop")
     answer = WireAnswer(200, _base_headers(fake), json.dumps(result).encode())
