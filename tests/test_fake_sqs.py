@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 import trio_sqs
 from trio_sqs import MessageAttributeValue, RetryPolicy, SendEntry
 from trio_sqs.testing import FakeError, FakeSQS, open_fake_client
-from trio_sqs.testing._wire import verify_signature
+from trio_sqs.testing._sigv4 import verify_signature
 
 JSON = "application/x-amz-json-1.0"
 NO_RETRY = RetryPolicy(max_attempts=1)

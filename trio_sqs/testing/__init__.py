@@ -19,11 +19,12 @@ retention period, no IAM or KMS, no throughput limits, counts are exact (SQS's a
 from __future__ import annotations
 
 from ._errors import FakeError
+from ._faults import Fault, Faults
 from ._helpers import make_message, open_fake_client
 from ._queue import FakeQueue, MessageSnapshot, QueueCounts
 from ._server import serve_fake_sqs
 from ._service import FakeSQS, RecordedCall
-from ._wire import FakeSQSTransport, Fault, Faults
+from ._transport import FakeSQSTransport
 
 __all__ = [
     "FakeError",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FakeError", "invalid_parameter", "missing_parameter"]
+__all__ = ["FakeError", "coral_error", "invalid_parameter", "missing_parameter"]
 
 
 class FakeError(Exception):
@@ -54,3 +54,9 @@ def invalid_parameter(message: str) -> FakeError:
 
 def missing_parameter(name: str) -> FakeError:
     return FakeError("MissingParameter", f"The request must contain the parameter {name}.")
+
+
+def coral_error(type_name: str, message: str, status: int = 400) -> FakeError:
+    """One of the generic errors of AWS's JSON protocol (``com.amazon.coral.service``):
+    unknown operation, malformed body, authentication."""
+    return FakeError(type_name, message, status=status, namespace="com.amazon.coral.service")

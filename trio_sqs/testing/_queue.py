@@ -22,14 +22,11 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
 from ._errors import FakeError, invalid_parameter
-
-if TYPE_CHECKING:
-    from ._service import FakeSQS
 
 __all__ = ["FakeQueue", "MessageSnapshot", "QueueCounts"]
 
@@ -53,6 +50,21 @@ _HANDLE_PREFIX = "AQEB"
 # Real receipt handles are opaque base64 of a few hundred bytes; ours carry what the fake needs
 # (queue, message id, receive number) and filler of a realistic length.
 _HANDLE_FILLER = hashlib.sha512(b"trio-sqs-fake-receipt").digest() * 2
+
+
+class QueueHost(Protocol):
+    """What a queue needs from the service that holds it (:class:`FakeSQS`)."""
+
+    region: str
+    account_id: str
+
+    def redrive_policy(self, queue: FakeQueue) -> tuple[str, int] | None: ...
+
+    def queue_by_arn(self, arn: str) -> FakeQueue | None: ...
+
+    def epoch_ms(self, at: float) -> int: ...
+
+    def next_seq(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +167,7 @@ class FakeQueue:
     """One queue of a :class:`FakeSQS`. Tests read its state; they change it through the API."""
 
     def __init__(
-        self, service: FakeSQS, name: str, url: str, attributes: dict[str, str], created: float
+        self, service: QueueHost, name: str, url: str, attributes: dict[str, str], created: float
     ) -> None:
         self._service = service
         self.name = name

@@ -1,7 +1,8 @@
 """The in-memory SQS: queues and the operations of SQS's API, with SQS's validation and errors.
 
 This layer takes and returns the JSON-protocol parameters and results as dictionaries; the wire
-(HTTP, signatures, faults) is in ``_wire.py``.
+(HTTP, signatures, faults) is in ``_wire.py``; reading and validating parameters in
+``_validate.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hashlib
 import itertools
 import json
 import re
-import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,8 +22,27 @@ from typing import Any
 
 import trio
 
+from .._protocol import load_service_data
 from ._errors import FakeError, invalid_parameter, missing_parameter
+from ._faults import Faults
 from ._queue import SYSTEM_ATTRIBUTES, FakeQueue, _Message
+from ._transport import FakeSQSTransport
+from ._validate import (
+    DEDUP_ID,
+    GROUP_ID,
+    INVALID_BODY_CHAR,
+    check_message_attributes,
+    md5_hex,
+    md5_of_attributes,
+    read_entries,
+    read_int,
+    read_map,
+    read_required_str,
+    read_str,
+    read_str_list,
+    select_attributes,
+    serialization_error,
+)
 
 __all__ = ["FakeSQS", "RecordedCall"]
 
@@ -35,14 +54,6 @@ PURGE_INTERVAL = 60.0
 
 _STD_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _FIFO_NAME = re.compile(r"^[A-Za-z0-9_-]{1,75}\.fifo$")
-_ENTRY_ID = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
-_ATTR_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
-_INVALID_BODY_CHAR = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-_DEDUP_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
-# MessageGroupId and ReceiveRequestAttemptId: 1 to 128 alphanumeric or punctuation characters.
-_GROUP_ID = _DEDUP_ID
-# A Number attribute: a decimal number, no NaN, infinity or hex.
-_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 
 # Attribute name -> (low, high) for integers, or None for strings checked elsewhere.
 _SETTABLE: dict[str, tuple[int, int] | None] = {
@@ -98,220 +109,6 @@ class RecordedCall:
     fault: str | None = None
 
 
-def _md5_hex(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def md5_of_attributes(attributes: Mapping[str, Mapping[str, Any]]) -> str:
-    """SQS's digest of message attributes in their wire form (binary values base64-encoded):
-    names sorted; each name, type and value length-prefixed; a transport byte 1 (string) or 2
-    (binary) before the value."""
-    buf = bytearray()
-    for name in sorted(attributes):
-        value = attributes[name]
-        for part in (name.encode(), str(value["DataType"]).encode()):
-            buf += struct.pack(">I", len(part)) + part
-        if "BinaryValue" in value:
-            raw = base64.b64decode(value["BinaryValue"])
-            buf += b"\x02"
-        else:
-            raw = str(value["StringValue"]).encode()
-            buf += b"\x01"
-        buf += struct.pack(">I", len(raw)) + raw
-    return _md5_hex(bytes(buf))
-
-
-# -- parameter readers: wrong JSON types get the answer AWS's JSON protocol gives --------------
-
-
-def _serialization(name: str, expected: str) -> FakeError:
-    return FakeError(
-        "SerializationException",
-        f"Parameter {name} could not be read as {expected}.",
-        namespace="com.amazon.coral.service",
-    )
-
-
-def _str(params: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
-    value = params.get(name)
-    if value is None:
-        if required:
-            raise missing_parameter(name)
-        return None
-    if not isinstance(value, str):
-        raise _serialization(name, "a string")
-    return value
-
-
-def _required_str(params: Mapping[str, Any], name: str) -> str:
-    value = _str(params, name)
-    assert value is not None
-    return value
-
-
-def _int(params: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
-    value = params.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _serialization(name, "an integer")
-    if not low <= value <= high:
-        raise invalid_parameter(
-            f"Value {value} for parameter {name} is invalid. Reason: Must be between {low} and "
-            f"{high}, if provided."
-        )
-    return value
-
-
-def _list(params: Mapping[str, Any], name: str) -> list[Any]:
-    value = params.get(name)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _serialization(name, "a list")
-    return value
-
-
-def _str_list(params: Mapping[str, Any], name: str) -> list[str]:
-    values = _list(params, name)
-    if not all(isinstance(value, str) for value in values):
-        raise _serialization(name, "a list of strings")
-    return values
-
-
-def _map(params: Mapping[str, Any], name: str) -> dict[str, Any]:
-    value = params.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _serialization(name, "a map")
-    return value
-
-
-def _entries(params: Mapping[str, Any], what: str) -> list[dict[str, Any]]:
-    entries = _list(params, "Entries")
-    if not entries:
-        raise FakeError(
-            "EmptyBatchRequest",
-            f"There should be at least one {what} in the request.",
-            query_code="AWS.SimpleQueueService.EmptyBatchRequest",
-        )
-    if len(entries) > 10:
-        raise FakeError(
-            "TooManyEntriesInBatchRequest",
-            f"Maximum number of entries per request are 10. You have sent {len(entries)}.",
-            query_code="AWS.SimpleQueueService.TooManyEntriesInBatchRequest",
-        )
-    seen: set[str] = set()
-    for entry in entries:
-        if not isinstance(entry, dict):
-            raise _serialization("Entries", "a list of structures")
-        entry_id = entry.get("Id")
-        if not isinstance(entry_id, str):
-            raise missing_parameter("Id")
-        if not _ENTRY_ID.match(entry_id):
-            raise FakeError(
-                "InvalidBatchEntryId",
-                "A batch entry id can only contain alphanumeric characters, hyphens and "
-                "underscores. It can be at most 80 letters long.",
-                query_code="AWS.SimpleQueueService.InvalidBatchEntryId",
-            )
-        if entry_id in seen:
-            raise FakeError(
-                "BatchEntryIdsNotDistinct",
-                f"Id {entry_id} repeated.",
-                query_code="AWS.SimpleQueueService.BatchEntryIdsNotDistinct",
-            )
-        seen.add(entry_id)
-    return entries
-
-
-def _check_message_attributes(attributes: dict[str, Any], *, system: bool = False) -> int:
-    """Validate message attributes in wire form; return their size in bytes."""
-    if len(attributes) > 10:
-        raise invalid_parameter(
-            f"Number of message attributes [{len(attributes)}] exceeds the allowed maximum [10]."
-        )
-    size = 0
-    for name, value in attributes.items():
-        if system:
-            if name != "AWSTraceHeader":
-                raise invalid_parameter(
-                    f"Message system attribute name '{name}' is invalid. Reason: only "
-                    "AWSTraceHeader is supported."
-                )
-        elif (
-            not _ATTR_NAME.match(name)
-            or name.lower().startswith(("aws.", "amazon."))
-            or ".." in name
-            or name.startswith(".")
-            or name.endswith(".")
-        ):
-            raise invalid_parameter(f"Message attribute name '{name}' is invalid.")
-        if not isinstance(value, dict):
-            raise _serialization(f"MessageAttributes.{name}", "a structure")
-        data_type = value.get("DataType")
-        if not isinstance(data_type, str) or not data_type:
-            raise invalid_parameter(
-                f"The message attribute '{name}' must contain non-empty message attribute type."
-            )
-        if _INVALID_BODY_CHAR.search(data_type):
-            raise invalid_parameter(f"The type of message attribute '{name}' is invalid.")
-        base = data_type.split(".", 1)[0]
-        if base not in ("String", "Number", "Binary") or len(data_type) > 256:
-            raise invalid_parameter(
-                f"The type of message attribute '{name}' is invalid. You must use only the "
-                "following supported type prefixes: Binary, Number, String."
-            )
-        if base == "Binary":
-            raw = value.get("BinaryValue")
-            if not isinstance(raw, str):
-                raise invalid_parameter(
-                    f"The message attribute '{name}' with type 'Binary' must use field 'Binary'."
-                )
-            try:
-                size += len(base64.b64decode(raw, validate=True))
-            except (binascii.Error, ValueError) as exc:
-                raise _serialization(f"MessageAttributes.{name}.BinaryValue", "base64") from exc
-        else:
-            text = value.get("StringValue")
-            if not isinstance(text, str):
-                raise invalid_parameter(
-                    f"The message attribute '{name}' with type '{base}' must use field 'String'."
-                )
-            if not text:
-                raise invalid_parameter(
-                    f"Message (user) attribute '{name}' must contain a non-empty value of type "
-                    f"'{base}'."
-                )
-            if base == "Number" and not _NUMBER.match(text):
-                raise invalid_parameter(
-                    f"Can't cast the value of message (user) attribute '{name}' to a number."
-                )
-            if _INVALID_BODY_CHAR.search(text):
-                raise FakeError(
-                    "InvalidMessageContents",
-                    f"Message attribute '{name}' contains invalid characters.",
-                )
-            size += len(text.encode())
-        size += len(name.encode()) + len(data_type.encode())
-    return size
-
-
-def _select_attributes(
-    attributes: dict[str, dict[str, Any]], names: list[str]
-) -> dict[str, dict[str, Any]]:
-    if not names or not attributes:
-        return {}
-    if "All" in names or ".*" in names:
-        return attributes
-    prefixes = tuple(n[:-2] for n in names if n.endswith(".*"))
-    exact = set(names)
-    return {
-        k: v for k, v in attributes.items() if k in exact or (prefixes and k.startswith(prefixes))
-    }
-
-
 class FakeSQS:
     """An in-memory Amazon SQS that runs on Trio's clock.
 
@@ -345,8 +142,6 @@ class FakeSQS:
         record: bool = True,
         clock_skew: float = 0.0,
     ) -> None:
-        from ._wire import Faults  # a cycle only at construction time
-
         self.region = region
         self.account_id = account_id
         self.endpoint = endpoint.rstrip("/")
@@ -398,16 +193,13 @@ class FakeSQS:
     def queues(self) -> dict[str, FakeQueue]:
         return dict(self._queues)
 
-    def transport(self) -> Any:
+    def transport(self) -> FakeSQSTransport:
         """An ``httpx.AsyncBaseTransport`` serving this fake (pass it to ``open_client``).
 
         It also loads botocore's SQS model now, synchronously, if this process has not yet: then
         an ``open_client`` with region, ``endpoint_url``, keys, ``use_fips`` and
         ``use_dualstack`` given needs no worker thread, which matters on ``MockClock``.
         """
-        from .._protocol import load_service_data
-        from ._wire import FakeSQSTransport
-
         load_service_data()
         return FakeSQSTransport(self)
 
@@ -494,7 +286,7 @@ class FakeSQS:
             queue.orphaned_deliveries += len(messages)
 
     def _queue(self, params: Mapping[str, Any]) -> FakeQueue:
-        url = _required_str(params, "QueueUrl")
+        url = read_required_str(params, "QueueUrl")
         queue = self._queues.get(url.rstrip("/").rpartition("/")[2])
         if queue is None:
             raise FakeError(
@@ -514,7 +306,7 @@ class FakeSQS:
             if name not in _SETTABLE or (name == "FifoQueue" and not creating):
                 raise FakeError("InvalidAttributeName", f"Unknown Attribute {name}.")
             if not isinstance(value, str):
-                raise _serialization(f"Attributes.{name}", "a string")
+                raise serialization_error(f"Attributes.{name}", "a string")
             if name in _FIFO_ONLY and not fifo:
                 raise FakeError(
                     "InvalidAttributeName",
@@ -577,8 +369,8 @@ class FakeSQS:
         return json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": count})
 
     def _create_queue(self, params: dict[str, Any]) -> dict[str, Any]:
-        name = _required_str(params, "QueueName")
-        requested = _map(params, "Attributes")
+        name = read_required_str(params, "QueueName")
+        requested = read_map(params, "Attributes")
         fifo = str(requested.get("FifoQueue", "false")).lower() == "true"
         if not (_FIFO_NAME if fifo else _STD_NAME).match(name):
             raise invalid_parameter(
@@ -618,8 +410,8 @@ class FakeSQS:
         return {"QueueUrl": url}
 
     def _get_queue_url(self, params: dict[str, Any]) -> dict[str, Any]:
-        name = _required_str(params, "QueueName")
-        _str(params, "QueueOwnerAWSAccountId", required=False)
+        name = read_required_str(params, "QueueName")
+        read_str(params, "QueueOwnerAWSAccountId", required=False)
         queue = self._queues.get(name)
         if queue is None:
             raise FakeError(
@@ -631,7 +423,7 @@ class FakeSQS:
 
     def _get_queue_attributes(self, params: dict[str, Any]) -> dict[str, Any]:
         queue = self._queue(params)
-        names = _str_list(params, "AttributeNames")
+        names = read_str_list(params, "AttributeNames")
         known = set(_SETTABLE) | set(_READ_ONLY) | {"All"}
         for name in names:
             if name not in known:
@@ -658,16 +450,16 @@ class FakeSQS:
     def _set_queue_attributes(self, params: dict[str, Any]) -> dict[str, Any]:
         queue = self._queue(params)
         changes = self._check_attributes(
-            _map(params, "Attributes"), fifo=queue.fifo, creating=False
+            read_map(params, "Attributes"), fifo=queue.fifo, creating=False
         )
         queue.attributes.update(changes)
         queue.modified_ms = int(self.epoch() * 1000)
         return {}
 
     def _list_queues(self, params: dict[str, Any]) -> dict[str, Any]:
-        prefix = _str(params, "QueueNamePrefix", required=False) or ""
-        limit = _int(params, "MaxResults", 1000, 1, 1000)
-        token = _str(params, "NextToken", required=False)
+        prefix = read_str(params, "QueueNamePrefix", required=False) or ""
+        limit = read_int(params, "MaxResults", 1000, 1, 1000)
+        token = read_str(params, "NextToken", required=False)
         names = sorted(n for n in self._queues if n.startswith(prefix))
         start = 0
         if token:
@@ -708,10 +500,10 @@ class FakeSQS:
     # -- sending -------------------------------------------------------------------------------
 
     def _send_one(self, queue: FakeQueue, params: Mapping[str, Any]) -> dict[str, Any]:
-        body = _str(params, "MessageBody", required=False)
+        body = read_str(params, "MessageBody", required=False)
         if not body:
             raise missing_parameter("MessageBody")
-        bad = _INVALID_BODY_CHAR.search(body)
+        bad = INVALID_BODY_CHAR.search(body)
         if bad is not None:
             raise FakeError(
                 "InvalidMessageContents",
@@ -719,24 +511,24 @@ class FakeSQS:
                 "body, the set of allowed characters is #x9 | #xA | #xD | #x20 to #xD7FF | "
                 "#xE000 to #xFFFD | #x10000 to #x10FFFF",
             )
-        attributes = _map(params, "MessageAttributes")
-        system_attributes = _map(params, "MessageSystemAttributes")
-        size = len(body.encode()) + _check_message_attributes(attributes)
-        _check_message_attributes(system_attributes, system=True)
+        attributes = read_map(params, "MessageAttributes")
+        system_attributes = read_map(params, "MessageSystemAttributes")
+        size = len(body.encode()) + check_message_attributes(attributes)
+        check_message_attributes(system_attributes, system=True)
         limit = int(queue.attributes["MaximumMessageSize"])
         if size > limit:
             raise invalid_parameter(
                 f"One or more parameters are invalid. Reason: Message must be shorter than "
                 f"{limit} bytes."
             )
-        group = _str(params, "MessageGroupId", required=False)
-        if group is not None and not _GROUP_ID.match(group):
+        group = read_str(params, "MessageGroupId", required=False)
+        if group is not None and not GROUP_ID.match(group):
             raise invalid_parameter(
                 f"Value {group} for parameter MessageGroupId is invalid. Reason: MessageGroupId "
                 "can only include alphanumeric and punctuation characters. 1 to 128 in length."
             )
-        dedup = _str(params, "MessageDeduplicationId", required=False)
-        delay = _int(params, "DelaySeconds", queue.delay_seconds, 0, 900)
+        dedup = read_str(params, "MessageDeduplicationId", required=False)
+        delay = read_int(params, "DelaySeconds", queue.delay_seconds, 0, 900)
         now = trio.current_time()
         if queue.fifo:
             if "DelaySeconds" in params:
@@ -753,7 +545,7 @@ class FakeSQS:
                         "MessageDeduplicationId provided explicitly"
                     )
                 dedup = hashlib.sha256(body.encode()).hexdigest()
-            elif not _DEDUP_ID.match(dedup):
+            elif not DEDUP_ID.match(dedup):
                 raise invalid_parameter(
                     f"Value {dedup} for parameter MessageDeduplicationId is invalid."
                 )
@@ -762,7 +554,7 @@ class FakeSQS:
                 f"Value {dedup} for parameter MessageDeduplicationId is invalid. Reason: The "
                 "request include parameter that is not valid for this queue type."
             )
-        md5_body = _md5_hex(body.encode())
+        md5_body = md5_hex(body.encode())
         result: dict[str, Any] = {"MD5OfMessageBody": md5_body}
         md5_attrs = md5_of_attributes(attributes) if attributes else None
         if md5_attrs is not None:
@@ -810,7 +602,7 @@ class FakeSQS:
 
     def _send_message_batch(self, params: dict[str, Any]) -> dict[str, Any]:
         queue = self._queue(params)
-        entries = _entries(params, "SendMessageBatchRequestEntry")
+        entries = read_entries(params, "SendMessageBatchRequestEntry")
         total = sum(
             len(body.encode("utf-8", "surrogatepass"))
             for body in (e.get("MessageBody") for e in entries)
@@ -838,15 +630,15 @@ class FakeSQS:
 
     def _receive_message(self, params: dict[str, Any]) -> Awaitable[dict[str, Any]]:
         queue = self._queue(params)
-        max_messages = _int(params, "MaxNumberOfMessages", 1, 1, 10)
-        wait = _int(params, "WaitTimeSeconds", queue.receive_wait_time, 0, 20)
-        visibility = _int(params, "VisibilityTimeout", queue.visibility_timeout, 0, 43_200)
-        system_names = _str_list(params, "MessageSystemAttributeNames") or _str_list(
+        max_messages = read_int(params, "MaxNumberOfMessages", 1, 1, 10)
+        wait = read_int(params, "WaitTimeSeconds", queue.receive_wait_time, 0, 20)
+        visibility = read_int(params, "VisibilityTimeout", queue.visibility_timeout, 0, 43_200)
+        system_names = read_str_list(params, "MessageSystemAttributeNames") or read_str_list(
             params, "AttributeNames"
         )
-        user_names = _str_list(params, "MessageAttributeNames")
-        attempt = _str(params, "ReceiveRequestAttemptId", required=False)
-        if attempt is not None and not _GROUP_ID.match(attempt):
+        user_names = read_str_list(params, "MessageAttributeNames")
+        attempt = read_str(params, "ReceiveRequestAttemptId", required=False)
+        if attempt is not None and not GROUP_ID.match(attempt):
             raise invalid_parameter(
                 f"Value {attempt} for parameter ReceiveRequestAttemptId is invalid. Reason: "
                 "ReceiveRequestAttemptId can only include alphanumeric and punctuation "
@@ -874,7 +666,7 @@ class FakeSQS:
                 chosen = {k: system[k] for k in wanted if k in system}
                 if chosen:
                     entry["Attributes"] = chosen
-            selected = _select_attributes(message.attributes, user_names)
+            selected = select_attributes(message.attributes, user_names)
             if selected:
                 entry["MessageAttributes"] = selected
                 entry["MD5OfMessageAttributes"] = (
@@ -896,14 +688,14 @@ class FakeSQS:
 
     def _delete_message(self, params: dict[str, Any]) -> dict[str, Any]:
         queue = self._queue(params)
-        queue.delete(_required_str(params, "ReceiptHandle"))
+        queue.delete(read_required_str(params, "ReceiptHandle"))
         return {}
 
     def _delete_message_batch(self, params: dict[str, Any]) -> dict[str, Any]:
         queue = self._queue(params)
         successful: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
-        for entry in _entries(params, "DeleteMessageBatchRequestEntry"):
+        for entry in read_entries(params, "DeleteMessageBatchRequestEntry"):
             try:
                 handle = entry.get("ReceiptHandle")
                 if not isinstance(handle, str):
@@ -917,10 +709,10 @@ class FakeSQS:
 
     def _change_message_visibility(self, params: dict[str, Any]) -> dict[str, Any]:
         queue = self._queue(params)
-        handle = _required_str(params, "ReceiptHandle")
+        handle = read_required_str(params, "ReceiptHandle")
         if "VisibilityTimeout" not in params:
             raise missing_parameter("VisibilityTimeout")
-        timeout = _int(params, "VisibilityTimeout", 0, 0, 43_200)
+        timeout = read_int(params, "VisibilityTimeout", 0, 0, 43_200)
         queue.change_visibility(handle, timeout)
         return {}
 
@@ -928,12 +720,12 @@ class FakeSQS:
         queue = self._queue(params)
         successful: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
-        for entry in _entries(params, "ChangeMessageVisibilityBatchRequestEntry"):
+        for entry in read_entries(params, "ChangeMessageVisibilityBatchRequestEntry"):
             try:
-                handle = _required_str(entry, "ReceiptHandle")
+                handle = read_required_str(entry, "ReceiptHandle")
                 if "VisibilityTimeout" not in entry:
                     raise missing_parameter("VisibilityTimeout")
-                timeout = _int(entry, "VisibilityTimeout", 0, 0, 43_200)
+                timeout = read_int(entry, "VisibilityTimeout", 0, 0, 43_200)
                 queue.change_visibility(handle, timeout)
             except FakeError as exc:
                 failed.append(exc.entry(entry["Id"]))

@@ -1,0 +1,146 @@
+"""Faults a test scripts on the in-memory SQS (``fake.faults``): errors, throttling, late
+answers, stalled bodies, dropped connections and corrupt digests."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Fault", "Faults"]
+
+
+@dataclass(eq=False)
+class Fault:
+    """One scripted fault, applied to the next ``times`` matching requests.
+
+    Kinds: ``"error"`` (answer ``status`` with ``code``; the operation does not run),
+    ``"delay"`` (the operation takes effect at once, its answer comes ``seconds`` later),
+    ``"stall"`` (the operation takes effect, the answer's headers go out, its body never does),
+    ``"drop"`` (the connection is closed without an answer: before the operation runs, or after
+    it took effect with ``after=True``), ``"corrupt_md5"`` (a ReceiveMessage answer whose first
+    message carries a wrong ``MD5OfBody``).
+    """
+
+    kind: str
+    operation: str | None
+    times: int = 1
+    status: int = 500
+    code: str = "InternalFailure"
+    message: str = "We encountered an internal error. Please try again."
+    seconds: float = 0.0
+    after: bool = False
+    match: Callable[[Mapping[str, Any]], bool] | None = None
+    applied: int = 0
+
+    def matches(self, operation: str, params: Mapping[str, Any]) -> bool:
+        if self.operation is not None and self.operation != operation:
+            return False
+        return self.match is None or bool(self.match(params))
+
+
+@dataclass(eq=False)
+class Faults:
+    """The faults a test scripts on a :class:`FakeSQS` (``fake.faults``).
+
+    Each request takes at most one fault: the first one added that matches its operation (and
+    ``match``, a predicate on the request's parameters) and has uses left. ``operation=None``
+    matches every operation.
+    """
+
+    pending: list[Fault] = field(default_factory=list)
+    #: How many times a fault of each kind was applied, by operation.
+    applied: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+
+    def _add(self, fault: Fault) -> Fault:
+        if fault.times < 1:
+            raise ValueError(f"times must be at least 1, got {fault.times}")
+        self.pending.append(fault)
+        return fault
+
+    def fail(
+        self,
+        operation: str | None,
+        *,
+        times: int = 1,
+        status: int = 500,
+        code: str = "InternalFailure",
+        message: str | None = None,
+        match: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> Fault:
+        """Answer the next ``times`` calls with an error; the operation does not run."""
+        return self._add(
+            Fault(
+                "error",
+                operation,
+                times=times,
+                status=status,
+                code=code,
+                message=message or f"{code} (scripted by the test)",
+                match=match,
+            )
+        )
+
+    def throttle(self, operation: str | None, *, times: int = 1) -> Fault:
+        """Answer with SQS's throttling error (``RequestThrottled``, HTTP 400)."""
+        return self.fail(
+            operation, times=times, status=400, code="RequestThrottled", message="Rate exceeded"
+        )
+
+    def delay(
+        self,
+        operation: str | None,
+        seconds: float,
+        *,
+        times: int = 1,
+        match: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> Fault:
+        """Answer ``seconds`` late (the operation itself takes effect at once)."""
+        return self._add(Fault("delay", operation, times=times, seconds=seconds, match=match))
+
+    def stall(
+        self,
+        operation: str | None,
+        *,
+        times: int = 1,
+        match: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> Fault:
+        """Take effect, send the answer's headers, never its body."""
+        return self._add(Fault("stall", operation, times=times, match=match))
+
+    def drop(
+        self,
+        operation: str | None,
+        *,
+        times: int = 1,
+        after: bool = False,
+        match: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> Fault:
+        """Close the connection without an answer: before the operation runs, or (``after``)
+        once it took effect, so that the client cannot tell whether it did."""
+        return self._add(Fault("drop", operation, times=times, after=after, match=match))
+
+    def corrupt_md5(
+        self, *, times: int = 1, match: Callable[[Mapping[str, Any]], bool] | None = None
+    ) -> Fault:
+        """Give the first message of the next non-empty ReceiveMessage answers a wrong
+        ``MD5OfBody`` (an empty answer does not use the fault up)."""
+        return self._add(Fault("corrupt_md5", "ReceiveMessage", times=times, match=match))
+
+    def clear(self) -> None:
+        self.pending.clear()
+
+    def take(self, operation: str, params: Mapping[str, Any]) -> Fault | None:
+        for fault in self.pending:
+            if fault.matches(operation, params):
+                if fault.kind != "corrupt_md5":
+                    self.used(fault, operation)
+                return fault
+        return None
+
+    def used(self, fault: Fault, operation: str) -> None:
+        fault.applied += 1
+        self.applied[(fault.kind, operation)] += 1
+        if fault.applied >= fault.times:
+            self.pending.remove(fault)
