@@ -2147,3 +2147,23 @@ async def test_cancel_a_receive_at_each_point(autojump_clock: Any, fake_sqs: Fak
     assert queue.waiting_polls == 0
     await fake_sqs.call("SendMessage", {"QueueUrl": url, "MessageBody": "later"})
     assert queue.deliveries == 1 and queue.counts() == trio_sqs.testing.QueueCounts(2, 0, 0)
+
+
+async def test_requests_are_counted_per_queue_at_arrival(
+    autojump_clock: Any, fake_sqs: FakeSQS, fake_sqs_client: trio_sqs.SQSClient
+) -> None:
+    url = await fake_sqs_client.create_queue(unique())
+    other = await fake_sqs_client.create_queue(unique())
+    await fake_sqs_client.get_queue_url(fake_sqs.queue(url).name)
+    await fake_sqs_client.send_message(url, "one")
+    fake_sqs.faults.fail("ReceiveMessage", status=400, code="InvalidParameterValue")
+    with pytest.raises(trio_sqs.ServiceError):
+        await fake_sqs_client.receive_messages(url, wait_time=0)
+    await fake_sqs_client.send_message(other, "two")
+    assert fake_sqs.queue(url).call_counts == {
+        "CreateQueue": 1,
+        "GetQueueUrl": 1,
+        "SendMessage": 1,
+        "ReceiveMessage": 1,  # counted although a scripted fault answered it
+    }
+    assert fake_sqs.queue(other).call_counts == {"CreateQueue": 1, "SendMessage": 1}

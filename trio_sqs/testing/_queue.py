@@ -196,6 +196,9 @@ class FakeQueue:
         #: ``stall`` or ``drop(after=True)``, or dropped by the client once the transport had
         #: returned them.
         self.orphaned_deliveries = 0
+        #: Requests that named this queue (``QueueUrl``, or ``QueueName`` once it existed), by
+        #: operation, counted at arrival like :attr:`FakeSQS.call_counts`.
+        self.call_counts: collections.Counter[str] = collections.Counter()
         #: Every delivery, whoever took it.
         self.deliveries = 0
 

@@ -17,7 +17,6 @@ as on SQS).
 from __future__ import annotations
 
 import argparse
-import collections
 import functools
 import json
 import resource
@@ -26,7 +25,6 @@ import socket
 import struct
 import sys
 import traceback
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -46,45 +44,6 @@ MAX_HEAD_BYTES = 64 * 1024
 RECEIVE_BYTES = 65536
 
 
-class _CountingFakeSQS(FakeSQS):
-    """The fake that ``python -m trio_sqs.testing`` serves: it also counts the calls on each
-    queue, by operation, for ``GET /stats`` (benchmarks tell their own queue's requests apart
-    from the rest)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        #: Calls that named each queue (by ``QueueUrl`` or ``QueueName``), by operation.
-        self.queue_call_counts: weakref.WeakKeyDictionary[FakeQueue, collections.Counter[str]]
-        self.queue_call_counts = weakref.WeakKeyDictionary()
-
-    def _named_queue(self, params: dict[str, Any]) -> FakeQueue | None:
-        name = params.get("QueueUrl")
-        if not isinstance(name, str):
-            name = params.get("QueueName")
-        if not isinstance(name, str):
-            return None
-        try:
-            return self.queue(name)
-        except KeyError:
-            return None
-
-    def _count(self, queue: FakeQueue, operation: str) -> None:
-        counts = self.queue_call_counts.get(queue)
-        if counts is None:
-            counts = self.queue_call_counts[queue] = collections.Counter()
-        counts[operation] += 1
-
-    async def call(self, operation: str, params: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        queue = self._named_queue(params)
-        if queue is not None:
-            self._count(queue, operation)  # at arrival, like call_counts
-        try:
-            return await super().call(operation, params, **kwargs)
-        finally:
-            if queue is None and (created := self._named_queue(params)) is not None:
-                self._count(created, operation)  # CreateQueue of a new queue
-
-
 def _queue_stats(fake: FakeSQS, queue: FakeQueue) -> dict[str, Any]:
     counts = queue.counts()
     stats: dict[str, Any] = {
@@ -95,9 +54,7 @@ def _queue_stats(fake: FakeSQS, queue: FakeQueue) -> dict[str, Any]:
         "deliveries": queue.deliveries,
         "orphaned_deliveries": queue.orphaned_deliveries,
     }
-    per_queue = getattr(fake, "queue_call_counts", None)
-    if per_queue is not None:
-        stats["requests"] = dict(per_queue.get(queue, {}))
+    stats["requests"] = dict(queue.call_counts)
     return stats
 
 
@@ -334,7 +291,7 @@ async def serve_fake_sqs(
 
 
 async def _run(args: argparse.Namespace) -> None:
-    fake = _CountingFakeSQS(
+    fake = FakeSQS(
         region=args.region,
         verify_signatures=args.verify_signatures,
         record=False,

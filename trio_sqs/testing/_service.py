@@ -247,6 +247,13 @@ class FakeSQS:
     def arrived(self, operation: str, params: dict[str, Any], fault: str | None = None) -> None:
         """Count and record one request (the wire layer does it before any fault applies)."""
         self.call_counts[operation] += 1
+        named = params.get("QueueUrl")
+        if not isinstance(named, str):
+            named = params.get("QueueName")
+        if isinstance(named, str):
+            queue = self._queues.get(named.rstrip("/").rpartition("/")[2])
+            if queue is not None:
+                queue.call_counts[operation] += 1
         if self.record:
             self.calls.append(RecordedCall(trio.current_time(), operation, params, fault))
 
@@ -406,7 +413,9 @@ class FakeSQS:
             full.update(_FIFO_DEFAULTS)
         full.update(attributes)
         url = f"{self.endpoint}/{self.account_id}/{name}"
-        self._queues[name] = FakeQueue(self, name, url, full, self.epoch())
+        queue = FakeQueue(self, name, url, full, self.epoch())
+        queue.call_counts["CreateQueue"] += 1  # the call that created it
+        self._queues[name] = queue
         return {"QueueUrl": url}
 
     def _get_queue_url(self, params: dict[str, Any]) -> dict[str, Any]:
