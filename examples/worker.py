@@ -99,6 +99,7 @@ async def main(args: argparse.Namespace) -> None:
         grace_period=args.grace,
         flush_timeout=args.flush_timeout,
         poll_on_stop=args.poll_on_stop,
+        **({} if args.error_backoff is None else {"error_backoff": args.error_backoff}),
     )
     rss_ready = 0
     # Listen for signals before connecting: one that arrives during start-up stops the worker as
@@ -137,7 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("queue", help="queue name or URL")
-    parser.add_argument("--endpoint-url", default=None, help="e.g. a local moto server")
+    parser.add_argument(
+        "--endpoint-url", default=None, help="e.g. a local server: python -m trio_sqs.testing"
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=None, help="messages per receive")
     parser.add_argument("--pollers", type=int, default=None, help="concurrent long polls")
@@ -149,6 +152,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grace", type=float, default=10.0, help="grace period at stop")
     parser.add_argument("--flush-timeout", type=float, default=5.0)
     parser.add_argument("--poll-on-stop", choices=["land", "abort"], default="land")
+    parser.add_argument(
+        "--error-backoff",
+        type=float,
+        default=None,
+        help="first pause after a failed poll, doubling while failures go on (default: 0.5)",
+    )
     parser.add_argument(
         "--handler-seconds",
         type=handler_seconds,

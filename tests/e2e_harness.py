@@ -1,11 +1,13 @@
-"""End-to-end harness: moto in its own process, the fault proxy, a producer, and real worker
-processes (``examples/worker.py``) that are signalled at chosen moments.
+"""End-to-end harness: the in-memory SQS of ``trio_sqs.testing`` served over HTTP in its own
+process, the fault proxy, a producer, and real worker processes (``examples/worker.py``) that are
+signalled at chosen moments.
 
-Every worker talks to moto through its own port of the :class:`~tests.fault_proxy.FaultProxy`,
-so the proxy knows which worker sent each request. Workers run with ``--trace`` and report on
-stdout what they handled (see the docstring of ``examples/worker.py``); the harness stamps nothing
-itself that the checks rely on, except the moment it sent a signal and the moment a process
-exited. All times are ``time.monotonic()``, shared by every process on a Linux host.
+Every worker talks to the queue server through its own port of the
+:class:`~tests.fault_proxy.FaultProxy`, so the proxy knows which worker sent each request. Workers
+run with ``--trace`` and report on stdout what they handled (see the docstring of
+``examples/worker.py``); the harness stamps nothing itself that the checks rely on, except the
+moment it sent a signal and the moment a process exited. All times are ``time.monotonic()``, shared
+by every process on a Linux host.
 
 The checks run on the recorded run afterwards: see ``tests/e2e_checks.py``.
 """
@@ -19,6 +21,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 import trio_sqs
@@ -35,6 +39,9 @@ from .fault_proxy import FaultPlan, FaultProxy
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "examples" / "worker.py"
 
+# The queue counts of GET /stats that hold messages.
+QUEUED = ("visible", "in_flight", "delayed")
+
 WORKER_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -42,62 +49,34 @@ WORKER_ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 
-# moto runs in its own process: in the test process its request threads would compete for the
-# GIL with the proxy's event loop and blur the proxy's timestamps.
-#
-# moto 5's SQS backend is not thread-safe, and its server runs each request in a thread. Measured
-# here under load: (1) two concurrent ReceiveMessage calls can both take the same message (no lock
-# between checking that a message is visible and marking it received); (2) Queue.delete_message
-# rebuilds Queue._messages without a lock, so of two concurrent deletes the second can resurrect
-# the message the first deleted, which then comes back after its lease as if the delete had
-# failed, and a SendMessage that runs meanwhile can be dropped. Real SQS does neither, so the
-# launcher runs every SQS action under one lock, released while a long poll waits for messages.
-_MOTO_LAUNCHER = """
-import sys
-import threading
-from moto.server import ThreadedMotoServer
-from moto.sqs.models import Queue
-from moto.sqs.responses import SQSResponse
-
-ONE_AT_A_TIME = threading.Lock()
-call_action = SQSResponse.call_action
-wait_for_messages = Queue.wait_for_messages
-
-def serialized_call_action(self):
-    with ONE_AT_A_TIME:
-        return call_action(self)
-
-def waiting_unlocked(self, timeout):
-    ONE_AT_A_TIME.release()
-    try:
-        return wait_for_messages(self, timeout)
-    finally:
-        ONE_AT_A_TIME.acquire()
-
-SQSResponse.call_action = serialized_call_action
-Queue.wait_for_messages = waiting_unlocked
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-print(server.get_host_and_port()[1], flush=True)
-sys.stdin.read()
-server.stop()
-"""
-
 
 @contextmanager
-def moto_process() -> Iterator[str]:
-    """A moto server in a child process on 127.0.0.1 (a free port); yields its URL."""
+def queue_server() -> Iterator[str]:
+    """trio_sqs's in-memory SQS (``python -m trio_sqs.testing``) in a child process on 127.0.0.1;
+    yields its endpoint URL.
+
+    Its own process, so that its event loop does not compete with the proxy's and blur the proxy's
+    timestamps. It binds port 0 and prints the URL it got as its first line (no free-port race),
+    and exits when its stdin closes, so it cannot outlive the test run. One Trio thread serves
+    every request, so SQS actions are atomic, and like SQS a long poll takes a message the moment
+    it becomes receivable (sent, released, or back after its lease): no re-check interval.
+    """
+    errors = tempfile.TemporaryFile()
     proc = subprocess.Popen(
-        [sys.executable, "-c", _MOTO_LAUNCHER],
+        [sys.executable, "-m", "trio_sqs.testing", "--port", "0", "--exit-on-stdin-eof"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+        stderr=errors,
+        cwd=ROOT,
     )
     try:
         assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        yield f"http://127.0.0.1:{port}"
+        url = proc.stdout.readline().decode().strip()
+        if not url.startswith("http://"):
+            proc.wait(5)
+            errors.seek(0)
+            raise RuntimeError(f"the queue server did not start: {errors.read().decode()[-2000:]}")
+        yield url
     finally:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.close()
@@ -107,6 +86,7 @@ def moto_process() -> Iterator[str]:
             proc.kill()
             proc.wait()
         proc.stdout.close()
+        errors.close()
 
 
 @dataclass(frozen=True)
@@ -122,6 +102,7 @@ class WorkerConfig:
     grace: float = 1.0
     flush_timeout: float = 1.0
     poll_on_stop: str = "land"
+    error_backoff: float | None = None
     handler_seconds: str = "0.05-0.3"
     slow_fraction: float = 0.0
     slow_seconds: float = 0.0
@@ -147,6 +128,7 @@ class WorkerConfig:
             grace_period=self.grace,
             flush_timeout=self.flush_timeout,
             poll_on_stop=self.poll_on_stop,  # type: ignore[arg-type]
+            **({} if self.error_backoff is None else {"error_backoff": self.error_backoff}),
         )
 
     @property
@@ -237,7 +219,9 @@ class Harness:
         self.handled: set[str] = set()
         self.queue_url = ""
         self.sqs: trio_sqs.SQSClient | None = None
-        self.final_counts: dict[str, int] | None = None
+        self.stats_client: httpx.AsyncClient | None = None
+        self.queue_name = f"e2e-{name}-{seed}-{os.urandom(4).hex()}"
+        self.final_counts: dict[str, Any] | None = None  # the queue's /stats once settled
         self.settled_at: float | None = None
         self.notes: list[str] = []
 
@@ -373,7 +357,7 @@ class Harness:
     # -- producing --------------------------------------------------------------------------------
 
     async def send(self, n: int) -> list[str]:
-        """Send ``n`` messages straight to moto (not through the proxy)."""
+        """Send ``n`` messages straight to the queue server (not through the proxy)."""
         assert self.sqs is not None
         ids: list[str] = []
         for start in range(0, n, 10):
@@ -383,7 +367,7 @@ class Harness:
                 trio_sqs.SendEntry(body=f"{self.name}-{self.seed}-{base + i}", id=str(i))
                 for i in range(count)
             ]
-            # Shielded: a producer cancelled mid-call must still record what moto stored.
+            # Shielded: a producer cancelled mid-call must still record what the server stored.
             with trio.CancelScope(shield=True), trio.fail_after(10):
                 sent, result = await self.sqs.send_message_batch(self.queue_url, entries)
             assert result.ok, f"{self.label} send failed: {result.failed}"
@@ -401,7 +385,7 @@ class Harness:
 
     async def produce(self, total: int, window: int, batch: int = 10) -> None:
         """Send ``total`` messages, never more than ``window`` unhandled at once: in step with
-        consumption, because moto's ReceiveMessage slows down as the backlog grows."""
+        consumption, so that signals fall while messages flow rather than on a drained backlog."""
         goal = len(self.produced) + total
         while len(self.produced) < goal:
             await self.changed.wait_until(lambda: self.backlog() + batch <= window)
@@ -418,17 +402,15 @@ class Harness:
 
     # -- the end of a run ---------------------------------------------------------------------------
 
-    async def queue_counts(self) -> dict[str, int]:
-        assert self.sqs is not None
-        attrs = await self.sqs.get_queue_attributes(
-            self.queue_url,
-            [
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-                "ApproximateNumberOfMessagesDelayed",
-            ],
-        )
-        return {k.removeprefix("ApproximateNumberOf"): int(v) for k, v in attrs.items()}
+    async def queue_stats(self) -> dict[str, Any]:
+        """This run's queue as the server counts it (``GET /stats``): ``visible``, ``in_flight``,
+        ``delayed``, ``deliveries`` (every message handed out, to whichever poll)..."""
+        assert self.stats_client is not None
+        with trio.fail_after(10):
+            response = await self.stats_client.get("/stats")
+        response.raise_for_status()
+        counts: dict[str, Any] = response.json()["queues"][self.queue_name]
+        return counts
 
     async def settle(self, config: WorkerConfig | None = None) -> None:
         """Turn faults off, let a clean worker take whatever is left (messages that come back when
@@ -437,19 +419,21 @@ class Harness:
         if not self.live():
             await self.start_worker(config or WorkerConfig(visibility_timeout=10))
 
-        async def empty() -> bool:
-            counts = await self.queue_counts()
-            return not any(counts.values()) and set(self.produced) <= self.handled_ids()
-
         # Messages stranded by a lease (orphans, lost deletes) come back within the longest lease.
         longest = max(w.config.visibility_timeout for w in self.workers)
         with trio.fail_after(longest + 30):
-            # moto has no event to wait on: ask it again and again.
-            while not await empty():  # noqa: ASYNC110
-                await trio.sleep(0.25)
+            while True:
+                await self.wait_handled()
+                counts = await self.queue_stats()
+                if not any(counts[k] for k in QUEUED):
+                    break
+                # What empties the queue (a delete) and what comes back after a lease (a delivery)
+                # both pass through the proxy, which wakes us; the timeout is a backstop only.
+                with trio.move_on_after(1.0):
+                    await self.changed.wait()
         self.settled_at = time.monotonic()
         await self.stop_all()
-        self.final_counts = await self.queue_counts()
+        self.final_counts = await self.queue_stats()
 
 
 @asynccontextmanager
@@ -464,9 +448,12 @@ async def open_harness(
             workers = h.workers
             await nursery.start(h.proxy.run)
             try:
-                async with trio_sqs.open_client(region="us-east-1", endpoint_url=endpoint) as sqs:
-                    h.sqs = sqs
-                    h.queue_url = await sqs.create_queue(f"e2e-{name}-{seed}-{os.urandom(4).hex()}")
+                async with (
+                    trio_sqs.open_client(region="us-east-1", endpoint_url=endpoint) as sqs,
+                    httpx.AsyncClient(base_url=endpoint) as stats_client,
+                ):
+                    h.sqs, h.stats_client = sqs, stats_client
+                    h.queue_url = await sqs.create_queue(h.queue_name)
                     yield h
             finally:
                 # Reap every process here, not through the `exited` events: when the test was

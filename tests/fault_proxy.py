@@ -1,9 +1,10 @@
-"""A fault-injecting HTTP proxy (pure Trio) between trio_sqs worker processes and moto.
+"""A fault-injecting HTTP proxy (pure Trio) between trio_sqs worker processes and an SQS server
+(the end-to-end runs use ``python -m trio_sqs.testing``, see tests/e2e_harness.py).
 
 Each worker gets its own listening port (:meth:`FaultProxy.listen`), so every request is
 attributed to the worker that sent it without trusting anything the worker says. For every request
 the proxy records (:class:`Exchange`): the SQS operation (from ``X-Amz-Target``), when its last
-byte arrived, the fault it injected, what moto answered (messages delivered, deletes and
+byte arrived, the fault it injected, what the server answered (messages delivered, deletes and
 visibility changes confirmed) and what the client actually got: the answer intact, a broken or
 error answer, or nothing because it hung up first (an aborted long poll).
 
@@ -11,10 +12,10 @@ Faults are chosen per request by a :class:`FaultPlan`: per operation (or the pse
 ``Heartbeat`` and ``Release``, the two uses of ChangeMessageVisibilityBatch), per worker if wanted,
 either by probabilities drawn from a seeded RNG or from a scripted sequence.
 
-Like SQS, the proxy never cancels an upstream request because its client went away: moto's long
-poll runs on and may take messages that nobody will receive (DESIGN.md 2.2). The proxy reads that
-answer anyway and records the messages as delivered to a client that was gone, which is how the
-tests account for orphaned messages.
+Like SQS, the proxy never cancels an upstream request because its client went away: the server's
+long poll runs on and may take messages that nobody will receive (DESIGN.md 2.2). The proxy reads
+that answer anyway and records the messages as delivered to a client that was gone, which is how
+the tests account for orphaned messages.
 
 All times are ``time.monotonic()``: on Linux that clock is shared by every process, so the proxy's
 times compare directly with the times worker processes print.
@@ -168,6 +169,10 @@ class Pulse:
         self._event.set()
         self._event = trio.Event()
 
+    async def wait(self) -> None:
+        """Wait for the next notification."""
+        await self._event.wait()
+
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         while not predicate():
             await self._event.wait()
@@ -264,17 +269,17 @@ class Exchange:
     arrived: float  # the request's last byte was read
     request: dict[str, Any]
     fault: Fault | None = None
-    forwarded: float | None = None  # sent to moto (None: never reached the server)
-    answered: float | None = None  # moto's answer read in full
+    forwarded: float | None = None  # sent to the server (None: never reached it)
+    answered: float | None = None  # the server's answer read in full
     upstream_status: int | None = None
-    upstream_error: bytes = b""  # moto's body when it answered with an error
+    upstream_error: bytes = b""  # the server's body when it answered with an error
     writing: float | None = None  # the last write of the answer began (it may end later)
     responded: float | None = None  # the answer was written to the client in full
     client_gone: float | None = None  # the client hung up before that
-    # ReceiveMessage: every message moto handed out with this request: (message id, handle).
+    # ReceiveMessage: every message the server handed out with this request: (message id, handle).
     messages: list[tuple[str, str]] = field(default_factory=list)
     corrupted: str | None = None  # the message id whose MD5OfBody was falsified
-    # Delete/ChangeMessageVisibility batches: receipt handles moto confirmed, with visibility.
+    # Delete/ChangeMessageVisibility batches: receipt handles the server confirmed, with visibility.
     confirmed: dict[str, int | None] = field(default_factory=dict)
     # Visibility asked for, per receipt handle (ChangeMessageVisibilityBatch).
     visibility: dict[str, int] = field(default_factory=dict)
@@ -290,7 +295,7 @@ class Exchange:
 
     @property
     def client_view(self) -> str:
-        """``ok``: the client got moto's answer intact; ``corrupted``: intact but for one message's
+        """``ok``: the client got the server's answer intact; ``corrupted``: intact but for one message's
         MD5; ``error``: an error or broken answer; ``gone``: the client hung up first;
         ``pending``: not finished yet."""
         if self.client_gone is not None and (
@@ -604,13 +609,13 @@ class FaultProxy:
         return json.dumps(parsed).encode()
 
     async def _forward(self, request: bytes) -> tuple[int, bytes]:
-        """One request to moto on a fresh connection; its full answer (status, bytes)."""
+        """One request to the server on a fresh connection; its full answer (status, bytes)."""
         upstream = await trio.open_tcp_stream(*self.upstream)
         async with upstream:
             await upstream.send_all(request)
             buffer = bytearray()
             head = await read_head(upstream, buffer)
-            assert head is not None, "moto closed the connection without an answer"
+            assert head is not None, "the server closed the connection without an answer"
             length = content_length(head, default=-1)
             while length < 0 or len(buffer) < length:
                 chunk = await upstream.receive_some(65536)

@@ -1,8 +1,9 @@
 """A small recording HTTP proxy (pure Trio) for wire-level assertions.
 
-It sits between a client and moto, records every request (its SQS operation and the moment its
-headers arrived, on Trio's clock) and can hold ReceiveMessage responses back, so a test can bring
-every poller to rest inside a long poll before it calls ``stop()``.
+It sits between a client and an SQS server (moto, or trio_sqs.testing's), records every request
+(its SQS operation and the moment its headers arrived, on Trio's clock) and can hold
+ReceiveMessage responses back, so a test can bring every poller to rest inside a long poll before
+it calls ``stop()``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Proof under fire: the shutdown contract (DESIGN.md section 1) with real worker processes.
 
-Each run starts moto (in its own process), the fault proxy (tests/fault_proxy.py, one port per
-worker), a producer that talks to moto directly, and ``examples/worker.py`` processes; it signals
+Each run uses the queue server (``python -m trio_sqs.testing``, trio_sqs's in-memory SQS over
+HTTP, one process per module), the fault proxy (tests/fault_proxy.py, one port per worker), a
+producer that talks to the server directly, and ``examples/worker.py`` processes; it signals
 workers at seeded random moments chosen to fall inside the situation a scenario is about (the
 proxy is told to make that situation long-lived: slow deletes for "during an acknowledgement
 flush", slow heartbeats for "during a heartbeat", failing polls for "during a retry backoff"),
@@ -11,21 +12,25 @@ redelivery of released messages, the queue empty at the end.
 
 How to run:
 
-    pytest tests/test_e2e.py                                  # CI: one or two seeds per scenario
+    pytest tests/test_e2e.py                                  # CI: the default selection
     TRIO_SQS_E2E_SEEDS=20 pytest -m slow tests/test_e2e.py    # the full matrix and the soak
     pytest -m "" tests/test_e2e.py -k "mid_handler and seed7-"  # one run again, by its seed
 
-The CI selection takes about 80 s on 2 cores; the full matrix with 20 seeds about 45 minutes,
-and the soak (20,000 messages, ``TRIO_SQS_SOAK_MESSAGES``, seed ``TRIO_SQS_SOAK_SEED``) about 3
-more. ``TRIO_SQS_E2E_REPORT=file.jsonl`` appends one line per run; ``python -m tests.e2e_checks
-file.jsonl`` prints the table. A seed fixes the fault stream, the signal moments, handler
-durations and the workers' backoff jitter; the interleaving of processes still varies, so a
-failure prints its seed and the command that runs it again.
+The default selection (CI) is one seed of the core of the contract on real processes: an idle stop,
+a stop mid-handler in each poll_on_stop mode, the fault catalogue, a SIGKILL and an orphaned long
+poll; about 25 s on 2 cores. Every scenario, those included, runs with every seed in the full
+matrix (``-m slow``; ``TRIO_SQS_E2E_SEEDS`` seeds, 20 by default), and so does the soak (100,000
+messages, ``TRIO_SQS_SOAK_MESSAGES``, seed ``TRIO_SQS_SOAK_SEED``).
+``TRIO_SQS_E2E_REPORT=file.jsonl`` appends one line per run; ``python -m tests.e2e_checks
+file.jsonl`` prints the table. A seed fixes the fault stream, the signal moments, handler durations
+and the workers' backoff jitter; the interleaving of processes still varies, so a failure prints
+its seed and the command that runs it again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import signal
@@ -36,9 +41,13 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
-from .e2e_checks import MOTO_WAKE, REDELIVERY_SLACK, Report, analyze
-from .e2e_harness import Harness, Worker, WorkerConfig, moto_process, open_harness, percentile
+import trio_sqs
+from trio_sqs.testing import FakeSQS, open_fake_client
+
+from .e2e_checks import HANDOFF, Report, analyze, first_waiting_poll, lease_end
+from .e2e_harness import Harness, Worker, WorkerConfig, open_harness, percentile, queue_server
 from .fault_proxy import (
     BREAKING,
     Exchange,
@@ -61,7 +70,9 @@ from .fault_proxy import (
 FULL = int(os.environ.get("TRIO_SQS_E2E_SEEDS", "20"))
 # The longest a run waits for the moment it is to signal a worker in.
 MOMENT_LIMIT = 30.0
-SOAK_MESSAGES = int(os.environ.get("TRIO_SQS_SOAK_MESSAGES", "20000"))
+# The queue server takes ~1,200 messages a second through three workers here (moto: ~110): 100,000
+# give the soak about 90 s, time for a few dozen restarts and 40 memory samples.
+SOAK_MESSAGES = int(os.environ.get("TRIO_SQS_SOAK_MESSAGES", "100000"))
 
 
 def matrix(*ci: int) -> list[Any]:
@@ -71,11 +82,10 @@ def matrix(*ci: int) -> list[Any]:
     ]
 
 
-def variants(ci: tuple[int, str], *variants: str) -> list[Any]:
-    """(seed, variant) pairs: ``ci`` in the default selection, every variant x seed in the full
-    matrix (marked slow)."""
-    seed, variant = ci
-    return [pytest.param(seed, variant, id=f"ci-seed{seed}-{variant}")] + [
+def variants(ci: list[tuple[int, str]], *variants: str) -> list[Any]:
+    """(seed, variant) pairs: those in ``ci`` in the default selection, every variant x seed in
+    the full matrix (marked slow)."""
+    return [pytest.param(seed, variant, id=f"ci-seed{seed}-{variant}") for seed, variant in ci] + [
         pytest.param(s, v, id=f"seed{s}-{v}", marks=pytest.mark.slow)
         for s in range(FULL)
         for v in variants
@@ -83,8 +93,10 @@ def variants(ci: tuple[int, str], *variants: str) -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def moto() -> Iterator[str]:
-    with moto_process() as url:
+def server() -> Iterator[str]:
+    """The queue server (``python -m trio_sqs.testing``), one per module; every run makes its
+    own queue."""
+    with queue_server() as url:
         yield url
 
 
@@ -146,9 +158,9 @@ def library_stop_time(w: Worker) -> float | None:
 
 @pytest.mark.parametrize("seed", matrix(0))
 @pytest.mark.deadline(60)
-async def test_sigterm_idle_in_long_poll(moto: str, seed: int) -> None:
+async def test_sigterm_idle_in_long_poll(server: str, seed: int) -> None:
     """An idle worker, every poller waiting in a 20 s long poll, stops within milliseconds."""
-    async with open_harness("idle", seed, moto) as h:
+    async with open_harness("idle", seed, server) as h:
         cfg = WorkerConfig(concurrency=4, visibility_timeout=5, handler_seconds="0.05-0.2")
         a, _ = await h.start_workers(cfg, cfg)
         await h.send(20)
@@ -160,7 +172,7 @@ async def test_sigterm_idle_in_long_poll(moto: str, seed: int) -> None:
             lambda: (
                 len(open_exchanges(h, a, "ReceiveMessage")) == cfg.pollers_count and a.running == 0
             ),
-            jitter=2.0,
+            jitter=0.5,
         )
         await h.wait_exit(a)
         report = await finish(h, expect={a.tag: "long_poll"})
@@ -178,12 +190,12 @@ async def test_sigterm_idle_in_long_poll(moto: str, seed: int) -> None:
         report.check()
 
 
-@pytest.mark.parametrize(("seed", "mode"), variants((0, "land"), "land", "abort"))
+@pytest.mark.parametrize(("seed", "mode"), variants([(0, "land"), (1, "abort")], "land", "abort"))
 @pytest.mark.deadline(90)
-async def test_sigterm_mid_handler(moto: str, seed: int, mode: str) -> None:
+async def test_sigterm_mid_handler(server: str, seed: int, mode: str) -> None:
     """Handlers mid-way at SIGTERM: those that finish within grace are acknowledged, the others
     cancelled and released, unstarted ones released at once and taken by the other workers."""
-    async with open_harness(f"mid_handler-{mode}", seed, moto) as h:
+    async with open_harness(f"mid_handler-{mode}", seed, server) as h:
         # The stopping worker is slow and small, so it holds buffered messages at stop; the
         # peers have room, so they are waiting in long polls when messages are released.
         stopping = WorkerConfig(
@@ -205,11 +217,14 @@ async def test_sigterm_mid_handler(moto: str, seed: int, mode: str) -> None:
         async with trio.open_nursery() as nursery:
             # Messages keep coming until both victims were stopped.
             nursery.start_soon(h.produce, 10_000, 20)
-            for _ in range(2):
+            for n in range(2):
                 w = victim
                 await signal_when(h, w, w.busy(2), jitter=0.5)
                 expect[w.tag] = "handlers"
-                victim = await h.start_worker(stopping)
+                if n == 0:
+                    # The next victim starts while this one shuts down (a rolling restart). None
+                    # follows the last: its slow handlers would only make the run wait.
+                    victim = await h.start_worker(stopping)
                 await h.wait_exit(w)
             nursery.cancel_scope.cancel()
         await h.wait_handled()
@@ -217,16 +232,16 @@ async def test_sigterm_mid_handler(moto: str, seed: int, mode: str) -> None:
         report.check()
 
 
-@pytest.mark.parametrize("seed", matrix(0, 1))
+@pytest.mark.parametrize("seed", matrix())
 @pytest.mark.deadline(60)
-async def test_sigterm_during_ack_flush(moto: str, seed: int) -> None:
+async def test_sigterm_during_ack_flush(server: str, seed: int) -> None:
     """SIGTERM while a DeleteMessageBatch is on the wire. Every delete of the victim is held 0.6 s
     by the proxy, so one is in flight most of the time. Even seeds give the final flush room
     (2 s); odd seeds cut it short (0.3 s): deletes are then left unflushed, counted, and their
     messages come back after the lease (accounted duplicates)."""
     flush = 2.0 if seed % 2 == 0 else 0.3
     plan = FaultPlan(seed)
-    async with open_harness("ack_flush", seed, moto, plan) as h:
+    async with open_harness("ack_flush", seed, server, plan) as h:
         cfg = WorkerConfig(
             concurrency=8, visibility_timeout=4, flush_timeout=flush, handler_seconds="0.05-0.2"
         )
@@ -248,14 +263,14 @@ async def test_sigterm_during_ack_flush(moto: str, seed: int) -> None:
         report.check()
 
 
-@pytest.mark.parametrize("seed", matrix(0))
+@pytest.mark.parametrize("seed", matrix())
 @pytest.mark.deadline(60)
-async def test_sigterm_during_heartbeat(moto: str, seed: int) -> None:
+async def test_sigterm_during_heartbeat(server: str, seed: int) -> None:
     """SIGTERM while a visibility heartbeat is on the wire (the proxy holds each of the victim's
     heartbeats 0.4 s). Handlers outlast the 3 s lease, so only heartbeats keep their messages;
     they must go on through the grace period: no lease may lapse."""
     plan = FaultPlan(seed)
-    async with open_harness("heartbeat", seed, moto, plan) as h:
+    async with open_harness("heartbeat", seed, server, plan) as h:
         cfg = WorkerConfig(
             concurrency=4,
             visibility_timeout=3,
@@ -277,15 +292,17 @@ async def test_sigterm_during_heartbeat(moto: str, seed: int) -> None:
         report.check()
 
 
-@pytest.mark.parametrize("seed", matrix(0, 1))
+@pytest.mark.parametrize("seed", matrix())
 @pytest.mark.deadline(60)
-async def test_sigterm_during_retry_backoff(moto: str, seed: int) -> None:
+async def test_sigterm_during_retry_backoff(server: str, seed: int) -> None:
     """SIGTERM while the victim sleeps before a retry. Even seeds: every ReceiveMessage fails
     (503, throttling, 500, reset), so its poller backs off exponentially and is asleep nearly all
     the time. Odd seeds: its deletes fail 12 times in a row, so the client is between retries."""
     poll = seed % 2 == 0
     plan = FaultPlan(seed)
-    async with open_harness(f"retry_backoff-{'poll' if poll else 'client'}", seed, moto, plan) as h:
+    async with open_harness(
+        f"retry_backoff-{'poll' if poll else 'client'}", seed, server, plan
+    ) as h:
         cfg = WorkerConfig(concurrency=4, pollers=1, visibility_timeout=4, flush_timeout=1.0)
         a, _ = await h.start_workers(cfg, WorkerConfig(concurrency=8, visibility_timeout=4))
         if poll:
@@ -323,8 +340,8 @@ async def test_sigterm_during_retry_backoff(moto: str, seed: int) -> None:
 # -- faults ----------------------------------------------------------------------------------------
 
 CATALOGUE = [
-    latency(0.5),
-    stall(0.5),
+    latency(0.3),
+    stall(0.3),
     reset_before,
     reset_after,
     reset_mid_response,
@@ -334,7 +351,7 @@ CATALOGUE = [
     truncated_body,
     not_json,
     bad_md5,
-    trickle(1.0),
+    trickle(0.5),
 ]
 ACK_FAULTS = [
     reset_before,
@@ -347,17 +364,20 @@ ACK_FAULTS = [
     not_json,
 ]
 BACKOFF_STREAK = 3
+# The victim's first pause after a failed poll is drawn from [0, ERROR_BACKOFF) (the library's
+# default is 0.5 s; halved to keep the run short), doubling while failures go on.
+ERROR_BACKOFF = 0.25
 
 
 @pytest.mark.parametrize("seed", matrix(0))
 @pytest.mark.deadline(90)
-async def test_every_fault_worker_stays_up_backs_off_and_resumes(moto: str, seed: int) -> None:
+async def test_every_fault_worker_stays_up_backs_off_and_resumes(server: str, seed: int) -> None:
     """Every fault of the catalogue hits the victim's polls once (in a seeded order, each followed
     by a clean poll), then a streak of 503s; its deletes and visibility changes fail at random
     (32 %). The worker must stay up, back off, resume, count each fault, log it, and never hand
     the corrupt message to a handler."""
     plan = FaultPlan(seed)
-    async with open_harness("faults", seed, moto, plan) as h:
+    async with open_harness("faults", seed, server, plan) as h:
         catalogue = list(CATALOGUE)
         h.rng.shuffle(catalogue)
         script: list[object] = [None]
@@ -369,10 +389,11 @@ async def test_every_fault_worker_stays_up_backs_off_and_resumes(moto: str, seed
             batch_size=4,
             pollers=1,
             wait_time=1,
-            visibility_timeout=3,
+            visibility_timeout=2,
+            error_backoff=ERROR_BACKOFF,
             log_level="DEBUG",
         )
-        a, _ = await h.start_workers(cfg, WorkerConfig(concurrency=4, visibility_timeout=3))
+        a, _ = await h.start_workers(cfg, WorkerConfig(concurrency=4, visibility_timeout=2))
         remaining = plan.script("ReceiveMessage", script, worker=a.tag)  # type: ignore[arg-type]
         weights = {f: 0.04 for f in ACK_FAULTS}
         plan.chance("DeleteMessageBatch", weights, worker=a.tag)
@@ -391,7 +412,7 @@ async def test_every_fault_worker_stays_up_backs_off_and_resumes(moto: str, seed
                 await h.wait_for(lambda: h.backlog() < 12 or resumed())
                 if not resumed():
                     await h.send(8)
-        await trio.sleep(h.rng.uniform(0, 1.0))
+        await trio.sleep(h.rng.uniform(0, 0.3))
         h.send_signal(a)
         await h.wait_exit(a)
         await h.wait_handled()
@@ -440,10 +461,12 @@ def check_fault_evidence(h: Harness, a: Worker, report: Report) -> None:
             break
         pause = nxt.arrived - e.responded
         pauses.append(pause)
-        cap = 0.5 * 2**k + 0.25  # error_backoff 0.5 s, doubling, full jitter
+        cap = ERROR_BACKOFF * 2**k + 0.25  # doubling from error_backoff, full jitter
         if pause > cap:
             report.fail(f"backoff #{k + 1} was {pause:.3f} s, above its cap {cap:.2f} s")
-    if sum(pauses) < 0.2:
+    # Without backoff the pauses would be milliseconds; with it they add up to 3.5 x error_backoff
+    # on average, and to less than 0.4 x error_backoff with a chance of 1 in 750.
+    if sum(pauses) < 0.4 * ERROR_BACKOFF:
         report.fail(f"no backoff after {BACKOFF_STREAK} failures in a row: pauses {pauses}")
     # Acknowledgements and heartbeats: the client retries broken calls and says so.
     for op in ("DeleteMessageBatch", "ChangeMessageVisibilityBatch"):
@@ -459,32 +482,41 @@ def check_fault_evidence(h: Harness, a: Worker, report: Report) -> None:
             report.fail(f"{len(broken)} broken {op} answers, only {said} retries/warnings logged")
 
 
-@pytest.mark.parametrize(("seed", "mode"), variants((0, "land"), "land", "abort"))
+@pytest.mark.parametrize(("seed", "mode"), variants([], "land", "abort"))
 @pytest.mark.deadline(60)
-async def test_sigterm_with_a_stalled_poll_in_flight(moto: str, seed: int, mode: str) -> None:
+async def test_sigterm_with_a_stalled_poll_in_flight(server: str, seed: int, mode: str) -> None:
     """SIGTERM while handlers run and a long poll is on the wire whose answer never comes (the
     proxy holds it until the client hangs up). With "land" the poll may land during the grace
-    period, but a poll that never lands must not extend shutdown past its bound; what moto handed
-    to it comes back after the lease."""
+    period, but a poll that never lands must not extend shutdown past its bound; what the server
+    handed to it comes back after the lease."""
     plan = FaultPlan(seed)
-    async with open_harness(f"stalled_poll-{mode}", seed, moto, plan) as h:
+    async with open_harness(f"stalled_poll-{mode}", seed, server, plan) as h:
         cfg = WorkerConfig(
             concurrency=2,
             batch_size=2,
             visibility_timeout=4,
+            pollers=1,
             grace=1.5,
             flush_timeout=1.0,
-            handler_seconds="2.0-3.0",
+            handler_seconds="30",  # outlasts the grace period: cancelled then
             poll_on_stop=mode,
         )
         a = await h.start_worker(cfg)
-        await h.send(2)
-        await h.wait_for(a.busy(2))
-        # From now on every poll of `a` is held on the wire until it hangs up (moto may have put
-        # messages in the answer: they come back after the lease).
+        # The poll `a` has on the wire now is left alone and brings the first message(s); every
+        # later poll of `a` is held on the wire until `a` hangs up (the server may put messages in
+        # it: they come back after the lease). With one poller and room for 4 messages, `a` polls
+        # again as soon as the first poll is answered, so the moment to signal (a handler runs and
+        # a stalled poll is open) begins then and lasts until the signal, whatever the timing.
+        #
+        # (It used to hang on a race: the stall was installed once two handlers ran, with the next
+        # poll of `a` already on the wire and clean, and the peer started before the next batch.
+        # When the peer's polls took the whole batch (room for 16, 10 sent), that clean poll
+        # waited out its 20 s while the handlers finished: stalled polls came, running handlers
+        # were gone, and the moment never did. Two pollers fail alike when one poll takes both
+        # first messages and the other holds the rest of `a`'s room.)
+        await h.wait_for(lambda: bool(open_exchanges(h, a, "ReceiveMessage")))
         plan.chance("ReceiveMessage", {stall(): 1.0}, worker=a.tag)
-        await h.start_worker(WorkerConfig(concurrency=8, visibility_timeout=4))
-        await h.send(10)
+        await h.send(2)
 
         def stalled() -> bool:
             return a.running >= 1 and any(
@@ -492,32 +524,35 @@ async def test_sigterm_with_a_stalled_poll_in_flight(moto: str, seed: int, mode:
             )
 
         await signal_when(h, a, stalled, jitter=0.3)
+        # The peer starts now (earlier, its polls could take the messages meant for `a`): it takes
+        # what `a` releases at the end of its grace period, and the traffic sent meanwhile.
+        await h.start_worker(WorkerConfig(concurrency=8, visibility_timeout=4))
+        await h.send(10)
         await h.wait_exit(a)
         await h.wait_handled()
         report = await finish(h, expect={a.tag: "handlers"})
         report.check()
 
 
-@pytest.mark.parametrize(
-    ("seed", "answer"), variants((0, "within_lease"), "within_lease", "after_lease")
-)
+@pytest.mark.parametrize(("seed", "answer"), variants([], "within_lease", "after_lease"))
 @pytest.mark.deadline(60)
 async def test_release_at_end_of_grace_while_a_heartbeat_is_on_the_wire(
-    moto: str, seed: int, answer: str
+    server: str, seed: int, answer: str
 ) -> None:
     """A handler is cancelled at the end of its grace period while a heartbeat for its message is
-    on the wire (the proxy forwards the heartbeat to moto and holds its answer).
+    on the wire (the proxy forwards the heartbeat to the server and holds its answer).
 
-    Found by the churn and soak runs: the consumer used to send the release at once and again
-    once the heartbeat returned, with the old receipt handle; by then another worker could have
-    received the message, and the second release took it from under that worker (moto honours
-    any handle a message ever had): handled twice. Now the release waits for the heartbeat
-    (``within_lease``: it goes out right after the answer, once), and is dropped when the lease
-    may have run out meanwhile (``after_lease``: counted in ``release_expired``; the message comes
-    back when the lease ends and the peer takes it)."""
+    Found by the churn and soak runs: the consumer used to send the release at once and again once
+    the heartbeat returned, with the old receipt handle; by then another worker could have received
+    the message, and the second release took it from under that worker (moto, the queue server
+    then, honoured any handle a message ever had): handled twice. SQS, and the queue server now,
+    refuse a stale handle, so this test looks for the second release on the wire itself. Now the
+    release waits for the heartbeat (``within_lease``: it goes out right after the answer, once),
+    and is dropped when the lease may have run out meanwhile (``after_lease``: counted in
+    ``release_expired``; the message comes back when the lease ends and the peer takes it)."""
     lease = 4
     plan = FaultPlan(seed)
-    async with open_harness(f"heartbeat_then_release-{answer}", seed, moto, plan) as h:
+    async with open_harness(f"heartbeat_then_release-{answer}", seed, server, plan) as h:
         victim = WorkerConfig(
             concurrency=2,
             batch_size=2,
@@ -570,10 +605,11 @@ async def test_release_at_end_of_grace_while_a_heartbeat_is_on_the_wire(
 
 @pytest.mark.parametrize("seed", matrix(0))
 @pytest.mark.deadline(60)
-async def test_sigkill_mid_handler(moto: str, seed: int) -> None:
-    """A worker SIGKILLed mid-handler: its messages return within the 3 s receive lease."""
-    lease = 3
-    async with open_harness("sigkill", seed, moto) as h:
+async def test_sigkill_mid_handler(server: str, seed: int) -> None:
+    """A worker SIGKILLed mid-handler: every message it held (running or buffered) comes back when
+    its lease ends (2 s, renewed by heartbeats until the kill) and goes at once to the peer."""
+    lease = 2
+    async with open_harness("sigkill", seed, server) as h:
         cfg = WorkerConfig(concurrency=4, visibility_timeout=lease, handler_seconds="1.0-2.0")
         a = await h.start_worker(cfg)
         async with trio.open_nursery() as nursery:
@@ -581,44 +617,54 @@ async def test_sigkill_mid_handler(moto: str, seed: int) -> None:
             await signal_when(h, a, a.busy(2), 0.5, signal.SIGKILL)
             # The peer starts now (it would otherwise take the messages before the victim is
             # busy) and has room for everything: what comes back is handled at once.
-            await h.start_worker(dataclasses.replace(cfg, concurrency=16))
+            await h.start_worker(
+                dataclasses.replace(cfg, concurrency=16, handler_seconds="0.05-0.2")
+            )
         await h.wait_exit(a)
         await h.wait_handled()
         report = await finish(h)
         killed_at = a.signal_sent_at
         assert killed_at is not None
+        done = {mid for _, mid in a.handled}
+        started = {mid for _, mid in a.started}
         held = 0
-        for mid in {mid for _, mid in a.started}:
-            chain = sorted(
-                (
-                    (e.answered, e)
-                    for e in h.proxy.exchanges
-                    if e.operation == "ReceiveMessage" and any(m == mid for m, _ in e.messages)
-                ),
-                key=lambda pair: pair[0] or 0,
-            )
-            back = [t for t, e in chain if t is not None and t > killed_at]
-            if not any(e.worker == a.tag and (t or 0) < killed_at for t, e in chain) or mid in {
-                m for t, m in a.handled
-            }:
+        for ex in h.proxy.by_worker(a.tag, "ReceiveMessage"):
+            if ex.answered is None or ex.answered > killed_at:
                 continue
-            held += 1
-            bound = lease + MOTO_WAKE + REDELIVERY_SLACK
-            if not back or back[0] - killed_at > bound:
-                report.fail(f"{mid}, held by the killed worker, not back within {bound} s: {back}")
+            for mid, handle in ex.messages:
+                if mid in done:
+                    continue
+                if mid in started:
+                    held += 1
+                later = sorted(
+                    e.answered
+                    for e in h.proxy.exchanges
+                    if e.operation == "ReceiveMessage"
+                    and e.answered is not None
+                    and e.answered > ex.answered
+                    and any(m == mid for m, _ in e.messages)
+                )
+                end = lease_end(h, ex, handle)
+                due = max(end, first_waiting_poll(h, end, besides=a.tag) or math.inf)
+                if not later or later[0] > due + HANDOFF:
+                    report.fail(
+                        f"{mid}, held by the killed worker until its lease ended at {end:.3f}, "
+                        f"not received again within {HANDOFF} s of {due:.3f}: {later[:1]}"
+                    )
         if not held:
             report.fail("the SIGKILL hit no running handler")
         report.check()
 
 
-@pytest.mark.parametrize(("seed", "mode"), variants((0, "land"), "land", "abort"))
+@pytest.mark.parametrize(("seed", "mode"), variants([(0, "land")], "land", "abort"))
 @pytest.mark.deadline(60)
-async def test_orphaned_long_poll_returns_within_lease(moto: str, seed: int, mode: str) -> None:
+async def test_orphaned_long_poll_returns_within_lease(server: str, seed: int, mode: str) -> None:
     """DESIGN 2.2 on purpose: an idle worker stops (its long poll is abandoned, in both modes),
-    a message is sent right after it exited; moto's side of the abandoned poll takes it. It must
-    come back within the 3 s lease, and the aborted poll must be counted."""
-    lease = 3
-    async with open_harness(f"orphan-{mode}", seed, moto) as h:
+    a message is sent right after it exited; the server's side of the abandoned poll takes it
+    (the oldest poll waiting, so before the peer's). It must come back when the 2 s lease ends,
+    go at once to the peer, and the aborted poll must be counted."""
+    lease = 2
+    async with open_harness(f"orphan-{mode}", seed, server) as h:
         cfg = WorkerConfig(
             concurrency=1,
             batch_size=1,
@@ -628,12 +674,14 @@ async def test_orphaned_long_poll_returns_within_lease(moto: str, seed: int, mod
             poll_on_stop=mode,
         )
         a = await h.start_worker(cfg)
-        await signal_when(
-            h, a, lambda: len(open_exchanges(h, a, "ReceiveMessage")) == 1, jitter=1.0
-        )
-        await h.wait_exit(a)
-        [mid] = await h.send(1)
-        await h.start_worker(cfg)
+        async with trio.open_nursery() as nursery:
+            # The peer starts meanwhile: its polls reach the server after `a`'s.
+            nursery.start_soon(h.start_worker, cfg)
+            await signal_when(
+                h, a, lambda: len(open_exchanges(h, a, "ReceiveMessage")) == 1, jitter=0.5
+            )
+            await h.wait_exit(a)
+            [mid] = await h.send(1)
         await h.wait_handled()
         report = await finish(h, expect={a.tag: "long_poll"})
         assert a.stats is not None
@@ -650,9 +698,17 @@ async def test_orphaned_long_poll_returns_within_lease(moto: str, seed: int, mod
         elif len(chain) < 2:
             report.fail("the orphaned message never came back")
         else:
-            back = (chain[1].answered or 0) - (chain[0].answered or 0)
-            if not lease - 0.5 <= back <= lease + MOTO_WAKE + REDELIVERY_SLACK:
-                report.fail(f"the orphaned message came back after {back:.3f} s (lease {lease} s)")
+            first, again = chain[0], chain[1]
+            assert first.answered is not None and again.answered is not None
+            handle = next(hd for m, hd in first.messages if m == mid)
+            end = lease_end(h, first, handle)
+            due = max(end, first_waiting_poll(h, end, besides=a.tag) or math.inf)
+            back = again.answered - first.answered
+            if not end - HANDOFF <= again.answered <= due + HANDOFF:
+                report.fail(
+                    f"the orphaned message came back after {back:.3f} s (lease {lease} s, "
+                    f"a peer poll waiting from {due - first.answered:.3f} s)"
+                )
         if report.causes["orphaned"] != 1:
             report.fail(f"orphaned duplicates: {report.causes['orphaned']}, expected 1")
         report.check()
@@ -720,9 +776,9 @@ def check_churn(h: Harness, report: Report, *, restarts: int) -> None:
 
 @pytest.mark.parametrize("seed", matrix())
 @pytest.mark.deadline(300)
-async def test_churn(moto: str, seed: int) -> None:
+async def test_churn(server: str, seed: int) -> None:
     """1,000 messages through three workers restarted every 1-3 s, one SIGKILL."""
-    async with open_harness("churn", seed, moto) as h:
+    async with open_harness("churn", seed, server) as h:
         await churn(
             h,
             total=1000,
@@ -738,13 +794,13 @@ async def test_churn(moto: str, seed: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.deadline(3600)
-async def test_soak(moto: str) -> None:
-    """The soak: 20,000 messages (TRIO_SQS_SOAK_MESSAGES) through three workers, two of them
+async def test_soak(server: str) -> None:
+    """The soak: 100,000 messages (TRIO_SQS_SOAK_MESSAGES) through three workers, two of them
     restarted with SIGTERM every 2-8 s, one SIGKILL, one worker living throughout whose memory
-    must stay flat. moto slows down as its backlog grows, so the producer keeps at most 300
-    unhandled; 20,000 messages took about 3 minutes here."""
+    must stay flat. The producer keeps at most 300 unhandled, so restarts fall while messages
+    flow."""
     seed = int(os.environ.get("TRIO_SQS_SOAK_SEED", "0"))
-    async with open_harness("soak", seed, moto) as h:
+    async with open_harness("soak", seed, server) as h:
         _, witness = await churn(
             h,
             total=SOAK_MESSAGES,
@@ -772,3 +828,54 @@ async def test_soak(moto: str) -> None:
                 )
         print(f"soak: {report.row()}")
         report.check()
+
+
+# -- found by the end-to-end runs, pinned down in process ------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="library: after stop() every delete goes out as a call of its own (the batcher is "
+    "hurried), and deletes, releases and heartbeats share the 8-call budget of "
+    "Limits.max_other_connections: with slow deletes the budget fills and a release due at the "
+    "end of the grace period waits for a slot (DESIGN 1.2: releases go out at once)",
+)
+async def test_release_at_end_of_grace_is_not_queued_behind_slow_deletes(
+    autojump_clock: trio.testing.MockClock, fake_sqs: FakeSQS
+) -> None:
+    """Seen once in the full matrix (``ack_flush``, deletes held 0.6 s: a release 0.54 s late).
+    Here: 12 handlers run at stop; 11 finish during the 1 s grace period, each delete answered
+    3 s late; the 12th is cancelled when grace ends and its message must be released at once."""
+    grace = 1.0
+    async with open_fake_client(fake_sqs) as client:
+        url = await client.create_queue(f"release-behind-deletes-{os.urandom(4).hex()}")
+        for i in range(12):
+            await client.send_message(url, "long" if i == 0 else str(i))
+        fake_sqs.faults.delay("DeleteMessageBatch", 3.0, times=100)
+        started: list[str] = []
+        all_running = trio.Event()
+
+        async def handler(message: trio_sqs.Message) -> None:
+            started.append(message.body)
+            if len(started) == 12:
+                all_running.set()
+            if message.body == "long":
+                await trio.sleep(100)
+            await trio.sleep(0.1 + 0.05 * int(message.body))
+
+        options = trio_sqs.ConsumerOptions(
+            concurrency=12, grace_period=grace, flush_timeout=10.0, visibility_timeout=60
+        )
+        async with trio_sqs.open_consumer(url, handler, client=client, options=options) as c:
+            await all_running.wait()
+            stopped_at = trio.current_time()
+            c.stop()
+    releases = [
+        call.time
+        for call in fake_sqs.calls
+        if call.operation == "ChangeMessageVisibilityBatch"
+        and all(int(e["VisibilityTimeout"]) == 0 for e in call.params["Entries"])
+    ]
+    assert releases, "the cancelled handler's message was never released"
+    late = releases[0] - (stopped_at + grace)
+    assert late <= 0.5, f"released {late:.3f} s after the grace period ended"
