@@ -1,7 +1,13 @@
-"""The ``trio-sqs`` command, run for real as a subprocess against the session's moto server.
+"""The ``trio-sqs`` command, run for real as a subprocess against trio_sqs's in-memory SQS served
+over HTTP (``python -m trio_sqs.testing``, one server process for the module).
+
+Like SQS, and unlike moto, that server hands a message to a waiting long poll the moment it
+becomes receivable, so a test can check the queue right after an event instead of sleeping
+through a re-check interval. Each test makes its own queue (``queue_name``).
 
 Every test bounds each subprocess with a timeout and kills it on the way out. Output goes to
-files, not pipes, so a test can watch a running process without blocking on it.
+files, not pipes, so a test can watch a running process without blocking on it; waits are on
+conditions (``wait_for``) with a deadline, never fixed sleeps.
 """
 
 from __future__ import annotations
@@ -10,15 +16,16 @@ import dataclasses
 import json
 import os
 import re
+import select
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -38,8 +45,9 @@ import pathlib
 import trio
 
 log = logging.getLogger("handlers")
-DONE = pathlib.Path(__file__).with_name("done.txt")
-STARTED = pathlib.Path(__file__).with_name("started.txt")
+HERE = pathlib.Path(__file__).parent
+DONE = HERE / "done.txt"
+STARTED = HERE / "started.txt"
 
 
 async def handle(message):
@@ -48,6 +56,11 @@ async def handle(message):
     log.info("handling", extra={"attempt": message.receive_count})
     if message.body.startswith("sleep:"):
         await trio.sleep(float(message.body.removeprefix("sleep:")))
+    if message.body.startswith("gate:"):
+        # Runs until the test creates the file named after the colon.
+        gate = HERE / message.body.removeprefix("gate:")
+        while not gate.exists():
+            await trio.sleep(0.01)
     with DONE.open("a") as f:
         f.write(message.message_id + "\\n")
 
@@ -61,6 +74,40 @@ def not_async(message):
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "handlers.py").write_text(HANDLERS)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    """``python -m trio_sqs.testing`` in a child process for this module; yields its endpoint.
+
+    It binds port 0 and prints the URL it got as its first stdout line (no free-port race), and
+    exits when its stdin closes, so it cannot outlive the test run.
+    """
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trio_sqs.testing", "--port", "0", "--exit-on-stdin-eof"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], 20)
+            url = proc.stdout.readline().decode().strip() if ready else ""
+            if not url.startswith("http://127.0.0.1:"):
+                proc.kill()
+                proc.wait()
+                errors.seek(0)
+                pytest.fail(f"the SQS server did not start ({url!r}): {errors.read().decode()}")
+            yield url
+        finally:
+            proc.stdin.close()  # --exit-on-stdin-eof
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
 
 
 def _env(workdir: Path, **extra: str) -> dict[str, str]:
@@ -84,6 +131,15 @@ def _cli(
     )
 
 
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` until it holds; fail after ``timeout`` seconds (a bound, not a pace)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
 @dataclasses.dataclass
 class Running:
     proc: subprocess.Popen[bytes]
@@ -94,6 +150,20 @@ class Running:
 
     def wait_exit(self, timeout: float) -> int:
         return self.proc.wait(timeout=timeout)
+
+    def metrics_base(self) -> str:
+        """The health and metrics address the child logged once listening (``--metrics-port 0``)."""
+        found: list[str] = []
+
+        def logged() -> bool:
+            match = re.search(r"health and metrics on (http://\S+:\d+)", self.log())
+            if match:
+                found.append(match.group(1))
+            assert self.proc.poll() is None, self.log()
+            return bool(match)
+
+        wait_for(logged, 15, "the health and metrics address in the log")
+        return found[0]
 
 
 @contextmanager
@@ -118,26 +188,11 @@ def running(workdir: Path, command: str, **env: str) -> Iterator[Running]:
         proc.wait(timeout=10)
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-# -- talking to moto from the test ----------------------------------------------------------------
+# -- talking to the SQS server from the test ----------------------------------------------------
 
 
 def sqs(endpoint: str, operation: Callable[[trio_sqs.SQSClient], Awaitable[T]]) -> T:
@@ -165,10 +220,23 @@ def send(endpoint: str, url: str, body: str) -> None:
     sqs(endpoint, lambda client: client.send_message(url, body))
 
 
-def queue_counts(endpoint: str, url: str) -> tuple[int, int]:
-    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    attrs = sqs(endpoint, lambda client: client.get_queue_attributes(url, names))
-    return int(attrs[names[0]]), int(attrs[names[1]])
+def queue_stats(endpoint: str, name: str) -> dict[str, Any]:
+    """The server's view of one queue (``GET /stats``): visible, in_flight, delayed, deliveries
+    (messages handed out by ReceiveMessage, ever), waiting_polls, requests by operation."""
+    stats = httpx.get(f"{endpoint}/stats", params={"queue": name}, timeout=5).json()["queue"]
+    assert stats is not None, f"no queue {name!r}"
+    return stats  # type: ignore[no-any-return]
+
+
+def held(endpoint: str, name: str) -> tuple[int, int, int]:
+    """(visible, in flight, delayed) on the server."""
+    stats = queue_stats(endpoint, name)
+    return stats["visible"], stats["in_flight"], stats["delayed"]
+
+
+def polls_waiting(endpoint: str, name: str) -> int:
+    waiting: int = queue_stats(endpoint, name)["waiting_polls"]
+    return waiting
 
 
 def receivable(endpoint: str, url: str) -> int:
@@ -217,16 +285,14 @@ def test_help_documents_exit_codes_env_prefix_and_every_option(workdir: Path) ->
 )
 def test_bad_input_is_one_line_with_its_exit_code(
     workdir: Path,
-    moto_endpoint: str,
+    endpoint: str,
     queue_name: str,
     args: list[str],
     env: dict[str, str],
     code: int,
     needle: str,
 ) -> None:
-    result = _cli(
-        workdir, "run", *args, "--queue", queue_name, "--endpoint-url", moto_endpoint, env=env
-    )
+    result = _cli(workdir, "run", *args, "--queue", queue_name, "--endpoint-url", endpoint, env=env)
     assert result.returncode == code, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -235,21 +301,25 @@ def test_bad_input_is_one_line_with_its_exit_code(
     assert "Traceback" not in result.stderr
 
 
-def test_missing_credentials_exit_4(workdir: Path, moto_endpoint: str) -> None:
+def test_missing_credentials_exit_4(workdir: Path, endpoint: str, queue_name: str) -> None:
+    make_queue(endpoint, queue_name, [])
     env = _env(workdir)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         env.pop(name, None)
     result = subprocess.run(
-        [*CLI, "run", "handlers:handle", "--queue", "q", "--endpoint-url", moto_endpoint],
+        [*CLI, "run", "handlers:handle", "--queue", queue_name, "--endpoint-url", endpoint],
         cwd=workdir,
         env=env,
         capture_output=True,
         text=True,
         timeout=20,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 4, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "credentials" in result.stderr
+    # Refused before any request: the queue exists, and nothing but its creation named it.
+    assert queue_stats(endpoint, queue_name)["requests"] == {"CreateQueue": 1}
 
 
 @pytest.mark.parametrize(
@@ -277,7 +347,7 @@ def test_missing_extra_says_how_to_install_it(
     assert needle in lines[0]
 
 
-# -- demo ---------------------------------------------------------------------------------------------
+# -- demo (its own embedded moto server, as shipped) -------------------------------------------------
 
 
 def test_demo_stops_gracefully_and_loses_nothing(workdir: Path) -> None:
@@ -306,24 +376,29 @@ def test_demo_stops_gracefully_and_loses_nothing(workdir: Path) -> None:
 
 
 def test_run_drains_the_queue_logs_json_and_stops_within_the_bound(
-    workdir: Path, moto_endpoint: str, queue_name: str
+    workdir: Path, endpoint: str, queue_name: str
 ) -> None:
     bodies = [f"secret-body-{i}" for i in range(10)]
-    url = make_queue(moto_endpoint, queue_name, bodies)
-    grace, flush = 1.0, 1.0
+    url = make_queue(endpoint, queue_name, bodies)
+    grace, flush = 0.25, 1.0
     command = f"run handlers:handle --queue {queue_name} --log-format json --grace-period {grace}"
-    env = {"AWS_ENDPOINT_URL": moto_endpoint, "TRIO_SQS_FLUSH_TIMEOUT": str(flush)}
+    env = {"AWS_ENDPOINT_URL": endpoint, "TRIO_SQS_FLUSH_TIMEOUT": str(flush)}
     with running(workdir, command, **env) as proc:
         wait_for(lambda: len(_lines(workdir / "done.txt")) == 10, 15, "10 messages handled")
-        wait_for(lambda: queue_counts(moto_endpoint, url) == (0, 0), 10, "the queue to drain")
+        # Every one deleted: nothing visible, in flight or delayed on the server.
+        wait_for(lambda: held(endpoint, queue_name) == (0, 0, 0), 10, "the queue to drain")
         # One handler still running at SIGTERM, past its grace: cancelled, the process exits.
-        send(moto_endpoint, url, "sleep:30")
+        send(endpoint, url, "sleep:30")
         wait_for(lambda: len(_lines(workdir / "started.txt")) == 11, 10, "the slow handler")
         proc.proc.send_signal(signal.SIGTERM)
         start = time.monotonic()
         assert proc.wait_exit(timeout=grace + flush + 5) == 0, proc.log()
         took = time.monotonic() - start
-    assert took <= grace + flush + 1, took
+    # The handler had its whole grace period (the signal arrived after `start`), and the exit
+    # came within grace + flush timeout + 1 s for reading the signal and leaving the interpreter.
+    assert grace <= took <= grace + flush + 1, took
+    # The cancelled message went back: visible again, not deleted, not left in flight.
+    assert held(endpoint, queue_name) == (1, 0, 0)
     records = [json.loads(line) for line in proc.log().splitlines()]
     for record in records:
         assert {"time", "level", "logger", "message"} <= record.keys()
@@ -336,58 +411,76 @@ def test_run_drains_the_queue_logs_json_and_stops_within_the_bound(
 
 
 def test_second_sigint_exits_at_once_with_130(
-    workdir: Path, moto_endpoint: str, queue_name: str
+    workdir: Path, endpoint: str, queue_name: str
 ) -> None:
-    make_queue(moto_endpoint, queue_name, ["sleep:60"])
-    command = f"run handlers:handle --queue {queue_name} --endpoint-url {moto_endpoint}"
-    with running(workdir, command + " --grace-period 60") as proc:
+    make_queue(endpoint, queue_name, ["sleep:60"])
+    command = (
+        f"run handlers:handle --queue {queue_name} --endpoint-url {endpoint} --grace-period 60 "
+        "--metrics-port 0 --metrics-host 127.0.0.1"
+    )
+    with running(workdir, command) as proc:
+        base = proc.metrics_base()
         wait_for(lambda: len(_lines(workdir / "started.txt")) == 1, 15, "the handler to start")
         proc.proc.send_signal(signal.SIGINT)
         wait_for(lambda: "received SIGINT" in proc.log(), 5, "the first SIGINT to be read")
-        time.sleep(0.3)
-        assert proc.proc.poll() is None  # still inside its grace period
+        # The first SIGINT started the graceful shutdown: still alive and answering, stopping,
+        # with the handler running inside its 60 s grace period.
+        health = httpx.get(base + "/healthz", timeout=5)
+        assert health.status_code == 200 and health.json()["status"] == "stopping", health.text
+        metrics = httpx.get(base + "/metrics", timeout=5).text
+        assert "trio_sqs_in_flight 1.0" in metrics
+        assert "trio_sqs_messages_cancelled_at_grace_total 0.0" in metrics
+        assert proc.proc.poll() is None
         proc.proc.send_signal(signal.SIGINT)
         assert proc.wait_exit(timeout=5) == 130
     assert "second SIGINT" in proc.log()
+    # Exited without finishing, releasing or deleting: the message stays in flight on the
+    # server until its visibility timeout, as the exit message says.
+    assert not (workdir / "done.txt").exists()
+    assert held(endpoint, queue_name) == (0, 1, 0)
 
 
 def test_message_cancelled_at_grace_is_receivable_after_exit(
-    workdir: Path, moto_endpoint: str, queue_name: str
+    workdir: Path, endpoint: str, queue_name: str
 ) -> None:
-    url = make_queue(moto_endpoint, queue_name, ["sleep:60"])
-    command = f"run handlers:handle --queue {queue_name} --endpoint-url {moto_endpoint}"
-    with running(workdir, command + " --grace-period 0.5") as proc:
+    url = make_queue(endpoint, queue_name, ["sleep:60"])
+    command = f"run handlers:handle --queue {queue_name} --endpoint-url {endpoint}"
+    with running(workdir, command + " --grace-period 0.2") as proc:
         wait_for(lambda: len(_lines(workdir / "started.txt")) == 1, 15, "the handler to start")
+        # The consumer's other poll (the one that got nothing) is waiting on the server.
+        wait_for(lambda: polls_waiting(endpoint, queue_name) == 1, 10, "a long poll waiting")
         proc.proc.send_signal(signal.SIGTERM)
-        assert proc.wait_exit(timeout=5) == 0
-    time.sleep(1.2)  # moto's abandoned poll re-checks the queue once a second
-    assert receivable(moto_endpoint, url) == 1
+        assert proc.wait_exit(timeout=5) == 0, proc.log()
+    # Checked the moment the process is gone, with no wait: on SQS a long poll still open takes
+    # a released message at once. The consumer's poll was on the wire through the grace period
+    # ("land"), took the message released at grace, and returned it before exiting; had the poll
+    # been abandoned instead, the server would hold the message in flight for the poll's 30 s
+    # lease. So: two deliveries, and the message visible now.
+    stats = queue_stats(endpoint, queue_name)
+    assert (stats["visible"], stats["in_flight"], stats["delayed"]) == (1, 0, 0), stats
+    assert stats["deliveries"] == 2, stats
+    assert re.search(r"received 2, .* released 2, .* aborted polls 0, unflushed 0", proc.log())
+    assert receivable(endpoint, url) == 1
 
 
-def test_health_and_metrics_endpoints(workdir: Path, moto_endpoint: str, queue_name: str) -> None:
-    url = make_queue(moto_endpoint, queue_name, ["a", "b", "c"])
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-
-    def get(path: str) -> httpx.Response:
-        return httpx.get(base + path, timeout=5)
-
-    def status(path: str) -> int | None:
-        try:
-            return get(path).status_code
-        except httpx.TransportError:
-            return None
-
-    def metric(name: str) -> float:
-        match = re.search(rf"^{name} (\S+)$", get("/metrics").text, re.MULTILINE)
-        return float(match.group(1)) if match else -1.0
-
+def test_health_and_metrics_endpoints(workdir: Path, endpoint: str, queue_name: str) -> None:
+    url = make_queue(endpoint, queue_name, ["a", "b", "c"])
     command = (
-        f"run handlers:handle --queue {url} --endpoint-url {moto_endpoint} --grace-period 5 "
-        f"--metrics-port {port} --metrics-host 127.0.0.1"
+        f"run handlers:handle --queue {url} --endpoint-url {endpoint} --grace-period 30 "
+        "--metrics-port 0 --metrics-host 127.0.0.1"
     )
     with running(workdir, command) as proc:
-        wait_for(lambda: status("/readyz") == 200, 15, "/readyz to answer 200")
+        # Port 0: the child binds a free port and logs the address it got (no free-port race).
+        base = proc.metrics_base()
+
+        def get(path: str) -> httpx.Response:
+            return httpx.get(base + path, timeout=5)
+
+        def metric(name: str) -> float:
+            match = re.search(rf"^{name} (\S+)$", get("/metrics").text, re.MULTILINE)
+            return float(match.group(1)) if match else -1.0
+
+        wait_for(lambda: get("/readyz").status_code == 200, 15, "/readyz to answer 200")
         health = get("/healthz")
         assert health.status_code == 200 and health.json()["status"] == "ok"
         wait_for(lambda: metric("trio_sqs_messages_deleted_total") == 3, 10, "3 deletes")
@@ -407,11 +500,19 @@ def test_health_and_metrics_endpoints(workdir: Path, moto_endpoint: str, queue_n
         ):
             assert name in text
         assert get("/nowhere").status_code == 404
-        # While stopping (a handler inside its grace period): not ready, still alive.
-        send(moto_endpoint, url, "sleep:3")
+        # While stopping (a handler inside its grace period, held there until the test opens
+        # its gate): not ready, still alive.
+        send(endpoint, url, "gate:open")
         wait_for(lambda: metric("trio_sqs_in_flight") == 1, 10, "a handler in flight")
         proc.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: status("/readyz") == 503, 2, "/readyz to answer 503")
-        assert get("/healthz").status_code == 200
-        assert proc.wait_exit(timeout=8) == 0, proc.log()
-    assert queue_counts(moto_endpoint, url) == (0, 0)
+        wait_for(lambda: get("/readyz").status_code == 503, 5, "/readyz to answer 503")
+        health = get("/healthz")
+        assert health.status_code == 200 and health.json()["status"] == "stopping", health.text
+        assert metric("trio_sqs_in_flight") == 1
+        (workdir / "open").touch()  # the handler finishes inside its grace period
+        assert proc.wait_exit(timeout=10) == 0, proc.log()
+    # All four handled once and deleted.
+    assert len(_lines(workdir / "done.txt")) == 4
+    stats = queue_stats(endpoint, queue_name)
+    assert (stats["visible"], stats["in_flight"], stats["delayed"]) == (0, 0, 0), stats
+    assert stats["deliveries"] == 4, stats
