@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import select
+import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -23,8 +26,10 @@ import boto3
 import botocore.exceptions
 import pytest
 import trio
+import trio.testing
 
 from trio_sqs.testing import FakeSQS, serve_fake_sqs
+from trio_sqs.testing._server import main
 
 TARGET = "AmazonSQS."
 JSON = "application/x-amz-json-1.0"
@@ -330,3 +335,250 @@ async def test_requests_it_cannot_read_are_refused_and_closed(
         answered, headers, _ = await client.response()
         assert (answered, headers["connection"]) == (status, "close")
         assert await client.closed()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        # Latin-1 0xB2 is "²": str.isdigit() says yes, int() says no. It used to raise out of
+        # the connection's task, and trio.serve_tcp then stopped the whole server.
+        pytest.param(
+            b"POST / HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n", id="length-in-superscript"
+        ),
+        # Lines ending in a bare LF: the server waited for CRLF CRLF, the client for an answer.
+        pytest.param(b"GET /stats HTTP/1.1\nHost: x\n\n", id="bare-LF"),
+    ],
+)
+async def test_the_server_goes_on_serving_after_a_refused_request(request_bytes: bytes) -> None:
+    async with served() as (_, url, port):
+        async with connect(port) as client:
+            await client.stream.send_all(request_bytes)
+            status, headers, _ = await client.response()
+            assert (status, headers["connection"]) == (400, "close")
+            assert await client.closed()
+        async with connect(port) as client:
+            await client.stream.send_all(raw_request("ListQueues", {}))
+            status, _, listed = await client.response()
+            assert (status, listed["QueueUrls"]) == (200, [url])
+
+
+@pytest.mark.parametrize(
+    ("head", "body_bytes", "status"),
+    [
+        pytest.param(
+            b"POST / HTTP/1.1\r\nContent-Length: 5000000\r\n\r\n", 5_000_000, 413, id="too-large"
+        ),
+        pytest.param(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 3_000_000, 501, id="chunked"
+        ),
+    ],
+)
+async def test_a_refused_request_is_answered_even_if_the_client_sends_its_body_first(
+    head: bytes, body_bytes: int, status: int
+) -> None:
+    """Many clients write the whole request before they read. A server that closes with
+    unread data resets the connection, and the reset destroyed the answer (the client saw
+    ECONNRESET, never the 413): the server now reads and drops the rest before closing."""
+    async with served() as (_, _, port), connect(port) as client:
+        await client.stream.send_all(head + b"x" * body_bytes)
+        await client.stream.send_eof()
+        answered, headers, body = await client.response()
+        assert (answered, headers["connection"]) == (status, "close")
+        assert body["message"]
+        assert await client.closed()
+
+
+async def test_connection_close_with_requests_pipelined_after_it_ends_cleanly() -> None:
+    """What a client pipelined after ``Connection: close`` is dropped, not left unread: closing
+    with unread data reset the connection (the client saw ECONNRESET instead of the end)."""
+    async with served() as (_, url, port), connect(port) as client:
+        last = raw_request("ListQueues", {}, headers="Connection: close\r\n")
+        await client.stream.send_all(last + raw_request("ListQueues", {}) * 3000)
+        status, headers, listed = await client.response()
+        assert (status, headers["connection"], listed["QueueUrls"]) == (200, "close", [url])
+        assert await client.closed()
+        assert client.buffer == b""  # none of the pipelined requests was answered
+
+
+async def test_http_1_0_keep_alive_is_confirmed_and_honoured() -> None:
+    """An HTTP/1.0 client keeps a connection only if the answer says ``Connection: keep-alive``
+    (without it, it must assume the server closes)."""
+    async with served() as (_, url, port), connect(port) as client:
+        for _ in range(2):
+            await client.stream.send_all(
+                raw_request(
+                    "ListQueues", {}, headers="Connection: keep-alive\r\n", version="HTTP/1.0"
+                )
+            )
+            status, headers, listed = await client.response()
+            assert (status, headers["connection"], listed["QueueUrls"]) == (
+                200,
+                "keep-alive",
+                [url],
+            )
+
+
+async def test_a_bug_while_serving_one_connection_closes_that_one_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """trio.serve_tcp lets a handler's exception out, which ends every connection and the
+    server itself: the server catches it per connection, says so on stderr, and goes on."""
+    from trio_sqs.testing import _server
+
+    def broken(*args: object) -> dict[str, Any]:
+        raise RuntimeError("a bug in the stats")
+
+    async with served() as (_, url, port):
+        with monkeypatch.context() as patch:
+            patch.setattr(_server, "_stats", broken)
+            async with connect(port) as client:
+                await client.stream.send_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert await client.closed()
+                assert client.buffer == b""
+        assert "RuntimeError: a bug in the stats" in capsys.readouterr().err
+        async with connect(port) as client:
+            await client.stream.send_all(raw_request("ListQueues", {}))
+            status, _, listed = await client.response()
+            assert (status, listed["QueueUrls"]) == (200, [url])
+
+
+async def test_a_client_sending_one_byte_at_a_time_holds_only_its_own_connection() -> None:
+    """Slowloris: a connection whose head never ends is held (a test server has no read
+    timeout), but it is one task among others: everyone else is served meanwhile, and the slow
+    request, once whole, is answered."""
+    async with served() as (fake, url, port), connect(port) as slow:
+        request = raw_request("SendMessage", {"QueueUrl": url, "MessageBody": "slow"})
+        for i in range(len(request) - 1):
+            await slow.stream.send_all(request[i : i + 1])
+            if i % 50 == 0:
+                async with connect(port) as other:
+                    await other.stream.send_all(raw_request("ListQueues", {}))
+                    status, _, listed = await other.response()
+                    assert (status, listed["QueueUrls"]) == (200, [url])
+        assert fake.queue(url).counts().visible == 0
+        await slow.stream.send_all(request[-1:])
+        status, _, sent = await slow.response()
+        assert (status, sent["MD5OfMessageBody"]) == (200, md5("slow"))
+
+
+async def test_a_client_gone_during_a_long_poll() -> None:
+    """The poll stays registered (as on SQS), takes the next message, and its answer goes to a
+    closed socket: the server survives it and goes on serving."""
+    async with served() as (fake, url, port):
+        queue = fake.queue(url)
+        async with connect(port) as client:
+            await client.stream.send_all(
+                raw_request("ReceiveMessage", {"QueueUrl": url, "WaitTimeSeconds": 20})
+            )
+            while queue.waiting_polls == 0:  # the request is on its way through the loopback
+                await trio.testing.wait_all_tasks_blocked()
+        await fake.call("SendMessage", {"QueueUrl": url, "MessageBody": "to nobody"})
+        assert (queue.waiting_polls, queue.counts().in_flight, queue.deliveries) == (0, 1, 1)
+        async with connect(port) as client:
+            await client.stream.send_all(raw_request("ListQueues", {}))
+            status, _, listed = await client.response()
+            assert (status, listed["QueueUrls"]) == (200, [url])
+
+
+async def test_a_thousand_connections_at_once() -> None:
+    """1,000 clients connected at the same time (each waits until all are), then each sends a
+    message and reads its answer."""
+    count = 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 2 * count + 200  # both ends of every connection live in this process
+    if needed > soft:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"needs {needed} file descriptors, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    try:
+        async with served() as (fake, url, port):
+            connected = 0
+            everyone_in = trio.Event()
+            statuses: list[int] = []
+
+            async def one(i: int) -> None:
+                nonlocal connected
+                async with connect(port) as client:
+                    connected += 1
+                    if connected == count:
+                        everyone_in.set()
+                    await everyone_in.wait()
+                    body = f"m{i}"
+                    await client.stream.send_all(
+                        raw_request("SendMessage", {"QueueUrl": url, "MessageBody": body})
+                    )
+                    status, _, sent = await client.response()
+                    assert sent["MD5OfMessageBody"] == md5(body)
+                    statuses.append(status)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(count):
+                    nursery.start_soon(one, i)
+            assert statuses == [200] * count
+            assert fake.queue(url).counts().visible == count
+            assert fake.call_counts["SendMessage"] == count
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# -- python -m trio_sqs.testing: starting and stopping --------------------------------------------
+
+
+def test_cli_start_failures_are_one_line_and_exit_non_zero(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A port in use, an address not here or a bad --queue: one line on stderr, exit status 1
+    (not a traceback of nested exception groups, nor an endpoint printed first); a port out of
+    range is a usage error (2), where it used to wrap around (70000 served on 4464)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [
+            (["--port", str(port)], 1, f"cannot listen on 127.0.0.1:{port}: [Errno 98]"),
+            (["--queue", "ok", "--queue", "bad name!"], 1, "--queue 'bad name!': Can only"),
+            (["--port", "70000"], 2, "argument --port: 70000 is not a TCP port"),
+        ]
+        for argv, code, message in cases:
+            with pytest.raises(SystemExit) as exited:
+                main(argv)
+            assert exited.value.code == code, argv
+            out, err = capsys.readouterr()
+            assert out == ""
+            assert message in err.splitlines()[-1]
+            if code == 1:
+                assert err.count("\n") == 1, err
+
+
+def test_cli_sigterm_just_after_the_endpoint_exits_cleanly() -> None:
+    """A parent that read the endpoint may stop the server at once: the signal handler is in
+    place before the endpoint is printed (it used to be installed after the --queue queues were
+    created, and SIGTERM then killed the process: exit status -15)."""
+    queues = [arg for i in range(30) for arg in ("--queue", f"q{i}")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trio_sqs.testing", *queues],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(b"http://127.0.0.1:"), line
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err.decode()
+        assert err == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_exit_on_stdin_eof_with_stdin_closed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Started with stdin closed (``<&-``; Python's ``sys.stdin`` is None), --exit-on-stdin-eof
+    exits at once and cleanly; it used to fail with AttributeError."""
+    monkeypatch.setattr(sys, "stdin", None)
+    main(["--exit-on-stdin-eof"])
+    assert capsys.readouterr().out.startswith("http://127.0.0.1:")

@@ -138,7 +138,9 @@ async def open_client(
         transport: An ``httpx.AsyncBaseTransport`` to send requests through instead of
             httpx's network transport (``verify`` then does not apply). Everything above it runs
             unchanged: signing, serialization, parsing, retries, the consumer. Tests pass
-            :meth:`trio_sqs.testing.FakeSQS.transport` here; the client closes it on exit.
+            :meth:`trio_sqs.testing.FakeSQS.transport` here. The client closes it (once) on
+            exit; if opening fails (an invalid option, no credentials) it is left untouched,
+            still yours to reuse or close.
 
     Raises:
         ConfigurationError: for an invalid option, before any network I/O.

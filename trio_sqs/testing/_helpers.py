@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -15,7 +16,9 @@ from .._client import SQSClient
 from .._config import Limits, RetryPolicy
 from .._connect import open_client
 from .._message import Message, MessageAttributeValue, md5_of_message_attributes
+from ._errors import FakeError
 from ._service import FakeSQS
+from ._validate import INVALID_BODY_CHAR, check_message_attributes
 
 __all__ = ["make_message", "open_fake_client"]
 
@@ -32,7 +35,9 @@ async def open_fake_client(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[SQSClient]:
     """An :class:`SQSClient` on ``fake``, in process: the real client (signing, serialization,
-    parsing, retries) over the fake's transport, with the fake's region and test keys.
+    parsing, retries) over the fake's transport, in the fake's region, signing with the first
+    key of ``fake.credentials`` (``testing``/``testing`` if it has none: a fake that verifies
+    signatures with no key then refuses every call, which is how to test that path).
 
     It opens without a worker thread (nothing to read: region, endpoint and keys are given), so
     it works inside a test on ``trio.testing.MockClock`` with autojump.
@@ -74,6 +79,13 @@ def make_message(
 
     ``message_attributes`` values may be plain ``str``, ``int``/``float`` (Number) or ``bytes``
     (Binary). ``attributes`` adds or overrides system attributes.
+
+    Raises:
+        TypeError: for an attribute value of a type SQS has no attribute type for.
+        ValueError: for what SQS would never deliver, as the in-memory SQS judges it: a body
+            with characters SQS refuses, attributes SQS refuses (an invalid name, an empty value,
+            a Number that is NaN or infinite, more than 10), an empty ``message_id`` or
+            ``receipt_handle``, a ``receive_count`` below 1.
     """
     typed: dict[str, MessageAttributeValue] = {}
     for name, value in (message_attributes or {}).items():
@@ -94,7 +106,12 @@ def make_message(
             )
     if receive_count < 1:
         raise ValueError(f"receive_count must be at least 1, got {receive_count}")
-    message_id = message_id or str(uuid.uuid4())
+    if INVALID_BODY_CHAR.search(body):
+        raise ValueError("the body has characters SQS refuses in a message")
+    _check_attributes(typed)
+    if message_id == "" or receipt_handle == "":
+        raise ValueError("message_id and receipt_handle must not be empty")
+    message_id = message_id if message_id is not None else str(uuid.uuid4())
     system: dict[str, Any] = {
         "SenderId": "AIDAIENQZJOLO23YVJ4VO",
         "SentTimestamp": "1767225600000",
@@ -106,7 +123,9 @@ def make_message(
     system.update(attributes or {})
     return Message(
         message_id=message_id,
-        receipt_handle=receipt_handle or f"fake-receipt-{message_id}",
+        receipt_handle=receipt_handle
+        if receipt_handle is not None
+        else f"fake-receipt-{message_id}",
         body=body,
         md5_of_body=hashlib.md5(body.encode(), usedforsecurity=False).hexdigest(),
         queue_url=queue_url,
@@ -114,3 +133,19 @@ def make_message(
         message_attributes=MappingProxyType(typed),
         md5_of_message_attributes=md5_of_message_attributes(typed) if typed else None,
     )
+
+
+def _check_attributes(attributes: Mapping[str, MessageAttributeValue]) -> None:
+    """Refuse attributes SQS would refuse on send (so never delivers), by the fake's rules."""
+    wire: dict[str, Any] = {}
+    for name, value in attributes.items():
+        entry: dict[str, Any] = {"DataType": value.data_type}
+        if value.binary_value is not None:
+            entry["BinaryValue"] = base64.b64encode(value.binary_value).decode("ascii")
+        else:
+            entry["StringValue"] = value.string_value
+        wire[name] = entry
+    try:
+        check_message_attributes(wire)
+    except FakeError as exc:
+        raise ValueError(f"SQS would refuse these message attributes: {exc.message}") from None

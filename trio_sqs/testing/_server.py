@@ -4,7 +4,12 @@ SQS client in another process (boto3, aiobotocore, the AWS CLI).
 HTTP is read by a small parser of its own rather than h11: requests with ``Content-Length``
 bodies (what every SDK sends for SQS's JSON protocol; ``Transfer-Encoding`` is answered 501),
 keep-alive and pipelining, requests split across any number of reads, ``Expect: 100-continue``;
-each answer goes out in one write with ``Content-Length``. The benchmarks run against this
+each answer goes out in one write with ``Content-Length``. A request it cannot read is answered
+4xx/5xx and its connection closed; before closing, the server reads and drops what the client
+still sends (for up to ``LINGER_SECONDS``), so that the close is not a reset that destroys the
+answer. A connection is one task among others: a client that never finishes its request holds
+only its own (no read timeout: this is a test server), and a bug while serving one connection
+closes that one only (with a traceback on stderr). The benchmarks run against this
 server: with h11 (and an answer in three writes) it spent about 400 µs of CPU per
 ReceiveMessage/DeleteMessageBatch request, with this parser about 265 µs.
 
@@ -33,6 +38,10 @@ from urllib.parse import parse_qsl
 
 import trio
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+from ._errors import FakeError
 from ._queue import FakeQueue
 from ._service import FakeSQS
 from ._wire import answer
@@ -42,6 +51,10 @@ __all__ = ["main", "serve_fake_sqs"]
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 RECEIVE_BYTES = 65536
+# After refusing a request, how long the server goes on reading (and dropping) what the client
+# still sends before it closes: closing a socket with unread data resets the connection, and
+# the client, still writing its body, would lose the answer.
+LINGER_SECONDS = 2.0
 
 
 def _queue_stats(fake: FakeSQS, queue: FakeQueue) -> dict[str, Any]:
@@ -91,6 +104,7 @@ class _Request:
     headers: dict[str, str]  # names in lower case
     body_length: int
     keep_alive: bool
+    http_10: bool = False
 
 
 def _parse_head(head: bytes) -> _Request:
@@ -111,7 +125,8 @@ def _parse_head(head: bytes) -> _Request:
         key = name.decode("latin-1").lower()
         text = value.strip(b" \t").decode("latin-1")
         if key == "content-length":
-            if not text.isdigit() or (length is not None and text != length):
+            # isascii: str.isdigit() also takes "²" (0xB2 in Latin-1), which int() refuses.
+            if not (text.isascii() and text.isdigit()) or (length is not None and text != length):
                 raise _BadRequest(400, "invalid Content-Length")
             length = text
         elif key == "transfer-encoding":
@@ -126,11 +141,18 @@ def _parse_head(head: bytes) -> _Request:
     if body_length > MAX_REQUEST_BYTES:
         raise _BadRequest(413, "request body too large")
     return _Request(
-        method.decode("ascii"), target.decode("latin-1"), headers, body_length, keep_alive
+        method.decode("ascii"),
+        target.decode("latin-1"),
+        headers,
+        body_length,
+        keep_alive,
+        http_10=version == b"HTTP/1.0",
     )
 
 
-def _response_head(status: int, headers: dict[str, str], length: int, *, close: bool) -> bytes:
+def _response_head(
+    status: int, headers: dict[str, str], length: int, *, close: bool, http_10: bool = False
+) -> bytes:
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
@@ -140,6 +162,8 @@ def _response_head(status: int, headers: dict[str, str], length: int, *, close: 
     lines.append(f"Content-Length: {length}\r\n")
     if close:
         lines.append("Connection: close\r\n")
+    elif http_10:
+        lines.append("Connection: keep-alive\r\n")  # HTTP/1.0 closes unless told otherwise
     lines.append("\r\n")
     return "".join(lines).encode("latin-1")
 
@@ -170,6 +194,10 @@ class _Connection:
                 head = bytes(self.buffer[:end])
                 del self.buffer[: end + 4]
                 return head
+            if b"\n\n" in self.buffer:
+                # Lines ending in a bare LF: the head would never end (CRLF CRLF) and the
+                # client would wait for an answer forever.
+                raise _BadRequest(400, "request head lines must end with CRLF")
             if len(self.buffer) > MAX_HEAD_BYTES:
                 raise _BadRequest(431, "request head too large")
             searched = len(self.buffer)
@@ -178,6 +206,15 @@ class _Connection:
 
     async def _send(self, data: bytes) -> None:
         await self.stream.send_all(data)
+
+    async def _linger(self) -> None:
+        """Stop sending, then drop what the client still sends (for at most LINGER_SECONDS),
+        so that the close that follows is not a reset that destroys the answer before the
+        client read it."""
+        with trio.move_on_after(LINGER_SECONDS):
+            await self.stream.send_eof()
+            while await self.stream.receive_some(RECEIVE_BYTES):
+                pass
 
     async def serve(self) -> None:
         while True:
@@ -190,6 +227,7 @@ class _Connection:
                 body = json.dumps({"message": str(exc)}).encode()
                 headers = {"Content-Type": "application/json"}
                 await self._send(_response_head(exc.status, headers, len(body), close=True) + body)
+                await self._linger()
                 return
             if request.headers.get("expect", "").lower() == "100-continue" and (
                 len(self.buffer) < request.body_length
@@ -232,12 +270,18 @@ class _Connection:
                     return False
                 payload, headers, status = reply.body, reply.headers, reply.status
                 if reply.action == "stall":
-                    await self._send(_response_head(status, headers, len(payload), close=close))
+                    await self._send(
+                        _response_head(
+                            status, headers, len(payload), close=close, http_10=request.http_10
+                        )
+                    )
                     while await self.stream.receive_some(RECEIVE_BYTES):
                         pass  # the body never comes; wait until the client gives up and closes
                     return False
-        out = _response_head(status, headers, len(payload), close=close)
+        out = _response_head(status, headers, len(payload), close=close, http_10=request.http_10)
         await self._send(out if request.method == "HEAD" else out + payload)
+        if close:
+            await self._linger()  # whatever the client pipelined after it must not reset the answer
         return not close
 
 
@@ -246,6 +290,10 @@ async def _serve_connection(fake: FakeSQS, stream: trio.SocketStream) -> None:
         await _Connection(fake, stream).serve()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return  # the client went away; what it asked for has taken effect
+    except Exception:
+        # A bug of this server: say so, close this connection, and go on serving the others
+        # (trio.serve_tcp lets a handler's exception out, which would stop the whole server).
+        traceback.print_exc()
     finally:
         with trio.move_on_after(1, shield=True):
             await stream.aclose()
@@ -276,18 +324,25 @@ async def serve_fake_sqs(
     by operation) are counted by the fake that ``python -m trio_sqs.testing`` serves; a
     :class:`FakeSQS` of your own has no such counts.
 
+    Raises:
+        OSError: if it cannot listen on ``host``:``port`` (in use, no such address), as itself
+            rather than inside an exception group.
+
     Cancellation: stops listening and closes every connection.
     """
+    listeners = await trio.open_tcp_listeners(port, host=host)
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(
-                trio.serve_tcp, functools.partial(_serve_connection, fake), port, host=host
-            )
+        await nursery.start(
+            trio.serve_listeners, functools.partial(_serve_connection, fake), listeners
         )
         bound_host, bound_port = listeners[0].socket.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         fake.endpoint = f"http://{shown}:{bound_port}"
         task_status.started(fake.endpoint)
+
+
+class _StartupError(Exception):
+    """A one-line reason ``python -m trio_sqs.testing`` cannot start."""
 
 
 async def _run(args: argparse.Namespace) -> None:
@@ -296,40 +351,64 @@ async def _run(args: argparse.Namespace) -> None:
         verify_signatures=args.verify_signatures,
         record=False,
     )
-    async with trio.open_nursery() as nursery:
-        endpoint = await nursery.start(
-            functools.partial(serve_fake_sqs, fake, host=args.host, port=args.port)
-        )
-        print(endpoint, flush=True)
-        for name in args.queue:
-            await fake.call("CreateQueue", {"QueueName": name})
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # Signals are caught from before the endpoint is printed: a parent that read it may send
+    # SIGTERM at once and must see a clean exit.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                endpoint = await nursery.start(
+                    functools.partial(serve_fake_sqs, fake, host=args.host, port=args.port)
+                )
+            except OSError as exc:
+                raise _StartupError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+            # The queues exist before the endpoint is printed: a parent may use them at once.
+            for name in args.queue:
+                try:
+                    await fake.call("CreateQueue", {"QueueName": name})
+                except FakeError as exc:
+                    nursery.cancel_scope.cancel()
+                    raise _StartupError(f"--queue {name!r}: {exc.message}") from None
+            print(endpoint, flush=True)
             if args.exit_on_stdin_eof:
                 nursery.start_soon(_wait_for_eof, nursery.cancel_scope)
             async for _ in signals:
                 break
-        nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
 
 
 async def _wait_for_eof(scope: trio.CancelScope) -> None:
-    stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
-    while await stdin.receive_some(4096):
-        pass
+    if sys.stdin is None:  # started with stdin closed: as good as at its end already
+        scope.cancel()
+        return
+    async with trio.lowlevel.FdStream(sys.stdin.fileno()) as stdin:
+        while await stdin.receive_some(4096):
+            pass
     scope.cancel()
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0 to 65535)")
+    return port
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m trio_sqs.testing``: serve an in-memory SQS on 127.0.0.1 until SIGINT/SIGTERM.
 
-    The first line on stdout is the endpoint URL. Credentials: any key, unless
+    The first line on stdout is the endpoint URL, printed once the server listens, the
+    ``--queue`` queues exist and SIGINT/SIGTERM are caught. Credentials: any key, unless
     ``--verify-signatures`` (then the access key ``testing`` with the secret ``testing``).
+
+    Exit status: 0 after SIGINT/SIGTERM (or the end of stdin with ``--exit-on-stdin-eof``); 1
+    with a one-line error when it cannot listen or create a ``--queue``; 2 for bad arguments.
     """
     parser = argparse.ArgumentParser(
         prog="python -m trio_sqs.testing",
         description="Serve trio_sqs's in-memory SQS over HTTP (for tests and benchmarks).",
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    parser.add_argument("--port", type=_port, default=0, help="0 picks a free port (default)")
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument(
         "--queue", action="append", default=[], help="create this queue at start (repeatable)"
@@ -349,3 +428,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         trio.run(_run, args)
     except KeyboardInterrupt:
         pass
+    except BaseExceptionGroup as group:
+        startup, rest = group.split(_StartupError)
+        if startup is None or rest is not None:
+            raise
+        reason = startup.exceptions[0]
+        while isinstance(reason, BaseExceptionGroup):
+            reason = reason.exceptions[0]
+        parser.exit(1, f"{parser.prog}: error: {reason}\n")
