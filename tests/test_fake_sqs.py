@@ -2167,3 +2167,25 @@ async def test_requests_are_counted_per_queue_at_arrival(
         "ReceiveMessage": 1,  # counted although a scripted fault answered it
     }
     assert fake_sqs.queue(other).call_counts == {"CreateQueue": 1, "SendMessage": 1}
+
+
+def test_scripted_errors_must_be_ones_a_server_could_send() -> None:
+    fake = FakeSQS()
+    for status in (200, 302, 999):
+        with pytest.raises(ValueError, match="status"):
+            fake.faults.fail("SendMessage", status=status)
+    for code in ("Bad\r\nInjected: 1", "Euro€", ""):
+        with pytest.raises(ValueError, match="code"):
+            fake.faults.fail("SendMessage", code=code)
+    assert fake.faults.pending == []
+
+
+async def test_an_empty_binary_attribute_is_refused(
+    autojump_clock: Any, fake_sqs_client: trio_sqs.SQSClient, fake_queue_url: str
+) -> None:
+    with pytest.raises(trio_sqs.ServiceError, match="non-empty value of type 'Binary'"):
+        await fake_sqs_client.send_message(
+            fake_queue_url,
+            "x",
+            message_attributes={"blob": trio_sqs.MessageAttributeValue.binary(b"")},
+        )

@@ -4,11 +4,14 @@ answers, stalled bodies, dropped connections and corrupt digests."""
 from __future__ import annotations
 
 import collections
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Fault", "Faults"]
+
+_CODE = re.compile(r"^[A-Za-z0-9._:-]{1,256}$")
 
 
 @dataclass(eq=False)
@@ -69,7 +72,17 @@ class Faults:
         message: str | None = None,
         match: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> Fault:
-        """Answer the next ``times`` calls with an error; the operation does not run."""
+        """Answer the next ``times`` calls with an error; the operation does not run.
+
+        Raises:
+            ValueError: for a status outside 400-599 or a code that cannot travel in a header.
+        """
+        if not 400 <= status <= 599:
+            raise ValueError(f"status must be an HTTP error status (400-599), got {status}")
+        if not _CODE.match(code):
+            raise ValueError(
+                f"code must be letters, digits and '._:-' (it travels in a header), got {code!r}"
+            )
         return self._add(
             Fault(
                 "error",

@@ -217,11 +217,17 @@ def check_message_attributes(attributes: dict[str, Any], *, system: bool = False
                     f"The message attribute '{name}' with type 'Binary' must use field 'Binary'."
                 )
             try:
-                size += len(base64.b64decode(raw, validate=True))
+                decoded = base64.b64decode(raw, validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise serialization_error(
                     f"MessageAttributes.{name}.BinaryValue", "base64"
                 ) from exc
+            if not decoded:
+                raise invalid_parameter(
+                    f"Message (user) attribute '{name}' must contain a non-empty value of type "
+                    "'Binary'."
+                )
+            size += len(decoded)
         else:
             text = value.get("StringValue")
             if not isinstance(text, str):
