@@ -247,7 +247,8 @@ async def _run(
                 ) from None
             log.info("health and metrics on http://%s:%d (/healthz /readyz /metrics)", host, port)
         with startup:
-            async with open_consumer(
+            # batch is known at run time only: open_consumer checks the handler against it.
+            async with open_consumer(  # type: ignore[call-overload]
                 values["queue"],
                 instrument(handler, batch=batch, observe=observe),
                 batch=batch,

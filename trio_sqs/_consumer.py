@@ -46,7 +46,7 @@ from ._exceptions import (
 )
 from ._heartbeat import Heartbeat, Tracked
 from ._message import Message
-from ._options import MAX_VISIBILITY, ConsumerOptions
+from ._options import MAX_VISIBILITY, ConsumerOptions, check_handler, check_queue
 from ._stats import ConsumerState, ConsumerStatistics, Counters
 
 __all__ = ["BatchHandler", "Consumer", "Handler", "Retry"]
@@ -113,6 +113,13 @@ class Consumer:
         batch: bool,
         fifo: bool,
     ) -> None:
+        # Refused here, before any task starts, as open_consumer refuses them (see check_handler).
+        if not isinstance(options, ConsumerOptions):
+            raise ConfigurationError(
+                f"options must be a ConsumerOptions, got {options!r}", code="InvalidOption"
+            )
+        check_queue(queue_url, "queue_url")
+        check_handler(handler, batch=batch)
         self.queue_url = queue_url
         self.options = options
         self.fifo = fifo
@@ -141,6 +148,8 @@ class Consumer:
         self._grace_deadline = math.inf
         self._last_poll_at: float | None = None
         self._fatal: BaseException | None = None
+        # The consumer's own generator (options.random_seed), never the global one.
+        self._random = random.Random(options.random_seed)
         self._deletes = Batcher(
             client, queue_url, "delete", options.ack_interval, self._deleted, self._delete_failed
         )
@@ -394,12 +403,12 @@ class Consumer:
                         self._fail(exc)
                         return
                     if isinstance(exc, (AccessDenied, CredentialsError)):
-                        delay = self.options.auth_error_backoff * random.uniform(0.5, 1.0)
+                        delay = self.options.auth_error_backoff * self._random.uniform(0.5, 1.0)
                         log.error(
                             "polling %s denied: %s; retrying in %.1f s", self.queue_url, exc, delay
                         )
                     else:
-                        delay = random.uniform(0, backoff)
+                        delay = self._random.uniform(0, backoff)
                         backoff = min(self.options.max_error_backoff, backoff * 2)
                         log.warning(
                             "polling %s failed: %s; retrying in %.1f s", self.queue_url, exc, delay

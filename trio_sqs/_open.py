@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any, Literal, overload
 
 import trio
 
@@ -18,7 +18,7 @@ from ._config import Limits
 from ._connect import open_client
 from ._consumer import BatchHandler, Consumer, Handler
 from ._exceptions import ConfigurationError
-from ._options import ConsumerOptions
+from ._options import ConsumerOptions, check_handler, check_queue
 from ._util import raise_unwrapped
 
 __all__ = ["open_consumer", "run_consumer"]
@@ -31,6 +31,10 @@ def _make_options(options: ConsumerOptions | None, kwargs: dict[str, Any]) -> Co
                 "pass either options=ConsumerOptions(...) or option keywords, not both",
                 code="InvalidOption",
             )
+        if not isinstance(options, ConsumerOptions):
+            raise ConfigurationError(
+                f"options must be a ConsumerOptions, got {options!r}", code="InvalidOption"
+            )
         return options
     try:
         return ConsumerOptions(**kwargs)
@@ -38,8 +42,37 @@ def _make_options(options: ConsumerOptions | None, kwargs: dict[str, Any]) -> Co
         raise ConfigurationError(f"unknown consumer option: {exc}", code="InvalidOption") from exc
 
 
-@asynccontextmanager
-async def open_consumer(
+@overload
+def open_consumer(
+    queue: str,
+    handler: Handler,
+    *,
+    batch: Literal[False] = ...,
+    client: SQSClient | None = ...,
+    region: str | None = ...,
+    endpoint_url: str | None = ...,
+    profile: str | None = ...,
+    options: ConsumerOptions | None = ...,
+    **option_kwargs: Any,
+) -> AbstractAsyncContextManager[Consumer]: ...
+
+
+@overload
+def open_consumer(
+    queue: str,
+    handler: BatchHandler,
+    *,
+    batch: Literal[True],
+    client: SQSClient | None = ...,
+    region: str | None = ...,
+    endpoint_url: str | None = ...,
+    profile: str | None = ...,
+    options: ConsumerOptions | None = ...,
+    **option_kwargs: Any,
+) -> AbstractAsyncContextManager[Consumer]: ...
+
+
+def open_consumer(
     queue: str,
     handler: Handler | BatchHandler,
     *,
@@ -50,22 +83,30 @@ async def open_consumer(
     profile: str | None = None,
     options: ConsumerOptions | None = None,
     **option_kwargs: Any,
-) -> AsyncIterator[Consumer]:
+) -> AbstractAsyncContextManager[Consumer]:
     """Consume ``queue`` with ``handler`` while the block runs; stop gracefully when it ends.
 
     Args:
-        queue: A queue name or URL.
+        queue: A queue name or URL (a non-empty string).
         handler: ``async def handler(message)``; returning acknowledges (deletes) the message,
             raising leaves it to reappear after the failure backoff, raising :class:`Retry`
             after the given delay. With ``batch=True``, ``async def handler(messages)`` that
             may return the messages (or message ids) that failed; the rest are acknowledged.
-        batch: Whether ``handler`` takes a list of messages.
+            Any async callable that takes one positional argument will do: an ``async def``
+            function or method, a ``functools.partial`` of one, an object with an
+            ``async def __call__``. A synchronous function is refused (even one that returns
+            an awaitable: make it ``async def``).
+        batch: Whether ``handler`` takes a list of messages. Type checkers see the mix-up (two
+            overloads); at run time a handler whose argument is annotated for the other mode
+            (``list[Message]`` without ``batch=True``, ``Message`` with it) is refused.
         client: An open :class:`SQSClient` to use; by default the consumer opens its own with
             ``region``, ``endpoint_url`` and ``profile``.
-        options: A :class:`ConsumerOptions`, or pass its fields as keywords.
+        options: A :class:`ConsumerOptions`, or pass its fields as keywords (``random_seed``
+            seeds the consumer's own random generator).
 
     Raises:
-        ConfigurationError: for invalid options, before any I/O.
+        ConfigurationError: for an invalid queue, handler or option, naming the argument and
+            what was expected. Raised by this call itself, before any I/O.
         QueueDoesNotExist: if the queue does not exist, before the block starts.
 
     Cancellation: leaving the block for any reason (including cancellation of an enclosing
@@ -74,8 +115,22 @@ async def open_consumer(
     cancellation) inside a shielded scope.
     """
     opts = _make_options(options, option_kwargs)
-    if not callable(handler):
-        raise ConfigurationError(f"handler must be callable, got {handler!r}", code="InvalidOption")
+    check_queue(queue)
+    check_handler(handler, batch=batch)
+    return _open_consumer(queue, handler, opts, batch, client, region, endpoint_url, profile)
+
+
+@asynccontextmanager
+async def _open_consumer(
+    queue: str,
+    handler: Handler | BatchHandler,
+    opts: ConsumerOptions,
+    batch: bool,
+    client: SQSClient | None,
+    region: str | None,
+    endpoint_url: str | None,
+    profile: str | None,
+) -> AsyncIterator[Consumer]:
     async with AsyncExitStack() as stack:
         if client is None:
             pollers = opts.effective_pollers(batch)
@@ -111,21 +166,65 @@ async def _resolve_queue(client: SQSClient, queue: str) -> tuple[str, bool]:
     return url, fifo
 
 
+@overload
+async def run_consumer(
+    queue: str,
+    handler: Handler,
+    *,
+    batch: Literal[False] = ...,
+    task_status: trio.TaskStatus[Consumer] = ...,
+    client: SQSClient | None = ...,
+    region: str | None = ...,
+    endpoint_url: str | None = ...,
+    profile: str | None = ...,
+    options: ConsumerOptions | None = ...,
+    **option_kwargs: Any,
+) -> None: ...
+
+
+@overload
+async def run_consumer(
+    queue: str,
+    handler: BatchHandler,
+    *,
+    batch: Literal[True],
+    task_status: trio.TaskStatus[Consumer] = ...,
+    client: SQSClient | None = ...,
+    region: str | None = ...,
+    endpoint_url: str | None = ...,
+    profile: str | None = ...,
+    options: ConsumerOptions | None = ...,
+    **option_kwargs: Any,
+) -> None: ...
+
+
 async def run_consumer(
     queue: str,
     handler: Handler | BatchHandler,
     *,
+    batch: bool = False,
     task_status: trio.TaskStatus[Consumer] = trio.TASK_STATUS_IGNORED,
-    **kwargs: Any,
+    client: SQSClient | None = None,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    profile: str | None = None,
+    options: ConsumerOptions | None = None,
+    **option_kwargs: Any,
 ) -> None:
     """Run a consumer in a nursery you own, until it is stopped or the nursery is cancelled.
 
-    Takes the same arguments as :func:`open_consumer`. ``await nursery.start(run_consumer, ...)``
+    Takes the same arguments as :func:`open_consumer` (and refuses the same bad ones with
+    :class:`ConfigurationError` before any I/O). ``await nursery.start(run_consumer, ...)``
     returns the :class:`Consumer` once it is polling.
 
     Cancellation: cancelling the surrounding scope stops the consumer gracefully (bounded by
     grace_period + flush_timeout + 0.5 s) before this returns.
     """
-    async with open_consumer(queue, handler, **kwargs) as consumer:
+    opts = _make_options(options, option_kwargs)
+    check_queue(queue)
+    check_handler(handler, batch=batch)
+    async with _open_consumer(
+        queue, handler, opts, batch, client, region, endpoint_url, profile
+    ) as consumer:
         task_status.started(consumer)
         await consumer.wait_stopped()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import collections.abc
+import functools
+import inspect
 import math
+import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, get_origin
 
 from ._config import check_int_range, check_number
 from ._exceptions import ConfigurationError
+from ._message import Message
 
-__all__ = ["ConsumerOptions", "PollOnStop"]
+__all__ = ["ConsumerOptions", "PollOnStop", "check_handler", "check_queue"]
 
 PollOnStop = Literal["abort", "land"]
 
@@ -52,6 +57,10 @@ class ConsumerOptions:
         auth_error_backoff: Pause of a poller after an access or credentials error.
         attribute_names: System attributes to request (default all).
         message_attribute_names: Message attributes to request (default all).
+        random_seed: Seed of the consumer's own random generator (``random.Random``), which draws
+            the jitter of its pollers' error backoff. Default: seeded from the operating system.
+            These draws never touch the global ``random`` module: seeding it elsewhere neither
+            changes them nor is disturbed by them.
     """
 
     concurrency: int = 10
@@ -73,6 +82,7 @@ class ConsumerOptions:
     auth_error_backoff: float = 30.0
     attribute_names: tuple[str, ...] = ("All",)
     message_attribute_names: tuple[str, ...] = ("All",)
+    random_seed: int | None = None
 
     def __post_init__(self) -> None:
         check_int_range("concurrency", self.concurrency, 1, 10_000)
@@ -113,6 +123,13 @@ class ConsumerOptions:
                 raise ConfigurationError(
                     f"{name} must be a tuple of strings, got {value!r}", code="InvalidOption"
                 )
+        if self.random_seed is not None and (
+            isinstance(self.random_seed, bool) or not isinstance(self.random_seed, int)
+        ):
+            raise ConfigurationError(
+                f"random_seed must be an integer or None, got {self.random_seed!r}",
+                code="InvalidOption",
+            )
 
     # -- derived values ----------------------------------------------------------------------
 
@@ -149,3 +166,150 @@ class ConsumerOptions:
         """Seconds a failed message stays invisible, growing with its receive count."""
         delay = self.failure_backoff * (2 ** max(0, min(receive_count, 40) - 1))
         return int(min(self.max_failure_backoff, math.ceil(delay)))
+
+
+# -- the other arguments of a consumer, checked before any I/O --------------------------------------
+
+
+def check_queue(queue: object, name: str = "queue") -> None:
+    """Raise :class:`ConfigurationError` unless ``queue`` is a non-empty string (a name or URL)."""
+    if not isinstance(queue, str) or not queue.strip():
+        raise ConfigurationError(
+            f"{name} must be a queue name or URL (a non-empty string), got {queue!r}",
+            code="InvalidOption",
+        )
+
+
+def check_handler(handler: object, *, batch: object) -> None:
+    """Raise :class:`ConfigurationError` unless ``handler`` fits ``batch``.
+
+    A handler is an async callable (an ``async def`` function or method, a ``functools.partial``
+    of one, or an object whose ``__call__`` is ``async def``) that can be called with exactly one
+    positional argument: a :class:`Message`, or with ``batch=True`` a ``list[Message]``. Where the
+    handler's signature can be read, its parameters are checked, and an argument annotated for the
+    other mode (``list[Message]`` without ``batch=True``, ``Message`` with it) is refused.
+    """
+    if not isinstance(batch, bool):
+        raise ConfigurationError(
+            f"batch must be True or False, got {batch!r}", code="InvalidOption"
+        )
+    expected = (
+        "async def handler(messages: list[Message])" if batch else "async def handler(message)"
+    )
+    if not _is_async_callable(handler):
+        raise ConfigurationError(
+            f"handler must be an async callable ({expected}), got {_describe(handler)}",
+            code="InvalidOption",
+        )
+    signatures = _signatures(handler)
+    if signatures is None:
+        return
+    written, evaluated = signatures
+    try:
+        written.bind(None)
+    except TypeError:
+        raise ConfigurationError(
+            f"handler must take exactly one positional argument ({expected}), but "
+            f"{_describe(handler)} has the signature {written}",
+            code="InvalidOption",
+        ) from None
+    first = next(iter(evaluated.parameters.values()), None)
+    if first is None or first.kind not in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD):
+        return
+    takes = _annotated_as(first.annotation)
+    annotated = _annotation_text(written.parameters[first.name].annotation)
+    if takes == "list" and not batch:
+        raise ConfigurationError(
+            f"handler {_describe(handler)} takes a list of messages (its argument is annotated "
+            f"{annotated}): pass batch=True for a batch handler",
+            code="InvalidOption",
+        )
+    if takes == "message" and batch:
+        raise ConfigurationError(
+            f"batch=True needs a handler that takes a list of messages ({expected}), but "
+            f"{_describe(handler)} takes one (its argument is annotated {annotated})",
+            code="InvalidOption",
+        )
+
+
+def _is_async_callable(obj: object) -> bool:
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    if inspect.iscoroutinefunction(obj):
+        return True
+    if isinstance(obj, type) or inspect.isroutine(obj):
+        # A class (calling it builds an instance), or a plain function or method: not async.
+        return False
+    call = getattr(type(obj), "__call__", None)  # noqa: B004 - the type's, not the instance's
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _signatures(handler: object) -> tuple[inspect.Signature, inspect.Signature] | None:
+    """The handler's signature as written and with its string annotations evaluated (as written
+    if they cannot be); None if it has none that can be read (some builtins, C extensions)."""
+    assert callable(handler)
+    try:
+        written = inspect.signature(handler)
+    except (ValueError, TypeError):
+        return None
+    try:
+        return written, inspect.signature(handler, eval_str=True)
+    except Exception:  # an annotation names what only a type checker sees: judge its text
+        return written, written
+
+
+_SEQUENCES: frozenset[Any] = frozenset(
+    {
+        list,
+        tuple,
+        collections.abc.Sequence,
+        collections.abc.MutableSequence,
+        collections.abc.Collection,
+        collections.abc.Iterable,
+    }
+)
+_LIST_TEXT = re.compile(
+    r"(?:[A-Za-z_][\w.]*\.)?(?:list|List|Sequence|MutableSequence|Collection|Iterable|tuple|Tuple)"
+    r"(?:\[.*\])?"
+)
+_MESSAGE_TEXT = re.compile(r"(?:[A-Za-z_][\w.]*\.)?Message")
+
+
+def _annotated_as(annotation: object) -> Literal["list", "message"] | None:
+    """What an annotation says the argument is: a list of messages, one message, or unknown."""
+    if isinstance(annotation, str):  # not evaluated: judge by its text
+        text = annotation.strip().strip("'\"").strip()
+        if _LIST_TEXT.fullmatch(text):
+            return "list"
+        if _MESSAGE_TEXT.fullmatch(text):
+            return "message"
+        return None
+    if isinstance(annotation, type) and issubclass(annotation, Message):
+        return "message"
+    for candidate in (annotation, get_origin(annotation)):
+        try:
+            if candidate in _SEQUENCES:
+                return "list"
+        except TypeError:  # an unhashable annotation object: not one of ours
+            pass
+    return None
+
+
+def _annotation_text(annotation: object) -> str:
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type) and not get_origin(annotation):
+        return annotation.__qualname__
+    return repr(annotation).replace("trio_sqs._message.", "")
+
+
+def _describe(obj: object) -> str:
+    name = getattr(obj, "__qualname__", None)
+    if isinstance(obj, functools.partial):
+        return f"functools.partial({_describe(obj.func)}, ...)"
+    if inspect.isroutine(obj) and isinstance(name, str):
+        kind = "async function" if inspect.iscoroutinefunction(obj) else "function"
+        return f"{kind} {name}"
+    if isinstance(obj, type):
+        return f"the class {obj.__qualname__}"
+    return repr(obj)
