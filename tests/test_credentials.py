@@ -9,9 +9,15 @@ Requests go to trio_sqs.testing's in-memory SQS through a transport that records
 from __future__ import annotations
 
 import datetime
+import errno
+import itertools
+import json
 import logging
+import math
 import os
+import random
 import re
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -28,7 +34,15 @@ from botocore.exceptions import ClientError, CredentialRetrievalError
 
 import trio_sqs
 from trio_sqs import CredentialsError, SQSClient
-from trio_sqs._credentials import CredentialCache
+from trio_sqs._credentials import (
+    BACKOFF_MAX,
+    DEFAULT_ADVISORY_REFRESH_SECONDS,
+    DEFAULT_MANDATORY_REFRESH_SECONDS,
+    REFETCH_INTERVAL,
+    REFRESH_CHECK_INTERVAL,
+    CredentialCache,
+    RefreshWindows,
+)
 from trio_sqs.testing import FakeSQS
 
 # A safety net only, never reached when the code is right: how long a blocked refresh waits for
@@ -130,6 +144,35 @@ async def fake(fake_sqs: FakeSQS) -> FakeSQS:
     return fake_sqs
 
 
+@pytest.fixture
+def held_clock(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> trio.testing.MockClock:
+    """The autojump clock, held still while a worker thread runs.
+
+    A task waiting for a thread counts as blocked, so autojump would skip to the next deadline
+    (the test's own, at worst) while a refresh runs. Held, virtual time passes only when every
+    task waits for Trio itself, and a refresh takes no virtual time: its times are exact. The
+    threads here never block, so holding the clock cannot hang a test.
+    """
+    run_sync = trio.to_thread.run_sync
+    running = 0
+
+    async def run_sync_held(*args: Any, **kwargs: Any) -> Any:
+        nonlocal running
+        running += 1
+        autojump_clock.autojump_threshold = math.inf
+        try:
+            return await run_sync(*args, **kwargs)
+        finally:
+            running -= 1
+            if running == 0:
+                autojump_clock.autojump_threshold = 0
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync_held)
+    return autojump_clock
+
+
 @asynccontextmanager
 async def client_on_fake(fake: FakeSQS, **kwargs: Any) -> AsyncIterator[tuple[SQSClient, Recorder]]:
     wire = Recorder(fake)
@@ -153,6 +196,12 @@ class FakeSource:
         self.fail = fail
         self.generation = 0
         self.calls = 0
+        self.call_times: list[float] = []  # virtual times of the refreshes, on a MockClock
+        try:
+            clock = trio.lowlevel.current_clock()
+        except RuntimeError:  # made outside Trio
+            clock = None
+        self._clock = clock if isinstance(clock, trio.testing.MockClock) else None
         self.in_flight = 0
         self.max_in_flight = 0
         self.mandatory = True  # inside the mandatory window (no snapshot yet)
@@ -171,6 +220,8 @@ class FakeSource:
             return self._current()
         with self._lock:
             self.calls += 1
+            if self._clock is not None:
+                self.call_times.append(self._clock.current_time())
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -279,49 +330,48 @@ async def test_requests_pick_up_refreshed_credentials(fake: FakeSQS) -> None:
     assert source.calls == 2
 
 
-async def test_background_refresh_in_the_advisory_window() -> None:
+async def test_background_refresh_in_the_advisory_window(
+    held_clock: trio.testing.MockClock,
+) -> None:
+    t0 = trio.current_time()
     source = FakeSource()
     cache = CredentialCache(source)
     assert (await cache.get()).access_key == "AKIDGEN1"
-    refreshed = trio.Event()
-    token = trio.lowlevel.current_trio_token()
-    source.on_refresh = lambda: token.run_sync_soon(refreshed.set)
     source.advisory = True  # advised, not yet mandatory: requests keep the old snapshot
     assert (await cache.get()).access_key == "AKIDGEN1"
     assert source.calls == 1
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: cache.run_refresher(check_interval=0.01))
-        with trio.fail_after(5):
-            await refreshed.wait()
+        nursery.start_soon(cache.run_refresher)
+        await trio.sleep(REFRESH_CHECK_INTERVAL - 0.5)
+        assert source.calls == 1
+        await trio.sleep(1.0)
+        # Its first tick, one interval after it started (a source without windows of its own).
+        assert source.call_times == [t0, t0 + REFRESH_CHECK_INTERVAL]
         nursery.cancel_scope.cancel()
     assert source.calls == 2
     assert (await cache.get()).access_key == "AKIDGEN2"
     assert source.calls == 2
 
 
-async def test_failed_background_refresh_is_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+async def test_failed_background_refresh_is_not_fatal(
+    held_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
     source = FakeSource()
     cache = CredentialCache(source)
     await cache.get()
-    refreshed = trio.Event()
-    token = trio.lowlevel.current_trio_token()
-    calls = 0
-
-    def on_refresh() -> None:
-        # The second attempt starts only after the first one failed and was logged.
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            token.run_sync_soon(refreshed.set)
-
-    source.on_refresh = on_refresh
     source.fail = CredentialRetrievalError(provider="sts", error_msg="STS is down")
     source.advisory = True
+    t0 = trio.current_time()
     with caplog.at_level(logging.WARNING, logger="trio_sqs.credentials"):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: cache.run_refresher(check_interval=0.01))
-            with trio.fail_after(5):
-                await refreshed.wait()
+            nursery.start_soon(lambda: cache.run_refresher(check_interval=10.0))
+            # Tried at its first tick, failed, tried again within the first back-off (<= 1 s);
+            # the second back-off is at least 1 s.
+            await trio.sleep_until(t0 + 11.25)
+            assert source.calls == 3
+            first, second = source.call_times[1:]
+            assert first == t0 + 10.0
+            assert 0.5 <= second - first <= 1.0
             nursery.cancel_scope.cancel()
     assert any("STS is down" in r.getMessage() for r in caplog.records)
     # Outside the mandatory window the old snapshot still serves.
@@ -447,3 +497,401 @@ async def test_sts_error_inside_the_provider_is_a_credentials_error(fake: FakeSQ
             pytest.fail("opened a client whose role cannot be assumed")
     assert info.value.__cause__ is denied
     assert wire.requests == []
+
+
+# -- a failed refresh never takes the client down (issue 11, item 6) -----------------------------
+
+# botocore's RefreshableCredentials on the MockClock: expiry and refresh windows in virtual time.
+EPOCH = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+STILL_EXPIRED = "Credentials were refreshed, but the refreshed credentials are still expired."
+
+
+def virtual_now(clock: trio.testing.MockClock) -> datetime.datetime:
+    return EPOCH + datetime.timedelta(seconds=clock.current_time())
+
+
+class Provider:
+    """The provider behind a ClockedCredentials (botocore's ``refresh_using``): each call takes
+    the next scripted answer, keys valid for that many seconds or an exception to raise, and
+    records its virtual time."""
+
+    def __init__(self, clock: trio.testing.MockClock, *answers: float | Exception) -> None:
+        self.clock = clock
+        self.answers = list(answers)
+        self.calls: list[float] = []
+
+    def __call__(self) -> dict[str, str]:
+        self.calls.append(self.clock.current_time())
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        n = len(self.calls)
+        expiry = virtual_now(self.clock) + datetime.timedelta(seconds=answer)
+        return {
+            "access_key": f"AKIDNEW{n}",
+            "secret_key": f"secret-new{n}",
+            "token": f"token-new{n}",
+            "expiry_time": expiry.isoformat(),
+        }
+
+
+class ClockedCredentials(RefreshableCredentials):
+    """botocore's own refreshable credentials (its windows, locks, refresh logic and errors) on
+    the MockClock; ``reads`` counts calls of get_frozen_credentials (each one a worker thread)."""
+
+    def __init__(
+        self,
+        clock: trio.testing.MockClock,
+        provider: Provider,
+        *,
+        expires_in: float,
+        advisory: float | None = None,
+        mandatory: float | None = None,
+    ) -> None:
+        super().__init__(
+            "AKIDOLD",
+            "secret-old",
+            "token-old",
+            expiry_time=virtual_now(clock) + datetime.timedelta(seconds=expires_in),
+            refresh_using=provider,
+            method="sts-assume-role",
+            time_fetcher=lambda: virtual_now(clock),
+            advisory_timeout=advisory,
+            mandatory_timeout=mandatory,
+        )
+        self.reads = 0
+
+    def get_frozen_credentials(self) -> ReadOnlyCredentials:
+        self.reads += 1
+        return super().get_frozen_credentials()
+
+
+async def test_still_expired_in_the_background_refresher_does_not_tear_down_the_client(
+    held_clock: trio.testing.MockClock, fake: FakeSQS, caplog: pytest.LogCaptureFixture
+) -> None:
+    """(a) botocore's RuntimeError for refreshed credentials that are still expired, raised in the
+    background refresher: logged, backed off and retried; the client block lives on, requests
+    inside the mandatory window meanwhile get CredentialsError, and the retry's keys are used."""
+    t0 = trio.current_time()
+    # botocore's default windows: advisory 15 min, mandatory 10 min; expiry 16 min 5 s away. The
+    # refresher reads every 30 s: at t0 + 90 the advisory window is open (14 min 35 s left).
+    provider = Provider(held_clock, -60.0, 3600.0)  # already expired, then an hour
+    source = ClockedCredentials(held_clock, provider, expires_in=16 * 60 + 5)
+    with caplog.at_level(logging.WARNING, logger="trio_sqs.credentials"):
+        async with client_on_fake(fake, credentials=source) as (client, wire):
+            await client.get_queue_attributes(QUEUE_URL)
+            await trio.sleep_until(t0 + 90.25)
+            assert provider.calls == [t0 + 90.0]
+            # botocore now holds the expired keys it was given: this request needs a refresh,
+            # and the next attempt is not due yet.
+            with pytest.raises(CredentialsError, match="still expired") as info:
+                await client.get_queue_attributes(QUEUE_URL)
+            assert isinstance(info.value.__cause__, RuntimeError)
+            assert str(info.value.__cause__) == STILL_EXPIRED
+            await trio.sleep_until(t0 + 92.0)
+            # Retried after a back-off of 0.5 to 1 s: these keys are good for an hour.
+            assert len(provider.calls) == 2
+            assert 0.5 <= provider.calls[1] - provider.calls[0] <= 1.0
+            await client.get_queue_attributes(QUEUE_URL)
+    assert [access_key_of(r) for r in wire.requests] == ["AKIDOLD", "AKIDNEW2"]
+    [record] = [r for r in caplog.records if r.name == "trio_sqs.credentials"]
+    assert record.levelno == logging.WARNING
+    assert STILL_EXPIRED in record.getMessage()
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], CredentialsError)
+    assert isinstance(record.exc_info[1].__cause__, RuntimeError)
+
+
+PROVIDER_FAILURES = [
+    pytest.param(RuntimeError(STILL_EXPIRED), id="still-expired"),
+    pytest.param(ValueError("Unknown string format: tomorrow"), id="bad-expiry"),
+    pytest.param(KeyError("AccessKeyId"), id="missing-field"),
+    pytest.param(
+        OSError(errno.ECONNREFUSED, "connection refused (container endpoint)"), id="os-error"
+    ),
+    pytest.param(AttributeError("'NoneType' object has no attribute 'get'"), id="provider-bug"),
+]
+
+
+@pytest.mark.parametrize("failure", PROVIDER_FAILURES)
+async def test_any_provider_exception_is_a_credentials_error_for_the_request(
+    held_clock: trio.testing.MockClock, fake: FakeSQS, failure: Exception
+) -> None:
+    """(c) Whatever the provider raises reaches the request that needed the refresh as
+    CredentialsError (the provider's exception its cause); the client stays usable and recovers
+    once a refresh succeeds."""
+    source = FakeSource()
+    async with client_on_fake(fake, credentials=source) as (client, wire):
+        await client.get_queue_attributes(QUEUE_URL)
+        source.fail = failure
+        source.mandatory = True
+        with pytest.raises(CredentialsError, match="credential refresh failed") as info:
+            await client.get_queue_attributes(QUEUE_URL)
+        assert info.value.__cause__ is failure
+        assert source.calls == 2
+        # The next attempt is backed off: meanwhile requests fail at once, without a thread.
+        with pytest.raises(CredentialsError) as again:
+            await client.get_queue_attributes(QUEUE_URL)
+        assert again.value.__cause__ is failure
+        assert source.calls == 2
+        source.fail = None
+        await trio.sleep(1.0)  # the first back-off is at most 1 s
+        await client.get_queue_attributes(QUEUE_URL)
+        assert source.calls == 3
+    # The failed requests never reached the wire.
+    assert [access_key_of(r) for r in wire.requests] == ["AKIDGEN1", "AKIDGEN2"]
+
+
+@pytest.mark.parametrize("failure", PROVIDER_FAILURES)
+async def test_any_provider_exception_at_open_is_a_credentials_error(
+    held_clock: trio.testing.MockClock, fake: FakeSQS, failure: Exception
+) -> None:
+    wire = Recorder(fake)
+    with pytest.raises(CredentialsError) as info:
+        async with trio_sqs.open_client(
+            region="us-east-1",
+            endpoint_url=fake.endpoint,
+            credentials=FakeSource(fail=failure),
+            transport=wire,
+        ):
+            pytest.fail("opened a client whose credentials cannot be resolved")
+    assert info.value.__cause__ is failure
+    assert wire.requests == []
+
+
+def _write_credential_process(script: Path, answer: dict[str, Any]) -> None:
+    """A credential_process in the default profile that prints ``answer``."""
+    script.write_text(f"print({json.dumps(json.dumps(answer))})\n")
+    Path(os.environ["AWS_CONFIG_FILE"]).write_text(
+        f"[default]\ncredential_process = {sys.executable} {script}\n"
+    )
+
+
+async def test_credential_process_with_a_malformed_answer_is_a_credentials_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake: FakeSQS
+) -> None:
+    """botocore's own chain raises more than BotoCoreError: a credential_process whose
+    Expiration is not a date makes it raise dateutil's ValueError while opening the client."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    answer = {
+        "Version": 1,
+        "AccessKeyId": "AKIDPROCESS",
+        "SecretAccessKey": "secret",
+        "SessionToken": "token",
+        "Expiration": "tomorrow",
+    }
+    _write_credential_process(tmp_path / "credential_process.py", answer)
+    wire = Recorder(fake)
+    with pytest.raises(CredentialsError, match="tomorrow") as info:
+        async with trio_sqs.open_client(
+            region="us-east-1", endpoint_url=fake.endpoint, transport=wire
+        ):
+            pytest.fail("opened a client whose credential process answers nonsense")
+    assert isinstance(info.value.__cause__, ValueError)
+    assert wire.requests == []
+
+
+async def test_a_provider_answer_without_keys_is_a_credentials_error(
+    held_clock: trio.testing.MockClock,
+) -> None:
+    class NoneKeys:
+        def refresh_needed(self, refresh_in: float | None = None) -> bool:
+            return True
+
+        def get_frozen_credentials(self) -> object:
+            return object()  # no access_key attribute at all
+
+    with pytest.raises(CredentialsError, match="access_key") as info:
+        await CredentialCache(NoneKeys()).get()
+    assert isinstance(info.value.__cause__, AttributeError)
+
+
+async def test_concurrent_requests_share_one_failed_refresh(
+    held_clock: trio.testing.MockClock,
+) -> None:
+    """Ten requests waiting on one failing refresh get its failure: they do not each call the
+    provider in turn (a slow STS timing out once per waiting request)."""
+    source = FakeSource()
+    cache = CredentialCache(source)
+    await cache.get()
+    source.fail = CredentialRetrievalError(provider="sts", error_msg="STS is down")
+    source.mandatory = True
+    failures: list[CredentialsError] = []
+
+    async def get() -> None:
+        try:
+            await cache.get()
+        except CredentialsError as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(get)
+    assert source.calls == 2
+    assert len(failures) == 10
+    assert all(isinstance(f.__cause__, CredentialRetrievalError) for f in failures)
+
+
+async def test_background_backoff_grows_is_capped_jittered_and_seedable(
+    held_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refresher retries a failing source after growing, capped, jittered pauses drawn from
+    the cache's own random source, logs every failure with its cause, and goes back to its
+    regular reads once a refresh succeeds."""
+    failures = 10
+    # The pause after the k-th failure in a row: 1, 2, 4, 8, 16, 32, then 60 s.
+    ceilings = [min(BACKOFF_MAX, 2.0**k) for k in range(failures)]
+
+    async def gaps(seed: int) -> list[float]:
+        source = FakeSource()
+        cache = CredentialCache(source, rng=random.Random(seed))
+        await cache.get()
+        source.fail = CredentialRetrievalError(provider="sts", error_msg=f"STS is down {seed}")
+        source.advisory = True
+        token = trio.lowlevel.current_trio_token()
+        reached = {n: trio.Event() for n in (1 + failures, 2 + failures, 3 + failures)}
+
+        def on_refresh() -> None:  # in the worker thread, after each refresh
+            if source.calls in reached:
+                token.run_sync_soon(reached[source.calls].set)
+
+        source.on_refresh = on_refresh
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: cache.run_refresher(check_interval=30.0))
+            await reached[1 + failures].wait()
+            source.fail = None  # the next attempt succeeds
+            await reached[2 + failures].wait()
+            source.advisory = True  # so that the regular read after it refreshes (and counts)
+            await reached[3 + failures].wait()
+            nursery.cancel_scope.cancel()
+        # Opening, the first tick, the 9 retries after failures, the one that succeeds, and the
+        # regular read one check interval after it.
+        opened, *attempts, regular = source.call_times
+        assert attempts[0] == opened + 30.0
+        assert len(attempts) == 1 + failures
+        assert regular - attempts[-1] == pytest.approx(30.0, abs=1e-9)
+        assert (await cache.get()).access_key == "AKIDGEN3"
+        return [b - a for a, b in itertools.pairwise(attempts)]
+
+    with caplog.at_level(logging.WARNING, logger="trio_sqs.credentials"):
+        first = await gaps(7)
+    records = [r for r in caplog.records if r.name == "trio_sqs.credentials"]
+    assert len(records) == failures
+    for record in records:
+        assert record.levelno == logging.WARNING
+        assert "STS is down 7" in record.getMessage()
+        assert record.exc_info is not None
+        assert isinstance(record.exc_info[1], CredentialsError)
+        assert isinstance(record.exc_info[1].__cause__, CredentialRetrievalError)
+
+    assert len(first) == len(ceilings)
+    for gap, ceiling in zip(first, ceilings, strict=True):
+        assert ceiling / 2 <= gap <= ceiling
+    assert len(set(first)) == len(first)  # jittered: no two the same
+    # Seeded: the same pauses again (measured from a later start, hence the float tolerance).
+    assert await gaps(7) == pytest.approx(first, abs=1e-9)
+    assert await gaps(8) != pytest.approx(first, abs=1e-3)
+
+
+# -- refresh windows are the source's own (issue 11, item 6) -------------------------------------
+
+
+def test_refresh_windows_come_from_the_source() -> None:
+    short = RefreshableCredentials(
+        "AKID",
+        "secret",
+        None,
+        expiry_time=EPOCH,
+        refresh_using=dict,
+        method="test",
+        advisory_timeout=60,
+        mandatory_timeout=30,
+    )
+    assert RefreshWindows.of(short) == RefreshWindows(60.0, 30.0)
+    assert RefreshWindows.of(short).check_interval == 15.0
+    # botocore's class defaults, for its own credentials and for a source declaring nothing.
+    botocore_default = RefreshableCredentials(
+        "AKID", "secret", None, expiry_time=EPOCH, refresh_using=dict, method="test"
+    )
+    defaults = RefreshWindows(
+        float(DEFAULT_ADVISORY_REFRESH_SECONDS), float(DEFAULT_MANDATORY_REFRESH_SECONDS)
+    )
+    assert RefreshWindows.of(botocore_default) == defaults
+    assert RefreshWindows.of(FakeSource()) == defaults
+    assert defaults.check_interval == REFRESH_CHECK_INTERVAL
+    # A mandatory window wider than the advisory one acts as the advisory one.
+    wide = RefreshableCredentials(
+        "AKID",
+        "secret",
+        None,
+        expiry_time=EPOCH,
+        refresh_using=dict,
+        method="test",
+        advisory_timeout=60,
+        mandatory_timeout=300,
+    )
+    assert RefreshWindows.of(wide) == RefreshWindows(60.0, 60.0)
+
+
+async def test_source_with_short_windows_is_not_refreshed_on_every_request(
+    held_clock: trio.testing.MockClock, fake: FakeSQS
+) -> None:
+    """(b) A source whose own windows (advisory 60 s, mandatory 30 s) are shorter than botocore's
+    defaults, 5 min from expiry: fresh by its own account, so 30 requests read it not once more;
+    the refresher reads it twice per advisory lead (every 15 s) and has it refreshed in its
+    advisory window, before any request has to wait."""
+    t0 = trio.current_time()
+    provider = Provider(held_clock, 3600.0)
+    source = ClockedCredentials(held_clock, provider, expires_in=305, advisory=60, mandatory=30)
+    async with client_on_fake(fake, credentials=source) as (client, wire):
+        assert source.reads == 1  # opening the client
+        for _ in range(30):
+            await client.get_queue_attributes(QUEUE_URL)
+        assert source.reads == 1
+        assert trio.current_time() == t0
+        # The advisory window opens at t0 + 245: the refresher's reads at t0 + 15, 30, ... 240
+        # find nothing due; the one at t0 + 255 refreshes (the mandatory window opens at 275).
+        await trio.sleep_until(t0 + 250)
+        assert provider.calls == [] and source.reads == 1 + 16
+        await trio.sleep_until(t0 + 260)
+        assert provider.calls == [t0 + 255] and source.reads == 1 + 17
+        await client.get_queue_attributes(QUEUE_URL)
+        assert source.reads == 1 + 17
+    keys = [access_key_of(r) for r in wire.requests]
+    assert keys == ["AKIDOLD"] * 30 + ["AKIDNEW1"]
+
+
+class Undeclared:
+    """A source that keeps its refresh windows to itself (a wrapper around botocore's)."""
+
+    def __init__(self, inner: ClockedCredentials) -> None:
+        self.inner = inner
+
+    def refresh_needed(self, refresh_in: float | None = None) -> bool:
+        return bool(self.inner.refresh_needed(refresh_in))
+
+    def get_frozen_credentials(self) -> ReadOnlyCredentials:
+        return self.inner.get_frozen_credentials()
+
+
+async def test_source_fresh_by_undeclared_windows_is_read_at_most_every_refetch_interval(
+    held_clock: trio.testing.MockClock, fake: FakeSQS
+) -> None:
+    """A source that declares no windows is judged by botocore's (mandatory 10 min), which its
+    keys, 5 min from expiry, are inside; but it answers with the same keys, fresh by its own
+    windows. Requests then read it at most once every REFETCH_INTERVAL, not once each."""
+    t0 = trio.current_time()
+    provider = Provider(held_clock, 3600.0)
+    inner = ClockedCredentials(held_clock, provider, expires_in=300, advisory=60, mandatory=30)
+    async with client_on_fake(fake, credentials=Undeclared(inner)) as (client, wire):
+        assert inner.reads == 1
+        for second in range(30):  # one request a second
+            await trio.sleep_until(t0 + second)
+            await client.get_queue_attributes(QUEUE_URL)
+        # Read again by the requests at t0 + 10 and t0 + 20 (the refresher's first read is due
+        # at t0 + 30).
+        assert REFETCH_INTERVAL == 10.0
+        assert inner.reads == 3
+    assert provider.calls == []
+    assert [access_key_of(r) for r in wire.requests] == ["AKIDOLD"] * 30

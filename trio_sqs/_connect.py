@@ -17,12 +17,11 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 from botocore.credentials import Credentials
-from botocore.exceptions import BotoCoreError
 from botocore.session import Session
 
 from ._client import CLOSE_TIMEOUT, DEFAULT_TIMEOUT, SQSClient
 from ._config import Limits, RetryPolicy
-from ._credentials import CredentialCache, CredentialSource
+from ._credentials import CredentialCache, CredentialSource, provider_errors
 from ._exceptions import ConfigurationError, CredentialsError
 from ._protocol import (
     SQSProtocol,
@@ -66,7 +65,9 @@ def _resolve_blocking(
 ) -> _Resolved:
     """Everything that may block: load the model, read config files, walk the credential chain."""
     data = load_service_data()
-    try:
+    # Whatever the config files or the credential chain raise (botocore's errors, a
+    # credential_process's malformed answer, ...) is a CredentialsError.
+    with provider_errors("cannot load AWS configuration"):
         session = Session(profile=profile)
         if region is None:
             region = session.get_config_variable("region")
@@ -79,8 +80,6 @@ def _resolve_blocking(
             source = Credentials(*access_key, method="explicit")
         if source is None:
             source = session.get_credentials()
-    except BotoCoreError as exc:
-        raise CredentialsError(f"cannot load AWS configuration: {exc}") from exc
     if region is None:
         raise ConfigurationError(
             "no region: pass region=..., or set AWS_REGION / AWS_DEFAULT_REGION, "
@@ -144,7 +143,13 @@ async def open_client(
 
     Raises:
         ConfigurationError: for an invalid option, before any network I/O.
-        CredentialsError: if no credentials can be found.
+        CredentialsError: if no credentials can be found, or the provider fails to give them
+            (whatever it raised is the ``__cause__``).
+
+    Credentials are refreshed in the background, ahead of expiry, in the windows the credential
+    source declares (botocore's defaults otherwise). A refresh that fails later never ends the
+    block: it is logged, backed off and retried, and only the requests that need fresh
+    credentials meanwhile raise :class:`CredentialsError`.
 
     Cancellation: leaving the block (normally, by an exception or by cancellation) cancels the
     credential refresher and closes the HTTP connections under a short shielded deadline.
@@ -236,7 +241,8 @@ async def open_client(
                     client._closed = True
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            # The refresher never raises: the error is the caller's own, let it out as is.
+            # The refresher never raises (a failed refresh is logged and retried, and reaches
+            # only the requests that need it): the error is the caller's own, let it out as is.
             raise_unwrapped(group)
     finally:
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
