@@ -283,11 +283,6 @@ async def test_a_transport_that_fails_or_answers_garbage_surfaces_as_a_trio_sqs_
     assert info.value.code == code
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug (_client.py typed calls): a 200 answer without the members the call "
-    "reads (an empty body, {}) raises a raw KeyError('MessageId') instead of an InvalidResponse",
-)
 @pytest.mark.parametrize("body", [b"", b"{}"], ids=["empty", "empty-object"])
 async def test_a_200_answer_without_the_expected_members_is_an_invalid_response(
     body: bytes,
@@ -298,11 +293,6 @@ async def test_a_200_answer_without_the_expected_members_is_an_invalid_response(
     assert info.value.code == "InvalidResponse"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug (_protocol.parse_response): an error answer whose __type is not a "
-    "string makes botocore's parser raise TypeError, which the client does not translate",
-)
 async def test_an_error_answer_with_a_non_string_type_is_a_service_error() -> None:
     async with client_over(Scripted(status=400, body=b'{"__type": 5}')) as client:
         with pytest.raises(trio_sqs.ServiceError) as info:

@@ -189,14 +189,23 @@ class Batcher:
         finally:
             self.in_flight -= len(chunk)
             self._changed.unpark_all()
+        # Each entry once: the client reports an entry SQS's answer left out as failed
+        # (MissingFromAnswer); one left out of the result anyway counts as failed the same way,
+        # never as dropped.
         for entry_id in result.successful:
-            self._on_success(ids[entry_id])
+            confirmed = ids.pop(entry_id, None)
+            if confirmed is not None:
+                self._on_success(confirmed)
         for failure in result.failed:
-            entry = ids[failure.entry_id]
+            refused = ids.pop(failure.entry_id, None)
+            if refused is None:
+                continue
             if failure.code in _FINAL_CODES:
-                self._on_failure(entry, failure.code)
+                self._on_failure(refused, failure.code)
             else:
-                self._retry_or_fail(entry, failure.code)
+                self._retry_or_fail(refused, failure.code)
+        for left_out in ids.values():
+            self._retry_or_fail(left_out, "MissingFromAnswer")
 
     def _retry_or_fail(self, entry: Entry, code: str) -> None:
         entry.attempts += 1

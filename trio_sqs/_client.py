@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+import sys
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import h11
+import httpcore
 import httpx
 import trio
-from botocore.exceptions import BotoCoreError
 
 from ._config import Limits, RetryPolicy, check_int_range
 from ._credentials import CredentialCache
@@ -29,12 +40,20 @@ from ._message import (
     MessageAttributeValue,
     ReceiveResult,
     SendResult,
+    malformed_message,
     message_from_wire,
 )
 from ._protocol import (
+    MalformedEntry,
     SQSProtocol,
     is_retryable_error,
 )
+from ._util import leaves, only_cancelled, raise_as_is
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+T = TypeVar("T")
 
 __all__ = ["SQSClient", "SendEntry"]
 
@@ -85,20 +104,182 @@ def _check_batch(name: str, entries: Sequence[object]) -> None:
         )
 
 
-def _batch_result(parsed: Mapping[str, Any], request_id: str | None = None) -> BatchResult:
-    return BatchResult(
-        successful=tuple(str(e["Id"]) for e in parsed.get("Successful", ())),
-        failed=tuple(
+class MalformedAnswer(ValueError):
+    """A successful answer that parsed, but lacks a member the call reads or has one of the wrong
+    type. The client's boundary reports it as an ``InvalidResponse`` :class:`TransportError`."""
+
+
+def _required(result: Mapping[str, Any], name: str, kind: type[T], operation: str) -> T:
+    value = result.get(name)
+    if value is None:
+        raise MalformedAnswer(f"{operation} answered without {name}")
+    if not isinstance(value, kind):
+        raise MalformedAnswer(
+            f"{operation}: {name} is a {type(value).__name__}, not a {kind.__name__}"
+        )
+    return value
+
+
+def _optional(result: Mapping[str, Any], name: str, kind: type[T], operation: str) -> T | None:
+    if result.get(name) is None:
+        return None
+    return _required(result, name, kind, operation)
+
+
+def _entries_of(result: Mapping[str, Any], name: str, operation: str) -> list[Mapping[str, Any]]:
+    entries = _optional(result, name, list, operation) or []
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            raise MalformedAnswer(f"{operation}: an entry of {name} is a {type(entry).__name__}")
+    return entries
+
+
+def _batch_result(
+    operation: str,
+    parsed: Mapping[str, Any],
+    requested: Collection[str],
+    request_id: str | None = None,
+) -> BatchResult:
+    """The outcome of a batch call, every requested entry accounted for.
+
+    An entry the answer names in neither ``Successful`` nor ``Failed`` is failed with code
+    ``MissingFromAnswer`` (nothing is dropped silently). An entry without an ``Id``, an ``Id``
+    that was not requested or that appears twice, or a failure without a ``Code`` makes the
+    answer malformed (:class:`MalformedAnswer`).
+    """
+    seen: set[str] = set()
+
+    def entry_id(entry: Mapping[str, Any], where: str) -> str:
+        value = _required(entry, "Id", str, f"{operation} ({where} entry)")
+        if value not in requested:
+            raise MalformedAnswer(f"{operation} answered for entry {value!r}, which was not sent")
+        if value in seen:
+            raise MalformedAnswer(f"{operation} answered twice for entry {value!r}")
+        seen.add(value)
+        return value
+
+    successful = tuple(
+        entry_id(e, "Successful") for e in _entries_of(parsed, "Successful", operation)
+    )
+    failed: list[BatchEntryError] = []
+    for e in _entries_of(parsed, "Failed", operation):
+        failed_id = entry_id(e, "Failed")
+        code = _required(e, "Code", str, f"{operation} (Failed entry {failed_id!r})")
+        text = _optional(e, "Message", str, f"{operation} (Failed entry {failed_id!r})")
+        failed.append(
             BatchEntryError(
-                str(e.get("Message") or e.get("Code")),
-                entry_id=str(e["Id"]),
+                text or code,
+                entry_id=failed_id,
                 sender_fault=bool(e.get("SenderFault")),
-                code=str(e.get("Code")),
+                code=code,
                 request_id=request_id,
             )
-            for e in parsed.get("Failed", ())
-        ),
+        )
+    for missing in requested:
+        if missing not in seen:
+            failed.append(
+                BatchEntryError(
+                    f"{operation} answered without this entry (neither successful nor failed)",
+                    entry_id=missing,
+                    sender_fault=False,
+                    code="MissingFromAnswer",
+                    request_id=request_id,
+                )
+            )
+    return BatchResult(successful=successful, failed=tuple(failed))
+
+
+# Failures on the way (no answer read yet) worth another attempt: the network, timeouts, a
+# connection the peer broke. httpx's own errors are retried as they always were; the rest is what
+# a user-supplied transport may let through from below httpx.
+_TRANSIENT_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    httpx.HTTPError,
+    httpcore.NetworkError,
+    httpcore.TimeoutException,
+    httpcore.ProtocolError,
+    h11.ProtocolError,
+    OSError,
+)
+
+
+def _response_request_id(response: httpx.Response) -> str | None:
+    request_id: str | None = response.headers.get("x-amzn-requestid")
+    return request_id
+
+
+class _Attempt:
+    """How far one attempt got: the boundary words (and classes) a failure by it."""
+
+    __slots__ = ("response",)
+
+    def __init__(self) -> None:
+        self.response: httpx.Response | None = None
+
+
+@contextmanager
+def map_foreign_exceptions(operation: str, attempt: _Attempt) -> Iterator[None]:
+    """The one boundary between trio_sqs and what it calls to send a request and read its answer.
+
+    Like httpx's ``map_httpcore_exceptions``: whatever foreign exception is raised inside leaves
+    as one of ours, with the original as ``__cause__``:
+
+    - before an answer arrived (httpx, httpcore, h11, ``OSError``, ``httpx.InvalidURL``,
+      ``httpx.StreamError``, anything a user-supplied transport raises): a
+      :class:`TransportError` with code ``"TransportError"``;
+    - once an answer arrived (botocore's parser, builtins raised by an answer with missing or
+      mistyped members, :class:`MalformedAnswer`): a :class:`TransportError` with code
+      ``"InvalidResponse"``, the answer's status and request id.
+
+    Our own exceptions (:class:`SQSError`: a :class:`ServiceError` parsed from an error answer,
+    :class:`ClientClosedError`) pass unchanged. A ``BaseExceptionGroup`` made only of
+    ``trio.Cancelled`` (a nursery inside httpcore's connect, cancelled) leaves as one plain
+    ``Cancelled``; a group holding errors is mapped like any error; anything else that is not an
+    ``Exception`` (``Cancelled``, ``KeyboardInterrupt``) passes unchanged.
+    """
+    try:
+        yield
+    except SQSError:
+        raise
+    except BaseExceptionGroup as group:
+        cancelled = only_cancelled(group)
+        if cancelled is not None:
+            raise_as_is(cancelled)
+        if any(not isinstance(e, (Exception, trio.Cancelled)) for e in leaves(group)):
+            raise  # KeyboardInterrupt, SystemExit...: never ours to translate
+        raise _translate(operation, group, attempt) from group
+    except Exception as exc:
+        raise _translate(operation, exc, attempt) from exc
+
+
+def _translate(operation: str, exc: BaseException, attempt: _Attempt) -> TransportError:
+    response = attempt.response
+    if response is None:
+        return TransportError(
+            f"{operation} failed: {type(exc).__name__}: {exc}", code="TransportError"
+        )
+    return TransportError(
+        f"{operation}: unreadable response (HTTP {response.status_code}): "
+        f"{type(exc).__name__}: {exc}",
+        code="InvalidResponse",
+        status_code=response.status_code,
+        request_id=_response_request_id(response),
     )
+
+
+def _is_retryable(failure: SQSError, receive: bool) -> bool:
+    """Whether another attempt may succeed where ``failure`` happened."""
+    if isinstance(failure, ServiceError):
+        return is_retryable_error(failure)
+    if not isinstance(failure, TransportError):
+        return False  # ClientClosedError, ConfigurationError: final
+    if failure.code == "InvalidResponse":
+        return True  # a garbled answer (a proxy, a truncated body) may come right next time
+    cause = failure.__cause__
+    causes = leaves(cause) if isinstance(cause, BaseExceptionGroup) else [cause]
+    causes = [c for c in causes if not isinstance(c, trio.Cancelled)]
+    if receive and any(isinstance(c, httpx.ReadTimeout) for c in causes):
+        return False  # a long poll that timed out on read: the poller decides
+    return bool(causes) and all(isinstance(c, _TRANSIENT_TRANSPORT_ERRORS) for c in causes)
 
 
 class _RequestBody(httpx.AsyncByteStream):
@@ -194,8 +375,9 @@ class SQSClient:
     ) -> dict[str, Any]:
         """Call any SQS operation with botocore-style parameters; return the parsed result.
 
-        Retries throttling, 5xx and transport errors (see :class:`RetryPolicy`), signing each attempt
-        afresh. ReceiveMessage calls use the long-poll budget, everything else the other budget.
+        Retries throttling, 5xx, transport errors and unreadable answers (see
+        :class:`RetryPolicy`), signing each attempt afresh. ReceiveMessage calls use the
+        long-poll budget, everything else the other budget.
 
         Args:
             operation: The SQS operation name, e.g. ``"SendMessage"``.
@@ -208,12 +390,76 @@ class SQSClient:
 
         Raises:
             ServiceError: (or a subclass) for an error SQS returned, after retries if retryable.
-            TransportError: if the request could not be completed after every retry.
+            TransportError: if the request could not be completed after every retry (code
+                ``"TransportError"``), or the answer could not be read (``"InvalidResponse"``).
+                No exception of httpx, httpcore, h11, botocore or a user-supplied transport
+                escapes: each is translated in :func:`map_foreign_exceptions` and kept as
+                ``__cause__``.
             ClientClosedError: if the client is closed.
 
         Cancellation: aborts the call at once, wherever it is (waiting for a budget slot, sending,
-        waiting for the response, or sleeping between retries).
+        waiting for the response, or sleeping between retries), with a plain ``trio.Cancelled``,
+        never one wrapped in an exception group.
         """
+        return await self._call(
+            operation,
+            params,
+            lambda response: self._protocol.parse_response(
+                operation, response.status_code, response.headers, response.content
+            ),
+            read_timeout=read_timeout,
+            on_sent=on_sent,
+            retry=retry,
+            validate=_validate,
+        )
+
+    def _reader(
+        self, operation: str, read: Callable[[dict[str, Any]], T]
+    ) -> Callable[[httpx.Response], T]:
+        """Parse an answer to ``operation``, then read the members a typed call needs."""
+
+        def parse(response: httpx.Response) -> T:
+            parsed = self._protocol.parse_response(
+                operation, response.status_code, response.headers, response.content
+            )
+            return read(parsed)
+
+        return parse
+
+    async def _call(
+        self,
+        operation: str,
+        params: Mapping[str, Any],
+        read: Callable[[httpx.Response], T],
+        *,
+        read_timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
+        retry: bool = True,
+        validate: bool = True,
+    ) -> T:
+        """:meth:`call`, with ``read`` turning the answer into the result. ``read`` runs inside
+        the boundary: what it raises on a malformed answer is an ``InvalidResponse``."""
+        try:
+            return await self._attempts(
+                operation, params, read, read_timeout, on_sent, retry, validate
+            )
+        except BaseExceptionGroup as group:
+            # Cancellation met outside one attempt's boundary (fetching credentials).
+            cancelled = only_cancelled(group)
+            if cancelled is not None:
+                raise_as_is(cancelled)
+            raise
+
+    async def _attempts(
+        self,
+        operation: str,
+        params: Mapping[str, Any],
+        read: Callable[[httpx.Response], T],
+        read_timeout: float | None,
+        on_sent: Callable[[], None] | None,
+        retry: bool,
+        validate: bool,
+    ) -> T:
         if self._closed:
             raise ClientClosedError("the SQS client is closed")
         receive = operation == "ReceiveMessage"
@@ -225,58 +471,36 @@ class SQSClient:
         for attempt in range(1, attempts + 1):
             credentials = await self._credentials.get()
             request = self._protocol.build_request(
-                operation, params, credentials, validate=_validate
+                operation, params, credentials, validate=validate
             )
-            failure: SQSError | None = None
+            progress = _Attempt()
             try:
-                async with gate:
-                    if self._closed:
-                        raise ClientClosedError("the SQS client is closed")
-                    http_request = self._http.build_request(
-                        request.method,
-                        request.url,
-                        headers=request.headers,
-                        content=request.body,
-                        timeout=timeout,
-                    )
-                    http_request.stream = _RequestBody(request.body, on_sent)
-                    response = await self._http.send(http_request)
-            except httpx.HTTPError as exc:
-                # A long poll that times out on read is not retried here: the poller decides.
-                retryable = not (receive and isinstance(exc, httpx.ReadTimeout))
-                failure = TransportError(
-                    f"{operation} failed: {type(exc).__name__}: {exc}", code="TransportError"
+                with map_foreign_exceptions(operation, progress):
+                    async with gate:
+                        if self._closed:
+                            raise ClientClosedError("the SQS client is closed")
+                        http_request = self._http.build_request(
+                            request.method,
+                            request.url,
+                            headers=request.headers,
+                            content=request.body,
+                            timeout=timeout,
+                        )
+                        http_request.stream = _RequestBody(request.body, on_sent)
+                        progress.response = await self._http.send(http_request)
+                    return read(progress.response)
+            except SQSError as failure:
+                if attempt == attempts or not _is_retryable(failure, receive):
+                    raise
+                delay = random.uniform(0.0, self._retry.backoff_ceiling(attempt))
+                log.debug(
+                    "retrying %s after %s (attempt %d of %d, in %.3f s)",
+                    operation,
+                    failure,
+                    attempt,
+                    attempts,
+                    delay,
                 )
-                failure.__cause__ = exc
-                if not retryable or attempt == attempts:
-                    raise failure from exc
-            else:
-                try:
-                    return self._protocol.parse_response(
-                        operation, response.status_code, response.headers, response.content
-                    )
-                except ServiceError as exc:
-                    if not is_retryable_error(exc) or attempt == attempts:
-                        raise
-                    failure = exc
-                except (ValueError, BotoCoreError) as exc:
-                    failure = TransportError(
-                        f"{operation}: unreadable response (HTTP {response.status_code}): {exc}",
-                        code="InvalidResponse",
-                        status_code=response.status_code,
-                        request_id=response.headers.get("x-amzn-requestid"),
-                    )
-                    if attempt == attempts:
-                        raise failure from exc
-            delay = random.uniform(0.0, self._retry.backoff_ceiling(attempt))
-            log.debug(
-                "retrying %s after %s (attempt %d of %d, in %.3f s)",
-                operation,
-                failure,
-                attempt,
-                attempts,
-                delay,
-            )
             await trio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -286,8 +510,12 @@ class SQSClient:
         params: dict[str, Any] = {"QueueName": queue_name}
         if owner_account_id:
             params["QueueOwnerAWSAccountId"] = owner_account_id
-        result = await self.call("GetQueueUrl", params, _validate=False)
-        return str(result["QueueUrl"])
+        return await self._call(
+            "GetQueueUrl",
+            params,
+            self._reader("GetQueueUrl", _queue_url("GetQueueUrl")),
+            validate=False,
+        )
 
     async def create_queue(
         self,
@@ -302,8 +530,9 @@ class SQSClient:
             params["Attributes"] = dict(attributes)
         if tags:
             params["tags"] = dict(tags)
-        result = await self.call("CreateQueue", params)
-        return str(result["QueueUrl"])
+        return await self._call(
+            "CreateQueue", params, self._reader("CreateQueue", _queue_url("CreateQueue"))
+        )
 
     async def delete_queue(self, queue_url: str) -> None:
         await self.call("DeleteQueue", {"QueueUrl": queue_url}, _validate=False)
@@ -318,9 +547,10 @@ class SQSClient:
         if prefix:
             params["QueueNamePrefix"] = prefix
         while True:
-            result = await self.call("ListQueues", params, _validate=False)
-            urls.extend(result.get("QueueUrls", ()))
-            token = result.get("NextToken")
+            page, token = await self._call(
+                "ListQueues", params, self._reader("ListQueues", _queue_page), validate=False
+            )
+            urls.extend(page)
             if not token:
                 return urls
             params["NextToken"] = token
@@ -328,12 +558,12 @@ class SQSClient:
     async def get_queue_attributes(
         self, queue_url: str, names: Iterable[str] = ("All",)
     ) -> dict[str, str]:
-        result = await self.call(
+        return await self._call(
             "GetQueueAttributes",
             {"QueueUrl": queue_url, "AttributeNames": list(names)},
-            _validate=False,
+            self._reader("GetQueueAttributes", _queue_attributes),
+            validate=False,
         )
-        return dict(result.get("Attributes", {}))
 
     async def receive_messages(
         self,
@@ -373,24 +603,22 @@ class SQSClient:
             params["MessageAttributeNames"] = list(message_attribute_names)
         if receive_request_attempt_id:
             params["ReceiveRequestAttemptId"] = receive_request_attempt_id
-        result = await self.call(
+
+        def read(response: httpx.Response) -> ReceiveResult:
+            entries = self._protocol.parse_receive_response(
+                response.status_code, response.headers, response.content
+            )
+            return _receive_result(entries, queue_url)
+
+        return await self._call(
             "ReceiveMessage",
             params,
+            read,
             read_timeout=wait_time + POLL_READ_MARGIN,
             on_sent=on_sent,
             retry=retry,
-            _validate=False,
+            validate=False,
         )
-        messages: list[Message] = []
-        corrupt: list[CorruptMessage] = []
-        for raw in result.get("Messages", ()):
-            item = message_from_wire(raw, queue_url)
-            if isinstance(item, CorruptMessage):
-                log.error("corrupt message %s: %s", item.message_id, item.error)
-                corrupt.append(item)
-            else:
-                messages.append(item)
-        return ReceiveResult(tuple(messages), tuple(corrupt))
 
     async def delete_message(self, queue_url: str, receipt_handle: str) -> None:
         await self.call(
@@ -406,12 +634,16 @@ class SQSClient:
         a mapping of entry id to receipt handle. Per-entry failures are in the result, not raised."""
         entries = _entries(receipt_handles)
         _check_batch("delete_message_batch", entries)
-        result = await self.call(
+        requested = [entry_id for entry_id, _ in entries]
+        return await self._call(
             "DeleteMessageBatch",
             {"QueueUrl": queue_url, "Entries": [{"Id": i, "ReceiptHandle": h} for i, h in entries]},
-            _validate=False,
+            self._reader(
+                "DeleteMessageBatch",
+                lambda parsed: _batch_result("DeleteMessageBatch", parsed, requested),
+            ),
+            validate=False,
         )
-        return _batch_result(result)
 
     async def change_message_visibility(
         self, queue_url: str, receipt_handle: str, visibility_timeout: int
@@ -448,13 +680,17 @@ class SQSClient:
             )
             check_int_range("visibility_timeout", timeout, 0, 43200)
             wire.append({"Id": entry_id, "ReceiptHandle": handle, "VisibilityTimeout": timeout})
-        result = await self.call(
+        requested = [entry_id for entry_id, _ in entries]
+        return await self._call(
             "ChangeMessageVisibilityBatch",
             {"QueueUrl": queue_url, "Entries": wire},
+            self._reader(
+                "ChangeMessageVisibilityBatch",
+                lambda parsed: _batch_result("ChangeMessageVisibilityBatch", parsed, requested),
+            ),
             retry=retry,
-            _validate=False,
+            validate=False,
         )
-        return _batch_result(result)
 
     async def send_message(
         self,
@@ -470,11 +706,10 @@ class SQSClient:
             body, delay_seconds, message_attributes, message_group_id, message_deduplication_id
         )
         params["QueueUrl"] = queue_url
-        result = await self.call("SendMessage", params)
-        return SendResult(
-            message_id=str(result["MessageId"]),
-            md5_of_body=str(result.get("MD5OfMessageBody", "")),
-            sequence_number=result.get("SequenceNumber"),
+        return await self._call(
+            "SendMessage",
+            params,
+            self._reader("SendMessage", lambda parsed: _send_result("SendMessage", parsed)),
         )
 
     async def send_message_batch(
@@ -494,20 +729,81 @@ class SQSClient:
             )
             params["Id"] = entry.id if entry.id is not None else str(index)
             wire.append(params)
-        result = await self.call("SendMessageBatch", {"QueueUrl": queue_url, "Entries": wire})
-        sent = tuple(
-            SendResult(
-                message_id=str(e["MessageId"]),
-                md5_of_body=str(e.get("MD5OfMessageBody", "")),
-                sequence_number=e.get("SequenceNumber"),
-                id=str(e["Id"]),
-            )
-            for e in result.get("Successful", ())
+        requested = [str(params["Id"]) for params in wire]
+        return await self._call(
+            "SendMessageBatch",
+            {"QueueUrl": queue_url, "Entries": wire},
+            self._reader("SendMessageBatch", lambda parsed: _send_batch_result(parsed, requested)),
         )
-        return sent, _batch_result(result)
 
 
 def _entries(receipt_handles: Sequence[str] | Mapping[str, str]) -> list[tuple[str, str]]:
     if isinstance(receipt_handles, Mapping):
         return [(str(k), v) for k, v in receipt_handles.items()]
     return [(str(i), h) for i, h in enumerate(receipt_handles)]
+
+
+# -- reading the answers of the typed calls: every member read is checked ---------------------------
+
+
+def _queue_url(operation: str) -> Callable[[Mapping[str, Any]], str]:
+    def read(parsed: Mapping[str, Any]) -> str:
+        return _required(parsed, "QueueUrl", str, operation)
+
+    return read
+
+
+def _queue_page(parsed: Mapping[str, Any]) -> tuple[list[str], str | None]:
+    urls = _optional(parsed, "QueueUrls", list, "ListQueues") or []
+    for url in urls:
+        if not isinstance(url, str):
+            raise MalformedAnswer(f"ListQueues: a queue URL is a {type(url).__name__}")
+    return urls, _optional(parsed, "NextToken", str, "ListQueues")
+
+
+def _queue_attributes(parsed: Mapping[str, Any]) -> dict[str, str]:
+    attributes = _optional(parsed, "Attributes", dict, "GetQueueAttributes") or {}
+    for name, value in attributes.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise MalformedAnswer(f"GetQueueAttributes: attribute {name!r} is not a string")
+    return dict(attributes)
+
+
+def _receive_result(entries: Sequence[Any], queue_url: str) -> ReceiveResult:
+    messages: list[Message] = []
+    corrupt: list[CorruptMessage] = []
+    for raw in entries:
+        if isinstance(raw, MalformedEntry):
+            item: Message | CorruptMessage = malformed_message(raw.raw, raw.reason)
+        else:
+            item = message_from_wire(raw, queue_url)
+        if isinstance(item, CorruptMessage):
+            log.error("corrupt message %s: %s", item.message_id, item.error)
+            corrupt.append(item)
+        else:
+            messages.append(item)
+    return ReceiveResult(tuple(messages), tuple(corrupt))
+
+
+def _send_result(
+    operation: str, entry: Mapping[str, Any], entry_id: str | None = None
+) -> SendResult:
+    return SendResult(
+        message_id=_required(entry, "MessageId", str, operation),
+        md5_of_body=_optional(entry, "MD5OfMessageBody", str, operation) or "",
+        sequence_number=_optional(entry, "SequenceNumber", str, operation),
+        id=entry_id,
+    )
+
+
+def _send_batch_result(
+    parsed: Mapping[str, Any], requested: Collection[str]
+) -> tuple[tuple[SendResult, ...], BatchResult]:
+    outcome = _batch_result("SendMessageBatch", parsed, requested)
+    sent = tuple(
+        _send_result("SendMessageBatch", entry, entry_id)
+        for entry, entry_id in zip(
+            _entries_of(parsed, "Successful", "SendMessageBatch"), outcome.successful, strict=True
+        )
+    )
+    return sent, outcome

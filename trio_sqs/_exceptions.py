@@ -17,11 +17,13 @@ Every exception the library raises on purpose derives from :class:`SQSError`::
         └── BatchEntryError       one entry of a batch call failed (see ``BatchResult``)
 
 Every error carries ``code``, ``message``, ``status_code`` and ``request_id`` (``None`` where the error
-never reached a server). Exceptions of httpx and botocore never escape: they are translated at one
-boundary, in ``_client.py`` (and ``_protocol.py`` / ``_connect.py`` for configuration), and
-kept as ``__cause__``.
+never reached a server). Exceptions of httpx, httpcore, h11, botocore, of a user-supplied transport,
+and the builtins a malformed answer makes Python raise (``KeyError``, ``TypeError``...) never
+escape a call: they are translated at one boundary, ``map_foreign_exceptions`` in ``_client.py``
+(and ``_protocol.py`` / ``_connect.py`` for configuration), and kept as ``__cause__``.
 
-``trio.Cancelled`` is never wrapped or swallowed.
+``trio.Cancelled`` is never wrapped or swallowed: an exception group made only of ``Cancelled``
+(a nursery inside a connect, cancelled) reaches the caller as one plain ``Cancelled``.
 """
 
 from __future__ import annotations
@@ -93,9 +95,12 @@ class CredentialsError(SQSError):
 
 
 class TransportError(SQSError):
-    """The request could not be completed on the network, even after retries.
+    """The request could not be completed, even after retries.
 
-    The last underlying exception (an ``httpx`` error) is the ``__cause__``.
+    ``code`` is ``"TransportError"`` when no answer was read (the network, a timeout, the
+    transport failed), ``"InvalidResponse"`` when an answer arrived but could not be read (not
+    JSON, or a member the call reads missing or of the wrong type). The last underlying exception
+    is the ``__cause__``.
     """
 
 

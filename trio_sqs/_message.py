@@ -19,6 +19,7 @@ __all__ = [
     "MessageAttributeValue",
     "ReceiveResult",
     "SendResult",
+    "malformed_message",
     "md5_of_message_attributes",
     "message_from_wire",
 ]
@@ -210,60 +211,142 @@ def _corrupt(message_id: str, receipt_handle: str, reason: str) -> CorruptMessag
     return CorruptMessage(message_id, receipt_handle, error)
 
 
-def message_from_wire(raw: Mapping[str, Any], queue_url: str) -> Message | CorruptMessage:
+def malformed_message(raw: object, reason: str) -> CorruptMessage:
+    """A :class:`CorruptMessage` for a received entry that is malformed, identified as far as its
+    ``MessageId`` and ``ReceiptHandle`` can be read (``"?"`` and ``""`` where they cannot)."""
+    message_id, receipt_handle = "?", ""
+    if isinstance(raw, Mapping):
+        if isinstance(raw.get("MessageId"), str) and raw["MessageId"]:
+            message_id = raw["MessageId"]
+        if isinstance(raw.get("ReceiptHandle"), str):
+            receipt_handle = raw["ReceiptHandle"]
+    return _corrupt(message_id, receipt_handle, f"message {message_id} is malformed: {reason}")
+
+
+class _Malformed(ValueError):
+    """A member of a received message is missing or has the wrong shape."""
+
+
+def message_from_wire(raw: object, queue_url: str) -> Message | CorruptMessage:
     """Build a :class:`Message` from a parsed ReceiveMessage entry, verifying its MD5 digests.
 
     Returns a :class:`CorruptMessage` instead when a digest does not match or the entry is
-    malformed (one bad message must not take a consumer down: every replica would die on it).
+    malformed: not a map, an id, handle or body that is not a string, attributes that are not a
+    map of strings, a message attribute that is not a map with a ``DataType`` and exactly one
+    value of the right type, or a timestamp or receive count that is not a number (one bad
+    message must not take a consumer down: every replica would die on it).
     """
+    if not isinstance(raw, Mapping):
+        return malformed_message(raw, f"a {type(raw).__name__}, not a JSON object")
     try:
         return _from_wire(raw, queue_url)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        message_id = str(raw.get("MessageId", "?"))
-        return _corrupt(
-            message_id,
-            str(raw.get("ReceiptHandle", "")),
-            f"message {message_id} is malformed: {type(exc).__name__}: {exc}",
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
+        reason = str(exc) if isinstance(exc, _Malformed) else f"{type(exc).__name__}: {exc}"
+        return malformed_message(raw, reason)
+
+
+def _string(raw: Mapping[str, Any], name: str, *, required: bool) -> str | None:
+    value = raw.get(name)
+    if value is None:
+        if required:
+            raise _Malformed(f"{name} is missing")
+        return None
+    if not isinstance(value, str):
+        raise _Malformed(f"{name} is a {type(value).__name__}, not a string")
+    return value
+
+
+# System attributes a Message property turns into a number: checked here, so that reading
+# ``receive_count`` or ``sent_at`` never raises in a handler.
+_NUMERIC_ATTRIBUTES = (
+    "ApproximateReceiveCount",
+    "SentTimestamp",
+    "ApproximateFirstReceiveTimestamp",
+)
+_MAX_TIMESTAMP_MS = 253_402_300_800_000  # 10000-01-01 UTC, past what a datetime holds
+
+
+def _system_attributes(raw: Mapping[str, Any]) -> Mapping[str, str]:
+    system = raw.get("Attributes")
+    if not system:
+        return _EMPTY
+    if not isinstance(system, Mapping):
+        raise _Malformed(f"Attributes is a {type(system).__name__}, not a map")
+    for name, value in system.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise _Malformed(f"attribute {name!r} is not a string")
+    for name in _NUMERIC_ATTRIBUTES:
+        value = system.get(name)
+        if value is None:
+            continue
+        try:
+            number = int(value)
+        except ValueError as exc:
+            raise _Malformed(f"attribute {name} is not a number: {value!r}") from exc
+        if name != "ApproximateReceiveCount" and not 0 <= number < _MAX_TIMESTAMP_MS:
+            raise _Malformed(f"attribute {name} is not a time: {value!r}")
+    return MappingProxyType(dict(system))
+
+
+def _message_attributes(raw: Mapping[str, Any]) -> Mapping[str, MessageAttributeValue]:
+    wire_attrs = raw.get("MessageAttributes")
+    if not wire_attrs:
+        return _EMPTY
+    if not isinstance(wire_attrs, Mapping):
+        raise _Malformed(f"MessageAttributes is a {type(wire_attrs).__name__}, not a map")
+    attrs: dict[str, MessageAttributeValue] = {}
+    for name, value in wire_attrs.items():
+        if not isinstance(name, str) or not name:
+            raise _Malformed(f"message attribute name {name!r} is not a string")
+        if not isinstance(value, Mapping):
+            raise _Malformed(f"message attribute {name!r} is a {type(value).__name__}, not a map")
+        data_type = value.get("DataType")
+        if not isinstance(data_type, str) or not data_type:
+            raise _Malformed(f"message attribute {name!r} has no DataType")
+        string_value = value.get("StringValue")
+        binary_value = value.get("BinaryValue")
+        if string_value is not None and not isinstance(string_value, str):
+            raise _Malformed(f"message attribute {name!r}: StringValue is not a string")
+        if binary_value is not None and not isinstance(binary_value, bytes):
+            raise _Malformed(f"message attribute {name!r}: BinaryValue is not bytes")
+        if (string_value is None) == (binary_value is None):
+            raise _Malformed(
+                f"message attribute {name!r} needs exactly one of StringValue and BinaryValue"
+            )
+        attrs[name] = MessageAttributeValue(
+            data_type, string_value=string_value, binary_value=binary_value
         )
+    return MappingProxyType(attrs)
 
 
 def _from_wire(raw: Mapping[str, Any], queue_url: str) -> Message | CorruptMessage:
-    message_id = raw["MessageId"]
-    receipt_handle = raw["ReceiptHandle"]
-    body = raw.get("Body", "")
-    md5_body = raw.get("MD5OfBody", "")
+    message_id = _string(raw, "MessageId", required=True)
+    receipt_handle = _string(raw, "ReceiptHandle", required=True)
+    assert message_id is not None and receipt_handle is not None
+    if not message_id or not receipt_handle:
+        raise _Malformed("MessageId and ReceiptHandle must not be empty")
+    body = _string(raw, "Body", required=False) or ""
+    md5_body = _string(raw, "MD5OfBody", required=False) or ""
+    md5_attrs = _string(raw, "MD5OfMessageAttributes", required=False)
+    attrs = _message_attributes(raw)
+    system = _system_attributes(raw)
     if _md5_hex(body.encode()) != md5_body:
         return _corrupt(
             message_id, receipt_handle, f"body of message {message_id} does not match its MD5OfBody"
         )
-    wire_attrs = raw.get("MessageAttributes")
-    attrs: Mapping[str, MessageAttributeValue] = _EMPTY
-    md5_attrs = raw.get("MD5OfMessageAttributes")
-    if wire_attrs:
-        attrs = MappingProxyType(
-            {
-                name: MessageAttributeValue(
-                    v["DataType"],
-                    string_value=v.get("StringValue"),
-                    binary_value=v.get("BinaryValue"),
-                )
-                for name, v in wire_attrs.items()
-            }
+    if attrs and (md5_attrs is None or md5_of_message_attributes(attrs) != md5_attrs):
+        return _corrupt(
+            message_id,
+            receipt_handle,
+            f"attributes of message {message_id} do not match MD5OfMessageAttributes",
         )
-        if md5_attrs is None or md5_of_message_attributes(attrs) != md5_attrs:
-            return _corrupt(
-                message_id,
-                receipt_handle,
-                f"attributes of message {message_id} do not match MD5OfMessageAttributes",
-            )
-    system = raw.get("Attributes")
     return Message(
         message_id=message_id,
         receipt_handle=receipt_handle,
         body=body,
         md5_of_body=md5_body,
         queue_url=queue_url,
-        attributes=MappingProxyType(dict(system)) if system else _EMPTY,
+        attributes=system,
         message_attributes=attrs,
         md5_of_message_attributes=md5_attrs,
     )

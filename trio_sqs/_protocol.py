@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import json
 import re
 import threading
 import time
@@ -41,6 +42,7 @@ from ._exceptions import (
 
 __all__ = [
     "HTTPRequest",
+    "MalformedEntry",
     "ServiceData",
     "SQSProtocol",
     "check_region",
@@ -290,9 +292,14 @@ class SQSProtocol:
     ) -> dict[str, Any]:
         """Parse a response into the operation's result, or raise a :class:`ServiceError`.
 
+        An error response (status 300 or more) always becomes a :class:`ServiceError`, however
+        garbled its body: what the status says is known even when the body cannot be read.
+
         Raises:
             ServiceError: or a subclass, for an error response.
             ValueError: if a successful response has a body that is not a JSON object.
+            Exception: whatever botocore's parser raises on a successful response it cannot read
+                (the client's boundary turns it into an ``InvalidResponse`` TransportError).
         """
         op = self.operation_model(operation)
         if status_code < 300 and body:
@@ -301,26 +308,106 @@ class SQSProtocol:
                 raise ValueError(
                     f"{operation} answered HTTP {status_code} with a body that is not JSON"
                 )
+        if status_code >= 300:
+            try:
+                parsed_error: Mapping[str, Any] = self._data.parser.parse(
+                    {"status_code": status_code, "headers": headers, "body": body},
+                    op.output_shape,
+                )
+            except Exception:
+                # E.g. a JSON error whose ``__type`` is not a string (botocore raises TypeError).
+                parsed_error = {}
+            if not isinstance(parsed_error, Mapping):
+                parsed_error = {}
+            raise error_from_response(parsed_error, status_code, headers)
         parsed: dict[str, Any] = self._data.parser.parse(
             {"status_code": status_code, "headers": headers, "body": body}, op.output_shape
         )
-        if status_code >= 300:
-            raise error_from_response(parsed, status_code, headers)
         parsed.pop("ResponseMetadata", None)
         return parsed
+
+    def parse_receive_response(
+        self, status_code: int, headers: Mapping[str, str], body: bytes
+    ) -> list[Any]:
+        """Parse a ReceiveMessage response into its messages, one malformed message at a time.
+
+        Returns the ``Messages`` list as :meth:`parse_response` would, except that a message
+        botocore cannot parse (``MessageAttributes`` a list, an attribute value that is not a
+        map...) does not fail the whole answer: it is returned as a :class:`MalformedEntry`, to
+        be counted corrupt, while the valid messages beside it are delivered.
+
+        Raises:
+            ServiceError: for an error response.
+            ValueError: if the answer itself is malformed (not a JSON object, ``Messages`` not
+                a list).
+        """
+        try:
+            parsed = self.parse_response("ReceiveMessage", status_code, headers, body)
+        except ServiceError:
+            raise
+        except Exception:
+            if status_code >= 300:  # pragma: no cover - parse_response raises ServiceError
+                raise
+            return self._parse_messages_one_by_one(status_code, headers, body)
+        messages = parsed.get("Messages")
+        if messages is None:
+            return []
+        if not isinstance(messages, list):  # pragma: no cover - botocore makes it a list
+            raise ValueError(f"ReceiveMessage: Messages is a {type(messages).__name__}, not a list")
+        return messages
+
+    def _parse_messages_one_by_one(
+        self, status_code: int, headers: Mapping[str, str], body: bytes
+    ) -> list[Any]:
+        document = json.loads(body.decode("utf-8"))
+        if not isinstance(document, dict):
+            raise ValueError("ReceiveMessage answered with a body that is not a JSON object")
+        raw_messages = document.get("Messages")
+        if raw_messages is None:
+            return []
+        if not isinstance(raw_messages, list):
+            raise ValueError(
+                f"ReceiveMessage: Messages is a {type(raw_messages).__name__}, not a list"
+            )
+        op = self.operation_model("ReceiveMessage")
+        out: list[Any] = []
+        for raw in raw_messages:
+            alone = json.dumps({"Messages": [raw]}).encode()
+            try:
+                parsed = self._data.parser.parse(
+                    {"status_code": status_code, "headers": headers, "body": alone},
+                    op.output_shape,
+                )
+                [message] = parsed["Messages"]
+            except Exception as exc:
+                out.append(MalformedEntry(raw, f"{type(exc).__name__}: {exc}"))
+            else:
+                out.append(message)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedEntry:
+    """A message of a ReceiveMessage answer that could not be parsed: the raw JSON value and why."""
+
+    raw: Any
+    reason: str
 
 
 def error_from_response(
     parsed: Mapping[str, Any], status_code: int, headers: Mapping[str, str]
 ) -> ServiceError:
     """Translate a parsed error response into the matching trio_sqs exception."""
-    error = parsed.get("Error") or {}
-    code = str(error.get("Code") or "") or f"HTTP{status_code}"
-    query_code = str(error.get("QueryErrorCode") or "")
-    message = str(error.get("Message") or "") or f"HTTP {status_code} from SQS"
-    request_id = _header(headers, "x-amzn-requestid") or parsed.get("ResponseMetadata", {}).get(
-        "RequestId"
-    )
+    error = parsed.get("Error")
+    if not isinstance(error, Mapping):
+        error = {}
+    code = _text(error.get("Code")) or f"HTTP{status_code}"
+    query_code = _text(error.get("QueryErrorCode"))
+    message = _text(error.get("Message")) or f"HTTP {status_code} from SQS"
+    request_id = _header(headers, "x-amzn-requestid")
+    metadata = parsed.get("ResponseMetadata")
+    if not request_id and isinstance(metadata, Mapping):
+        request_id = _text(metadata.get("RequestId")) or None
     codes = {code, query_code}
     kwargs: dict[str, Any] = {"code": code, "status_code": status_code, "request_id": request_id}
     lowered = message.lower()
@@ -346,6 +433,11 @@ def error_from_response(
     if codes & _RECEIPT:
         return InvalidReceiptHandle(message, **kwargs)
     return ServiceError(message, **kwargs)
+
+
+def _text(value: object) -> str:
+    """A member of an error answer that should be a string: itself, or "" if it is not one."""
+    return value if isinstance(value, str) else ""
 
 
 def is_retryable_error(error: ServiceError) -> bool:
