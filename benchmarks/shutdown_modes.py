@@ -1,4 +1,5 @@
-"""Measure the two ways of treating the in-flight long poll at stop (DESIGN.md 1, clause 1).
+"""Measure the two ways of treating the in-flight long poll at stop (``poll_on_stop``; see
+docs/design.md, 'No receive after stop').
 
 Scenario of the original bug report, against trio_sqs's in-memory SQS in a process of its own
 (``python -m trio_sqs.testing``; like SQS, it keeps a long poll whose client went away running for

@@ -36,9 +36,10 @@ TRANSIT = 0.02
 # at once (no re-check interval), so this only covers the hops (server -> proxy) and a loaded
 # 2-core box. Measured here: at most 16 ms in 115 runs of the full matrix (moto needed 1.3 s).
 HANDOFF = 0.25
-# Releases at shutdown go out "at once" (DESIGN 1.2): right after stop() for messages no handler
-# started, right after the grace period for handlers cancelled then (1.3), right after a poll
-# that landed after stop. The acknowledgement batcher is hurried at stop; this bounds its latency.
+# Releases at shutdown go out "at once" (docs/design.md, 'Unstarted messages go back at once'):
+# right after stop() for messages no handler started, right after the grace period for handlers
+# cancelled then ('Bounded grace for running handlers'), right after a poll that landed after
+# stop. The acknowledgement batcher is hurried at stop; this bounds its latency.
 RELEASE_LATENCY = 0.5
 EPS = 0.005
 EARLY_SLACK = 0.5
@@ -47,7 +48,7 @@ ACCOUNTED = {
     "released",  # handed back at stop, unstarted: another worker takes it (not a duplicate run)
     "cancelled_at_grace",  # the handler outlasted the grace period
     "killed",  # the worker was SIGKILLed holding it
-    "orphaned",  # the server gave it to a long poll whose client had hung up (DESIGN 2.2)
+    "orphaned",  # taken by a poll its client had left (docs/design.md, 'Abandoned long polls')
     "unread",  # the answer reached the socket, the worker stopped before reading it
     "fault_dropped",  # the proxy broke the answer that carried it
     "corrupt",  # the proxy falsified its MD5; the worker must leave it to come back
@@ -208,7 +209,8 @@ def _check_processes(h: Harness, r: Report) -> None:
         if w.stopping_at is None:
             r.fail(f"{w.tag} never reported stopping")
             continue
-        # Handlers are cancelled at the end of their grace period, not before (DESIGN 1.3).
+        # Handlers are cancelled at the end of their grace period, not before (docs/design.md,
+        # 'Bounded grace for running handlers').
         for t, mid in w.cancelled:
             if t < w.stopping_at + w.config.grace - 0.05:
                 r.fail(
@@ -218,7 +220,8 @@ def _check_processes(h: Harness, r: Report) -> None:
 
 
 def _check_no_receive_after_stop(h: Harness, r: Report) -> None:
-    """No ReceiveMessage leaves a worker after its stop() (DESIGN 1.1), judged by the proxy.
+    """No ReceiveMessage leaves a worker after its stop() (docs/design.md, 'No receive after stop'),
+    judged by the proxy.
 
     The worker prints ``stopping <t>`` right before calling stop(), with no checkpoint in between:
     a request written after that moment was written after stop(). A request written just before
@@ -523,7 +526,8 @@ def _check_redeliveries(
                         f"(bound {RELEASE_LATENCY} s)"
                     )
             # The delay until a worker really got it. Deliveries in between went to nobody: to
-            # a long poll its client had abandoned (DESIGN 2.2), or broken by a fault.
+            # a long poll its client had abandoned (docs/design.md, 'Abandoned long polls'), or
+            # broken by a fault.
             later = chain[chain.index(d) + 1 :]
             got = next((x for x in later if x.got), None)
             between = later[: later.index(got)] if got is not None else later

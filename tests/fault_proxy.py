@@ -13,9 +13,9 @@ Faults are chosen per request by a :class:`FaultPlan`: per operation (or the pse
 either by probabilities drawn from a seeded RNG or from a scripted sequence.
 
 Like SQS, the proxy never cancels an upstream request because its client went away: the server's
-long poll runs on and may take messages that nobody will receive (DESIGN.md 2.2). The proxy reads
-that answer anyway and records the messages as delivered to a client that was gone, which is how
-the tests account for orphaned messages.
+long poll runs on and may take messages that nobody will receive (docs/design.md, 'Abandoned long
+polls'). The proxy reads that answer anyway and records the messages as delivered to a client that
+was gone, which is how the tests account for orphaned messages.
 
 All times are ``time.monotonic()``: on Linux that clock is shared by every process, so the proxy's
 times compare directly with the times worker processes print.

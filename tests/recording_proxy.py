@@ -113,7 +113,8 @@ class RecordingProxy:
         """Forward a request and get the response, watching for the client hanging up meanwhile.
 
         A client that hangs up (an aborted long poll) does not stop the upstream request: like SQS,
-        the server side runs on and may swallow messages (DESIGN 2.2). Returns ``None`` then.
+        the server side runs on and may swallow messages (docs/design.md, 'Abandoned long polls').
+        Returns ``None`` then.
         """
         response: bytes | None = None
         async with trio.open_nursery() as nursery:

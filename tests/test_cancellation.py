@@ -7,7 +7,7 @@ waits for the answer, while it reads a body that never comes, and while it sleep
 attempts. After each: the call returned at the very moment it was cancelled, the client still
 works, every budget slot is free again, and the test says what the server saw. A cancelled long
 poll is the one cancellation the server does not notice: it leaves an orphan behind that takes
-the next message (DESIGN 2.2).
+the next message (docs/design.md, 'Abandoned long polls').
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Proof under fire: the shutdown contract (DESIGN.md section 1) with real worker processes.
+"""Proof under fire: the shutdown contract (docs/design.md, 'The shutdown contract') with real
+worker processes.
 
 Each run uses the queue server (``python -m trio_sqs.testing``, trio_sqs's in-memory SQS over
 HTTP, one process per module), the fault proxy (tests/fault_proxy.py, one port per worker), a
@@ -659,10 +660,11 @@ async def test_sigkill_mid_handler(server: str, seed: int) -> None:
 @pytest.mark.parametrize(("seed", "mode"), variants([(0, "land")], "land", "abort"))
 @pytest.mark.deadline(60)
 async def test_orphaned_long_poll_returns_within_lease(server: str, seed: int, mode: str) -> None:
-    """DESIGN 2.2 on purpose: an idle worker stops (its long poll is abandoned, in both modes),
-    a message is sent right after it exited; the server's side of the abandoned poll takes it
-    (the oldest poll waiting, so before the peer's). It must come back when the 2 s lease ends,
-    go at once to the peer, and the aborted poll must be counted."""
+    """An abandoned long poll on purpose (docs/design.md, 'Abandoned long polls'): an idle
+    worker stops (its long poll is abandoned, in both modes), a message is sent right after it
+    exited; the server's side of the abandoned poll takes it (the oldest poll waiting, so before
+    the peer's). It must come back when the 2 s lease ends, go at once to the peer, and the
+    aborted poll must be counted."""
     lease = 2
     async with open_harness(f"orphan-{mode}", seed, server) as h:
         cfg = WorkerConfig(
@@ -838,7 +840,8 @@ async def test_soak(server: str) -> None:
     reason="library: after stop() every delete goes out as a call of its own (the batcher is "
     "hurried), and deletes, releases and heartbeats share the 8-call budget of "
     "Limits.max_other_connections: with slow deletes the budget fills and a release due at the "
-    "end of the grace period waits for a slot (DESIGN 1.2: releases go out at once)",
+    "end of the grace period waits for a slot (releases go out at once; docs/design.md, "
+    "'Known gaps')",
 )
 async def test_release_at_end_of_grace_is_not_queued_behind_slow_deletes(
     autojump_clock: trio.testing.MockClock, fake_sqs: FakeSQS

@@ -1,4 +1,5 @@
-"""Regression test for the httpcore pool leak under cancellation (DESIGN 2.3, encode/httpcore#1093).
+"""Regression test for the httpcore pool leak under cancellation (encode/httpcore#1093; see
+docs/design.md, 'The httpcore pool under cancellation').
 
 Cancelling a request that waits for a free connection inside httpcore's pool can leak the slot
 forever; once every slot has leaked, every request fails with PoolTimeout. SQSClient never lets

@@ -164,9 +164,9 @@ async def test_base_exception_in_handler_stops_gracefully_and_propagates(
     reason="consumer bug: a BaseException from a handler propagates into the consumer's work "
     "nursery and cancels the long poll on the wire at once, while the handler's message is being "
     "released (Boom at t=0: release sent at t=0, poll sent at t=0 aborted). SQS hands the "
-    "released message to the aborted poll (DESIGN 2.2): it stays in flight for the whole 30 s "
-    "lease instead of being visible. A normal stop() lets such a poll land "
-    "(poll_on_stop='land'); this path does not.",
+    "released message to the aborted poll (docs/design.md, 'Abandoned long polls'): it stays "
+    "in flight for the whole 30 s lease instead of being visible. A normal stop() lets such a "
+    "poll land (poll_on_stop='land'); this path does not.",
 )
 async def test_base_exception_in_handler_leaves_its_message_visible_not_orphaned(
     autojump_clock: trio.testing.MockClock,

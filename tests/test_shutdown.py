@@ -1,4 +1,5 @@
-"""The shutdown contract of DESIGN.md section 1, clause by clause, proven on the wire.
+"""The shutdown contract (docs/design.md, 'The shutdown contract'), clause by clause, proven on
+the wire.
 
 Most tests run on trio_sqs.testing's in-memory SQS under ``trio.testing.MockClock``: settings are
 realistic (20 s long polls, a 30 s lease, 10 s grace, 5 s flush) and every bound is asserted
@@ -7,9 +8,10 @@ order with its virtual time: "no ReceiveMessage after stop" is read there, from 
 at the moment of ``stop()``. Before stopping, each test brings every poller to rest inside a long
 poll that the fake holds (nothing else can run then), so no ReceiveMessage is in transit at t0.
 
-The fake behaves as SQS does where moto does not (DESIGN 2.2, 2.7): a long poll whose client went
-away runs on server-side and takes the next message at once. One test keeps the clause on real
-sockets: through a recording proxy in front of moto.
+The fake behaves as SQS does where moto does not (docs/design.md, 'Abandoned long polls' and
+'moto is not SQS'): a long poll whose client went away runs on server-side and takes the next
+message at once. One test keeps the clause on real sockets: through a recording proxy in front of
+moto.
 """
 
 from __future__ import annotations
@@ -154,8 +156,8 @@ async def test_no_receive_after_stop_and_unstarted_go_back(
         assert release.operation == "ChangeMessageVisibilityBatch"
         assert release.time == t0
         assert [e["VisibilityTimeout"] for e in release.params["Entries"]] == [0] * 9
-        # SQS hands what becomes visible to a poll waiting server-side at once (DESIGN 2.2):
-        # at least one of the 9, however many it takes.
+        # SQS hands what becomes visible to a poll waiting server-side at once (docs/design.md,
+        # 'Abandoned long polls'): at least one of the 9, however many it takes.
         if mode == "abort":
             # Clause 1, "abort": the poll in flight is dropped at t0, but its server side runs
             # on and strands what it takes for the lease (README, "Orphaned long polls").
@@ -193,8 +195,8 @@ async def test_no_receive_after_stop_and_unstarted_go_back(
     back = queue.messages()
     assert queue.counts() == QueueCounts(9, 0, 0)
     assert {m.message_id for m in back} == set(ids) - set(handled)
-    # The stop raised receive counts by at most 1 (DESIGN 1, clause 1): only what SQS handed to
-    # the poll in flight was received once more.
+    # The stop raised receive counts by at most 1 (docs/design.md, 'No receive after stop'): only
+    # what SQS handed to the poll in flight was received once more.
     assert sorted(m.receive_count for m in back) == [1] * (9 - taken) + [2] * taken
 
 
@@ -337,7 +339,7 @@ async def test_shutdown_is_bounded_by_grace_plus_flush(
     assert release.time == t0 + GRACE  # sent when the grace ended; its answer never came in time
     assert any("shutdown bound reached" in r.getMessage() for r in caplog.records)
     # It took effect all the same (only its answer was late): the poll aborted at t0, still
-    # waiting server-side, took the message at once (DESIGN 2.2).
+    # waiting server-side, took the message at once (docs/design.md, 'Abandoned long polls').
     assert fake_sqs.queue(url).orphaned_deliveries == 1
     assert fake_sqs.queue(url).message(message_id) is not None
 
@@ -454,8 +456,8 @@ async def test_bug_report_scenario(
     assert set(produced) - set(completed) == state.keys()  # nothing else is gone
     stranded = {i for i, m in state.items() if m.state == "in_flight"}
     if mode == "abort":
-        # The message produced 50 ms after t0 went to the abandoned poll (DESIGN 2.2): it is
-        # stranded for the lease, then visible again.
+        # The message produced 50 ms after t0 went to the abandoned poll (docs/design.md,
+        # 'Abandoned long polls'): it is stranded for the lease, then visible again.
         assert stats.aborted_polls == 1 and stats.received == 31
         assert queue.orphaned_deliveries == 1 and len(stranded) == 1
         [orphan] = [state[i] for i in stranded]

@@ -1,5 +1,5 @@
 """The consumer: pollers, handlers, heartbeats and acknowledgements in one nursery, and the shutdown
-contract of DESIGN.md section 1.
+contract of docs/design.md, 'The shutdown contract'.
 
 Shutdown, from the moment ``stop()`` is called (t0):
 
@@ -7,8 +7,8 @@ Shutdown, from the moment ``stop()`` is called (t0):
    a poll whose request is already on the wire is left to land while handlers are still inside
    their grace period, and what it returns is released at once. Once no handler runs it is
    aborted, unless a release of ours may not have reached SQS before it was sent: SQS would likely
-   hand those messages to it, and an aborted poll would orphan them (DESIGN 2.2), so it gets up to
-   half the flush timeout to land. An idle consumer with nothing to release aborts at once and
+   hand those messages to it, and an aborted poll would orphan them (docs/design.md, 'Abandoned
+   long polls'), so it gets up to half the flush timeout to land. An idle consumer with nothing to release aborts at once and
    stops in milliseconds.
 2. Buffered messages that no handler started are released (visibility 0) right after t0.
 3. Running handlers continue in shielded scopes whose deadline becomes t0 + grace; those still

@@ -44,8 +44,9 @@ RUNNING_SAMPLE = 0.1
 STOPPING_SAMPLE = 0.005
 TTY_REFRESH = 0.1
 PLAIN_REFRESH = 1.0
-# An abandoned long poll lives on in the server and takes what becomes visible (DESIGN.md 2.2);
-# moto's re-checks the queue every second, so the count waits that long to see what it took.
+# An abandoned long poll lives on in the server and takes what becomes visible (docs/design.md,
+# 'Abandoned long polls'); moto's re-checks the queue every second, so the count waits that long
+# to see what it took.
 ORPHAN_SETTLE = 1.2
 Sample = tuple[float, ConsumerStatistics]
 
