@@ -107,6 +107,22 @@ async def test_plugin_fixtures_give_a_client_and_a_fresh_queue_on_the_fake(
     assert fake_sqs.queue(fake_queue_url).counts().in_flight == 1
 
 
+def run_pytest_in(project: Path) -> subprocess.CompletedProcess[str]:
+    """Run pytest in ``project`` as a user would (no AWS_* or PYTEST_* variables of ours, warnings
+    as errors); fail with its output unless it passed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYTEST_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 def _readme_example() -> str:
     text = README.read_text()
     match = re.search(r"<!-- testing-example -->\n```python\n(.*?)```", text, re.S)
@@ -118,16 +134,7 @@ def test_the_readme_testing_example_passes_in_a_project_of_its_own(tmp_path: Pat
     """Copy the README's example into an empty project and run pytest there, as a user would:
     the fixtures come from the installed plugin, not from our conftest."""
     (tmp_path / "test_handlers.py").write_text(_readme_example())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYTEST_"))}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_pytest_in(tmp_path)
     assert "2 passed" in proc.stdout, proc.stdout
 
 
@@ -547,14 +554,5 @@ def test_the_plugin_fixtures_in_a_trio_mode_project(tmp_path: Path) -> None:
     clients on one fake. (The README example covers a project with ``pytest.mark.trio``.)"""
     (tmp_path / "pytest.ini").write_text("[pytest]\ntrio_mode = true\n")
     (tmp_path / "test_plugin.py").write_text(PLUGIN_PROJECT_TESTS)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYTEST_"))}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_pytest_in(tmp_path)
     assert "6 passed" in proc.stdout, proc.stdout
