@@ -33,6 +33,10 @@ import trio
 
 import trio_sqs
 
+# Real processes against wall-clock bounds: with pytest-xdist these run in one worker, one after
+# another, beside the rest of the suite (README's test command: -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("processes")
+
 T = TypeVar("T")
 # The console script when it is installed (it is, with `pip install -e .`), else the module.
 _SCRIPT = Path(sys.executable).with_name("trio-sqs")

@@ -68,6 +68,10 @@ from .fault_proxy import (
     truncated_body,
 )
 
+# Real processes against wall-clock bounds: with pytest-xdist these run in one worker, one after
+# another, beside the rest of the suite (README's test command: -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("processes")
+
 FULL = int(os.environ.get("TRIO_SQS_E2E_SEEDS", "20"))
 # The longest a run waits for the moment it is to signal a worker in.
 MOMENT_LIMIT = 30.0
