@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 import trio_sqs
+from trio_sqs._protocol import load_service_data
 
 from .recording_proxy import RecordingProxy
 
@@ -58,6 +59,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             marker = item.get_closest_marker("deadline")
             seconds = float(marker.args[0]) if marker else None
             item.obj = _with_deadline(item.obj, seconds)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sqs_model_loaded() -> None:
+    """Load botocore's SQS model once per test process, before any test runs.
+
+    open_client only skips its worker thread when the model is already in memory; on
+    ``MockClock`` that thread lets autojump skip to the test's deadline. Without this, whether a
+    test that opens a client on a transport of its own passes would depend on whether an earlier
+    test in the same process (or pytest-xdist worker) happened to load the model.
+    """
+    load_service_data()
 
 
 @pytest.fixture(autouse=True)
