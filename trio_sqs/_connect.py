@@ -21,7 +21,7 @@ from botocore.session import Session
 
 from ._client import CLOSE_TIMEOUT, DEFAULT_TIMEOUT, SQSClient
 from ._config import Limits, RetryPolicy
-from ._credentials import CredentialCache, CredentialSource, provider_errors
+from ._credentials import CredentialCache, CredentialSource, is_refreshable, provider_errors
 from ._exceptions import ConfigurationError, CredentialsError
 from ._protocol import (
     SQSProtocol,
@@ -44,10 +44,6 @@ class _Resolved:
     endpoint: str
     source: CredentialSource
     protocol: SQSProtocol
-
-
-def _refreshable(source: CredentialSource) -> bool:
-    return hasattr(source, "refresh_needed")
 
 
 def _env_flag(name: str) -> bool:
@@ -206,7 +202,9 @@ async def open_client(
         and profile is None
         and use_fips is not None
         and use_dualstack is not None
-        and (access_key is not None or (credentials is not None and not _refreshable(credentials)))
+        and (
+            access_key is not None or (credentials is not None and not is_refreshable(credentials))
+        )
         and service_data_loaded()
     ):
         # Everything is given and the model is in memory: nothing to read or fetch, so no worker

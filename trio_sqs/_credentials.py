@@ -32,7 +32,13 @@ from botocore.credentials import ReadOnlyCredentials
 
 from ._exceptions import CredentialsError
 
-__all__ = ["CredentialCache", "CredentialSource", "RefreshWindows", "provider_errors"]
+__all__ = [
+    "CredentialCache",
+    "CredentialSource",
+    "RefreshWindows",
+    "is_refreshable",
+    "provider_errors",
+]
 
 log = logging.getLogger("trio_sqs.credentials")
 
@@ -131,6 +137,12 @@ def _refresh_needed(source: CredentialSource, refresh_in: float) -> bool:
     return bool(check(refresh_in))
 
 
+def is_refreshable(source: CredentialSource) -> bool:
+    """Whether ``source`` refreshes itself (botocore's RefreshableCredentials and the like):
+    reading it may then do I/O, so it is read in a worker thread."""
+    return hasattr(source, "refresh_needed")
+
+
 class CredentialCache:
     """A cached snapshot of credentials from a (possibly blocking) botocore credential source.
 
@@ -155,7 +167,7 @@ class CredentialCache:
 
     @property
     def refreshable(self) -> bool:
-        return hasattr(self._source, "refresh_needed")
+        return is_refreshable(self._source)
 
     @property
     def windows(self) -> RefreshWindows:
