@@ -70,15 +70,8 @@ class Answers(httpx.AsyncBaseTransport):
 async def client_over(
     transport: httpx.AsyncBaseTransport, *, attempts: int = 1
 ) -> AsyncIterator[trio_sqs.SQSClient]:
-    async with trio_sqs.open_client(
-        region="us-east-1",
-        endpoint_url="http://sqs.fake.invalid",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        use_fips=False,
-        use_dualstack=False,
-        retry=trio_sqs.RetryPolicy(max_attempts=attempts),
-        transport=transport,
+    async with open_fake_client(
+        FakeSQS(), retry=trio_sqs.RetryPolicy(max_attempts=attempts), transport=transport
     ) as client:
         yield client
 
