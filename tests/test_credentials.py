@@ -173,6 +173,28 @@ def held_clock(
     return autojump_clock
 
 
+@pytest.fixture
+async def one_worker_thread() -> trio.CapacityLimiter:
+    """Run one worker thread at a time, so that :func:`worker_thread_finished` can wait for the
+    one in flight. Request it as an argument: pytest-trio never runs an async fixture named only
+    in ``@pytest.mark.usefixtures`` (python-trio/pytest-trio#124)."""
+    limiter = trio.to_thread.current_default_thread_limiter()
+    limiter.total_tokens = 1
+    return limiter
+
+
+async def worker_thread_finished(limiter: trio.CapacityLimiter) -> None:
+    """Return once the worker thread in flight, if any, has finished, abandoned or not.
+
+    Trio hands a thread's limiter token back only after its function has returned (for the
+    cache, after it stored what it read): with one token, taking it waits for exactly that. An
+    event the source sets from inside the thread comes before the cache stores the keys.
+    """
+    assert limiter.total_tokens == 1, "the one_worker_thread fixture is not in effect"
+    async with limiter:
+        pass
+
+
 @asynccontextmanager
 async def client_on_fake(fake: FakeSQS, **kwargs: Any) -> AsyncIterator[tuple[SQSClient, Recorder]]:
     wire = Recorder(fake)
@@ -734,7 +756,9 @@ async def test_concurrent_requests_share_one_failed_refresh(
 
 
 async def test_background_backoff_grows_is_capped_jittered_and_seedable(
-    held_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    held_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    one_worker_thread: trio.CapacityLimiter,
 ) -> None:
     """The refresher retries a failing source after growing, capped, jittered pauses drawn from
     the cache's own random source, logs every failure with its cause, and goes back to its
@@ -764,6 +788,10 @@ async def test_background_backoff_grows_is_capped_jittered_and_seedable(
             await reached[2 + failures].wait()
             source.advisory = True  # so that the regular read after it refreshes (and counts)
             await reached[3 + failures].wait()
+            # ``reached`` is set from inside the source, before the cache stores the keys: wait
+            # for the thread to finish (the clock is held meanwhile), or the cancel abandons it
+            # and the cache.get() below may still see the second generation.
+            await worker_thread_finished(one_worker_thread)
             nursery.cancel_scope.cancel()
         # Opening, the first tick, the 9 retries after failures, the one that succeeds, and the
         # regular read one check interval after it.
