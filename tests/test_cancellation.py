@@ -12,17 +12,16 @@ the next message (docs/design.md, 'Abandoned long polls').
 
 from __future__ import annotations
 
-import types
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
 import trio
 import trio.testing
 
-import trio_sqs
-import trio_sqs._client
 from trio_sqs import Limits, RetryPolicy, SQSClient
 from trio_sqs.testing import FakeSQS, QueueCounts, open_fake_client
 
@@ -73,7 +72,11 @@ async def open_wired_client(
 
 
 def assert_budgets_free(client: SQSClient) -> None:
-    assert client._receive_gate.value == client.limits.max_receive_connections
+    # No consumer shares these clients: a long-poll budget sized from the consumers is its floor.
+    fixed = client.limits.max_receive_connections
+    assert client.receive_budget == (fixed if fixed is not None else 4)
+    assert client._receive_gate.in_use == 0
+    assert client._receive_gate.value == client.receive_budget
     assert client._other_gate.value == client.limits.max_other_connections
 
 
@@ -93,12 +96,24 @@ def ops(fake: FakeSQS, since: int = 0) -> list[tuple[float, str]]:
     return [(c.time, c.operation) for c in fake.calls[since:]]
 
 
+class CeilingDraws(random.Random):
+    """A generator whose every ``uniform(low, high)`` is ``high``."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
 @pytest.fixture
 def no_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every retry backoff is its full ceiling (the jitter always draws the maximum)."""
-    monkeypatch.setattr(
-        trio_sqs._client, "random", types.SimpleNamespace(uniform=lambda low, high: high)
-    )
+    """Every retry backoff is its full ceiling: each client opened in the test gets, in place of
+    its own generator, one whose jitter always draws the maximum."""
+    init = SQSClient.__init__
+
+    def with_ceiling_draws(self: SQSClient, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._random = CeilingDraws()
+
+    monkeypatch.setattr(SQSClient, "__init__", with_ceiling_draws)
 
 
 # -- waiting for a budget slot -------------------------------------------------------------------

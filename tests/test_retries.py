@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import random
 import re
-import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,7 +25,6 @@ import trio
 import trio.testing
 
 import trio_sqs
-import trio_sqs._client
 from trio_sqs import (
     ClockSkewError,
     QueueDoesNotExist,
@@ -129,12 +128,24 @@ async def serve(
         yield client, recorder
 
 
+class CeilingDraws(random.Random):
+    """A generator whose every ``uniform(low, high)`` is ``high``."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
 @pytest.fixture
 def no_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every retry backoff is its full ceiling (the jitter always draws the maximum)."""
-    monkeypatch.setattr(
-        trio_sqs._client, "random", types.SimpleNamespace(uniform=lambda low, high: high)
-    )
+    """Every retry backoff is its full ceiling: each client opened in the test gets, in place of
+    its own generator, one whose jitter always draws the maximum."""
+    init = SQSClient.__init__
+
+    def with_ceiling_draws(self: SQSClient, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._random = CeilingDraws()
+
+    monkeypatch.setattr(SQSClient, "__init__", with_ceiling_draws)
 
 
 @pytest.fixture

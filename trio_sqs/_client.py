@@ -23,7 +23,7 @@ import httpcore
 import httpx
 import trio
 
-from ._config import Limits, RetryPolicy, check_int_range
+from ._config import MIN_RECEIVE_CONNECTIONS, Limits, RetryPolicy, check_int_range
 from ._credentials import CredentialCache
 from ._exceptions import (
     BatchEntryError,
@@ -33,6 +33,7 @@ from ._exceptions import (
     SQSError,
     TransportError,
 )
+from ._gate import ResizableGate
 from ._message import (
     BatchResult,
     CorruptMessage,
@@ -338,15 +339,24 @@ class SQSClient:
         *,
         limits: Limits,
         retry: RetryPolicy,
+        random_seed: int | None = None,
     ) -> None:
         self._protocol = protocol
         self._credentials = credentials
         self._http = http
         self._retry = retry
-        self._receive_gate = trio.Semaphore(limits.max_receive_connections)
+        # The client's own generator (open_client's random_seed) for the retry jitter, never the
+        # global one.
+        self._random = random.Random(random_seed)
+        # Long polls the consumers sharing this client may keep in flight (reserve_polls).
+        self._reserved_polls = 0
+        self._reservations = 0
+        self._warned_polls = False
+        self._warned_consumers = False
+        self.limits = limits
+        self._receive_gate = ResizableGate(self._receive_budget())
         self._other_gate = trio.Semaphore(limits.max_other_connections)
         self._closed = False
-        self.limits = limits
 
     @property
     def endpoint(self) -> str:
@@ -360,6 +370,81 @@ class SQSClient:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    # -- the long-poll budget ---------------------------------------------------------------------
+
+    @property
+    def receive_budget(self) -> int:
+        """ReceiveMessage calls that may be in flight at once now: ``Limits.max_receive_connections``
+        if it is an integer, else sized from the consumers registered with :meth:`reserve_polls`
+        (the sum of their long polls, at least 4)."""
+        return self._receive_budget()
+
+    def _receive_budget(self) -> int:
+        fixed = self.limits.max_receive_connections
+        if fixed is not None:
+            return fixed
+        return max(MIN_RECEIVE_CONNECTIONS, self._reserved_polls)
+
+    @contextmanager
+    def reserve_polls(self, polls: int) -> Iterator[None]:
+        """Register a consumer that may keep up to ``polls`` long polls in flight on this client,
+        for the duration of the ``with`` block (synchronous: ``with client.reserve_polls(n):``).
+
+        For consumers: :func:`open_consumer` and :func:`run_consumer` register theirs. A loop of
+        your own that long-polls through a shared client may register too.
+
+        With ``Limits(max_receive_connections=None)`` (the default) the long-poll budget grows by
+        ``polls`` on entry and shrinks back on exit (it never goes below 4). With a fixed budget
+        smaller than what the registered consumers may keep in flight, a warning is logged
+        (logger ``trio_sqs.client``, once per client for each of: more polls than the budget, more
+        consumers than the budget) naming the size to give instead.
+
+        Raises:
+            ConfigurationError: if ``polls`` is not an integer from 1 to 1000.
+        """
+        check_int_range("polls", polls, 1, 1000)
+        self._reserved_polls += polls
+        self._reservations += 1
+        try:
+            self._receive_gate.resize(self._receive_budget())
+            self._warn_if_starved()
+            yield
+        finally:
+            self._reserved_polls -= polls
+            self._reservations -= 1
+            self._receive_gate.resize(self._receive_budget())
+
+    def _warn_if_starved(self) -> None:
+        fixed = self.limits.max_receive_connections
+        if fixed is None:
+            return
+        consumers, polls = self._reservations, self._reserved_polls
+        if consumers > fixed and not self._warned_consumers:
+            self._warned_consumers = self._warned_polls = True
+            log.warning(
+                "%d consumers on this client need at least one long poll in flight each (up to "
+                "%d in all), but Limits(max_receive_connections=%d): some queues get no poll at "
+                "times and a message on them waits until a poll is free, a whole wait_time or "
+                "more; raise max_receive_connections to %d or leave it None to size it from the "
+                "consumers",
+                consumers,
+                polls,
+                fixed,
+                polls,
+            )
+        elif polls > fixed and not self._warned_polls:
+            self._warned_polls = True
+            log.warning(
+                "%d consumer(s) on this client may keep up to %d long polls in flight, but "
+                "Limits(max_receive_connections=%d): polls queue behind each other and a message "
+                "on a starved queue can wait up to a whole wait_time more; raise "
+                "max_receive_connections to %d or leave it None to size it from the consumers",
+                consumers,
+                polls,
+                fixed,
+                polls,
+            )
 
     # -- the one place where requests are sent --------------------------------------------------
 
@@ -477,6 +562,9 @@ class SQSClient:
             try:
                 with map_foreign_exceptions(operation, progress):
                     async with gate:
+                        # Taking a slot ends in a cancel-shielded checkpoint: a cancellation
+                        # that came meanwhile must stop the call here, before a byte is sent.
+                        await trio.lowlevel.checkpoint_if_cancelled()
                         if self._closed:
                             raise ClientClosedError("the SQS client is closed")
                         http_request = self._http.build_request(
@@ -492,7 +580,7 @@ class SQSClient:
             except SQSError as failure:
                 if attempt == attempts or not _is_retryable(failure, receive):
                     raise
-                delay = random.uniform(0.0, self._retry.backoff_ceiling(attempt))
+                delay = self._random.uniform(0.0, self._retry.backoff_ceiling(attempt))
                 log.debug(
                     "retrying %s after %s (attempt %d of %d, in %.3f s)",
                     operation,

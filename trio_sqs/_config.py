@@ -7,7 +7,13 @@ from dataclasses import dataclass
 
 from ._exceptions import ConfigurationError
 
-__all__ = ["Limits", "RetryPolicy", "check_int_range", "check_number"]
+__all__ = [
+    "MIN_RECEIVE_CONNECTIONS",
+    "Limits",
+    "RetryPolicy",
+    "check_int_range",
+    "check_number",
+]
 
 
 def check_int_range(name: str, value: object, low: int, high: int | None = None) -> None:
@@ -44,31 +50,52 @@ def check_number(
         )
 
 
+# The smallest long-poll budget of a client sized from its consumers: room for plain
+# receive_messages calls when no consumer (or only small ones) shares the client.
+MIN_RECEIVE_CONNECTIONS = 4
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Limits:
     """Connection budgets of a client.
 
-    Requests wait for a budget slot in trio_sqs (a ``trio.Semaphore``), never inside httpx's pool:
-    cancelling a request that waits in httpcore's pool can leak the pool slot (encode/httpcore#1093).
-    Long polls and the other calls have separate budgets, so a 20 s poll never starves a delete.
+    Requests wait for a budget slot in trio_sqs, never inside httpx's pool: cancelling a request
+    that waits in httpcore's pool can leak the pool slot (encode/httpcore#1093). Long polls and the
+    other calls have separate budgets, so a 20 s poll never starves a delete.
+
+    The long-poll budget: with ``max_receive_connections=None`` (the default) it is sized from the
+    consumers sharing the client: the sum of every open consumer's most pollers
+    (``ConsumerOptions.pollers``, by default enough to keep its handlers busy, at most 10), and at
+    least 4 for plain :meth:`SQSClient.receive_messages` calls. It grows when a consumer opens on
+    the client and shrinks when one closes, so every consumer always has its long polls in flight
+    and a message sent to an idle queue is received at once. An integer fixes the budget: if the
+    consumers on the client may want more long polls than that, their polls queue behind each
+    other, a message on a starved queue can wait up to a whole ``wait_time`` more (or several),
+    and the client logs a warning (logger ``trio_sqs.client``) naming the size it needs.
 
     Attributes:
-        max_receive_connections: ReceiveMessage calls in flight at once.
+        max_receive_connections: ReceiveMessage calls in flight at once; ``None`` sizes it from
+            the consumers sharing the client (see above).
         max_other_connections: every other call in flight at once.
         keepalive_expiry: seconds an idle connection is kept open.
     """
 
-    max_receive_connections: int = 4
+    max_receive_connections: int | None = None
     max_other_connections: int = 8
     keepalive_expiry: float = 30.0
 
     def __post_init__(self) -> None:
-        check_int_range("max_receive_connections", self.max_receive_connections, 1, 1000)
+        if self.max_receive_connections is not None:
+            check_int_range("max_receive_connections", self.max_receive_connections, 1, 1000)
         check_int_range("max_other_connections", self.max_other_connections, 1, 1000)
         check_number("keepalive_expiry", self.keepalive_expiry, 0.0)
 
     @property
-    def max_connections(self) -> int:
+    def max_connections(self) -> int | None:
+        """Connections in use at once at most: both budgets, or ``None`` (no fixed bound) when the
+        long-poll budget is sized from the consumers."""
+        if self.max_receive_connections is None:
+            return None
         return self.max_receive_connections + self.max_other_connections
 
 

@@ -114,6 +114,7 @@ async def open_client(
     retry: RetryPolicy | None = None,
     verify: bool | str = True,
     transport: httpx.AsyncBaseTransport | None = None,
+    random_seed: int | None = None,
 ) -> AsyncIterator[SQSClient]:
     """Open an SQS client that owns its HTTP connections and credential refresher.
 
@@ -127,7 +128,12 @@ async def open_client(
         credentials: A botocore ``Credentials`` object (refreshable or not) to use instead of the
             chain.
         use_fips, use_dualstack: Select FIPS / dual-stack endpoints. Default: from the config.
-        limits: Connection budgets (:class:`Limits`).
+        limits: Connection budgets (:class:`Limits`). By default the long-poll budget is sized
+            from the consumers sharing the client: the sum of the long polls each open consumer
+            may keep in flight (its most pollers), at least 4, growing and shrinking as consumers
+            open and close on it, so one client serves any number of consumers without starving
+            one of them. ``Limits(max_receive_connections=N)`` fixes it at ``N``; consumers that
+            may want more polls than that log a warning naming the size they need.
         retry: Retry policy (:class:`RetryPolicy`).
         verify: TLS verification: ``True`` (default) or a CA bundle path.
         transport: An ``httpx.AsyncBaseTransport`` to send requests through instead of
@@ -136,6 +142,9 @@ async def open_client(
             :meth:`trio_sqs.testing.FakeSQS.transport` here. The client closes it (once) on
             exit; if opening fails (an invalid option, no credentials) it is left untouched,
             still yours to reuse or close.
+        random_seed: Seed of the client's own random generator (``random.Random``), which draws
+            the jitter of its retry backoffs. Default: seeded from the operating system. The
+            global ``random`` is never used.
 
     Raises:
         ConfigurationError: for an invalid option, before any network I/O.
@@ -154,6 +163,12 @@ async def open_client(
     retry = retry if retry is not None else RetryPolicy()
     if not isinstance(limits, Limits):
         raise ConfigurationError(f"limits must be a Limits, got {limits!r}", code="InvalidOption")
+    if random_seed is not None and (
+        isinstance(random_seed, bool) or not isinstance(random_seed, int)
+    ):
+        raise ConfigurationError(
+            f"random_seed must be an integer or None, got {random_seed!r}", code="InvalidOption"
+        )
     if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
         raise ConfigurationError(
             f"transport must be an httpx.AsyncBaseTransport, got {transport!r}",
@@ -215,6 +230,9 @@ async def open_client(
         resolved = await trio.to_thread.run_sync(_resolve_blocking, *args, abandon_on_cancel=True)
     cache = CredentialCache(resolved.source)
     await cache.get()
+    # Requests wait for their budget's slot before they reach httpx, so the pool never makes one
+    # wait: it is as large as both budgets, or unbounded when the long-poll budget grows with
+    # the consumers (the budgets still bound the connections in use).
     http = httpx.AsyncClient(
         limits=httpx.Limits(
             max_connections=limits.max_connections,
@@ -227,7 +245,9 @@ async def open_client(
         follow_redirects=False,
         transport=transport,
     )
-    client = SQSClient(resolved.protocol, cache, http, limits=limits, retry=retry)
+    client = SQSClient(
+        resolved.protocol, cache, http, limits=limits, retry=retry, random_seed=random_seed
+    )
     try:
         try:
             async with trio.open_nursery() as nursery:

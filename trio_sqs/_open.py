@@ -133,24 +133,24 @@ async def _open_consumer(
 ) -> AsyncIterator[Consumer]:
     async with AsyncExitStack() as stack:
         if client is None:
-            pollers = opts.effective_pollers(batch)
             client = await stack.enter_async_context(
                 open_client(
                     region=region,
                     endpoint_url=endpoint_url,
                     profile=profile,
-                    limits=Limits(max_receive_connections=pollers, max_other_connections=8),
+                    limits=Limits(),
                 )
             )
         queue_url, fifo = await _resolve_queue(client, queue)
         consumer = Consumer(client, queue_url, handler, opts, batch=batch, fifo=fifo)
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(consumer._run)
-                try:
-                    yield consumer
-                finally:
-                    consumer.stop()
+            with client.reserve_polls(opts.effective_pollers(batch)):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(consumer._run)
+                    try:
+                        yield consumer
+                    finally:
+                        consumer.stop()
         except BaseExceptionGroup as group:
             raise_unwrapped(group)
 
