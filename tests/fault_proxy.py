@@ -311,12 +311,14 @@ class Exchange:
         return "corrupted" if self.corrupted else "ok"
 
 
-def _kind(operation: str, request: Mapping[str, Any]) -> str:
+def _kind(operation: str, request: Mapping[str, Any], lease: int | None) -> str:
+    """A heartbeat asks for exactly the worker's lease (the VisibilityTimeout of its receives);
+    anything else is a release (0, a failure backoff, or the cover of its polls at stop)."""
     if operation == "ChangeMessageVisibilityBatch":
         entries = request.get("Entries") or []
-        if entries and all(int(e.get("VisibilityTimeout", 0)) == 0 for e in entries):
-            return "Release"
-        return "Heartbeat"
+        if entries and any(int(e.get("VisibilityTimeout", 0)) == lease for e in entries):
+            return "Heartbeat"
+        return "Release"
     return operation
 
 
@@ -346,6 +348,7 @@ class FaultProxy:
         self._ids = itertools.count()
         self._conns = itertools.count()
         self._nursery: trio.Nursery | None = None
+        self._leases: dict[str, int] = {}  # per worker: the VisibilityTimeout of its receives
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -439,7 +442,9 @@ class FaultProxy:
             request = json.loads(body) if body else {}
         except ValueError:
             request = {}
-        kind = _kind(operation, request)
+        if operation == "ReceiveMessage" and "VisibilityTimeout" in request:
+            self._leases[worker] = int(request["VisibilityTimeout"])
+        kind = _kind(operation, request, self._leases.get(worker))
         ex = Exchange(
             id=next(self._ids),
             worker=worker,

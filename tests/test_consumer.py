@@ -38,7 +38,7 @@ from trio_sqs import (
     open_consumer,
     run_consumer,
 )
-from trio_sqs._heartbeat import TICKS_PER_INTERVAL
+from trio_sqs._leases import TICKS_PER_INTERVAL
 from trio_sqs.testing import FakeSQS, QueueCounts, RecordedCall, serve_fake_sqs
 
 from .recording_proxy import RecordingProxy

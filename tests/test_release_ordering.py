@@ -32,7 +32,9 @@ BODY = "hello"
 
 
 def is_heartbeat(params: Mapping[str, Any]) -> bool:
-    return any(e["VisibilityTimeout"] != 0 for e in params["Entries"])
+    # A heartbeat asks for a whole lease (10 or 30 s here); a release for 0 s, or for the cover
+    # of the consumer's polls at stop (none here: no poll is waiting, see consuming()).
+    return any(e["VisibilityTimeout"] in (10, 30) for e in params["Entries"])
 
 
 def releases(fake: FakeSQS) -> list[tuple[float, list[str]]]:

@@ -86,9 +86,11 @@ async def test_idle_consumer_stops_at_once(
     async with trio_sqs.open_consumer(
         url, idle_handler, client=fake_sqs_client, poll_on_stop=mode, **REALISTIC
     ) as consumer:
-        pollers = len(consumer._pollers)
-        assert pollers == 2
+        # Idle, the consumer keeps exactly one long poll in flight (of up to two).
+        pollers = 1
+        assert consumer._polling.max_pollers == 2
         await park(fake_sqs, url, pollers)
+        assert consumer._polling.on_the_wire == pollers
         sent_at = trio.current_time()
         await trio.sleep(5)  # well inside the 20 s long polls
         await park(fake_sqs, url, pollers)
@@ -143,7 +145,8 @@ async def test_no_receive_after_stop_and_unstarted_go_back(
         await started.wait()
         await park(fake_sqs, url, 1)
         assert consumer.statistics().buffered == 9
-        assert consumer._pollers[0].sent
+        assert consumer._polling.on_the_wire == 1
+        [poll] = receives(fake_sqs.calls)[1:]
         await trio.sleep(2)
         mark = len(fake_sqs.calls)
         t0 = trio.current_time()
@@ -151,30 +154,15 @@ async def test_no_receive_after_stop_and_unstarted_go_back(
         await trio.testing.wait_all_tasks_blocked()
         after = fake_sqs.calls[mark:]
         # Clause 2: the 9 unstarted messages are released at t0 itself, while the handler is
-        # still inside its grace period.
-        release = after[0]
+        # still inside its grace period, each with a visibility that outlasts the poll SQS may
+        # still run for us (sent at t0 - 2, waiting 20 s, + 1 s of slack): it cannot take them.
+        [release] = after
         assert release.operation == "ChangeMessageVisibilityBatch"
         assert release.time == t0
-        assert [e["VisibilityTimeout"] for e in release.params["Entries"]] == [0] * 9
-        # SQS hands what becomes visible to a poll waiting server-side at once (docs/design.md,
-        # 'Abandoned long polls'): at least one of the 9, however many it takes.
-        if mode == "abort":
-            # Clause 1, "abort": the poll in flight is dropped at t0, but its server side runs
-            # on and strands what it takes for the lease (README, "Orphaned long polls").
-            assert consumer.statistics().aborted_polls == 1
-            taken = queue.orphaned_deliveries
-            assert operations(after) == ["ChangeMessageVisibilityBatch"]
-            assert queue.counts() == QueueCounts(9 - taken, 1 + taken, 0)
-        else:
-            # Clause 1, "land": the poll stays open while the handler is in its grace period;
-            # what it lands with goes back at once.
-            assert queue.orphaned_deliveries == 0
-            assert operations(after) == ["ChangeMessageVisibilityBatch"] * 2
-            assert after[1].time == t0
-            taken = len(after[1].params["Entries"])
-            assert consumer.statistics().received == 10 + taken
-            assert queue.counts() == QueueCounts(9, 1, 0)
-        assert 1 <= taken <= 9
+        cover = poll.time + WAIT + 1 - t0
+        assert cover == 19
+        assert [e["VisibilityTimeout"] for e in release.params["Entries"]] == [cover] * 9
+        assert queue.counts() == QueueCounts(0, 10, 0)
         await trio.sleep(3)
         release_handler.set()
     assert trio.current_time() == t0 + 3  # the handler finished in grace; its delete went at once
@@ -183,21 +171,17 @@ async def test_no_receive_after_stop_and_unstarted_go_back(
     assert len(handled) == 1
     stats = consumer.statistics()
     assert stats.completed == 1 and stats.deleted == 1 and stats.unflushed == 0
-    if mode == "abort":
-        assert stats.received == 10 and stats.released == 9 and stats.aborted_polls == 1
-        stranded = [m for m in queue.messages() if m.state == "in_flight"]
-        assert len(stranded) == taken
-        assert {m.visible_at for m in stranded} == {t0 + LEASE}
-        await trio.sleep_until(t0 + LEASE)
-    else:
-        assert stats.received == 10 + taken and stats.released == 9 + taken
-        assert stats.aborted_polls == 0
+    # "land" left the poll on the wire while the handler ran, and aborted it once it was done;
+    # "abort" aborted it at t0. Either way it took nothing: the released messages were hidden
+    # from it for as long as it could run.
+    assert stats.received == 10 and stats.released == 9 and stats.aborted_polls == 1
+    assert queue.orphaned_deliveries == 0
+    await trio.sleep_until(t0 + cover)
     back = queue.messages()
     assert queue.counts() == QueueCounts(9, 0, 0)
     assert {m.message_id for m in back} == set(ids) - set(handled)
-    # The stop raised receive counts by at most 1 (docs/design.md, 'No receive after stop'): only
-    # what SQS handed to the poll in flight was received once more.
-    assert sorted(m.receive_count for m in back) == [1] * (9 - taken) + [2] * taken
+    # The stop raised no receive count: each of the 9 was received once, by us, before t0.
+    assert [m.receive_count for m in back] == [1] * 9
 
 
 # -- clause 3: grace for running handlers ------------------------------------------------------
@@ -287,15 +271,28 @@ async def test_handler_overrunning_grace_is_cancelled_and_released(
     assert took <= GRACE + FLUSH
     stats = consumer.statistics()
     assert stats.cancelled_at_grace == 1 and stats.deleted == 0 and stats.completed == 0
-    # "land": the poll sent right after the receive (until received_at + 20) was still waiting
-    # at t0 + 10; SQS handed it the released message, it landed and was released again.
+    # "land": the poll sent right after the receive (SQS runs it until received_at + 20) was
+    # still waiting at t0 + 10. The message went back with a visibility that outlasts it, so
+    # the poll could not take it; the poll was aborted once no handler ran.
     assert receives(fake_sqs.calls[mark:]) == []
-    assert stats.received == 2 and stats.released == 2 and stats.aborted_polls == 0
+    assert stats.received == 1 and stats.released == 1 and stats.aborted_polls == 1
     assert t0 + GRACE < received_at + WAIT
-    # Visible again right away, not after the 30 s lease; the stop raised its count by 1.
+    [entry] = [
+        e
+        for c in fake_sqs.calls[mark:]
+        if c.operation == "ChangeMessageVisibilityBatch"
+        for e in c.params["Entries"]
+        if e["VisibilityTimeout"] != LEASE  # not a heartbeat
+    ]
+    assert entry["VisibilityTimeout"] == received_at + WAIT + 1 - (t0 + GRACE) == 6
     [snapshot] = queue.messages()
     assert snapshot.message_id == message_id
-    assert snapshot.state == "visible" and snapshot.receive_count == 2
+    assert snapshot.state == "in_flight" and snapshot.visible_at == received_at + WAIT + 1
+    # Visible again 6 s after the stop (not after the 30 s lease), received once: the stop
+    # raised its receive count by nothing.
+    await trio.sleep_until(received_at + WAIT + 1)
+    [snapshot] = queue.messages()
+    assert snapshot.state == "visible" and snapshot.receive_count == 1
     assert queue.orphaned_deliveries == 0
 
 
@@ -318,7 +315,7 @@ async def test_shutdown_is_bounded_by_grace_plus_flush(
         await trio.sleep_forever()
 
     def is_release(params: Any) -> bool:
-        return all(e["VisibilityTimeout"] == 0 for e in params["Entries"])
+        return all(e["VisibilityTimeout"] != LEASE for e in params["Entries"])  # no heartbeat
 
     fake_sqs.faults.delay("ChangeMessageVisibilityBatch", 60, times=10, match=is_release)
     async with trio_sqs.open_consumer(
@@ -338,9 +335,12 @@ async def test_shutdown_is_bounded_by_grace_plus_flush(
     ]
     assert release.time == t0 + GRACE  # sent when the grace ended; its answer never came in time
     assert any("shutdown bound reached" in r.getMessage() for r in caplog.records)
-    # It took effect all the same (only its answer was late): the poll aborted at t0, still
-    # waiting server-side, took the message at once (docs/design.md, 'Abandoned long polls').
-    assert fake_sqs.queue(url).orphaned_deliveries == 1
+    # It took effect all the same (only its answer was late), with a visibility that outlasts
+    # the poll aborted at t0 and still waiting server-side: the poll could not take it.
+    [entry] = release.params["Entries"]
+    [poll] = receives(fake_sqs.calls)[1:]
+    assert entry["VisibilityTimeout"] == poll.time + WAIT + 1 - release.time
+    assert fake_sqs.queue(url).orphaned_deliveries == 0
     assert fake_sqs.queue(url).message(message_id) is not None
 
 
@@ -511,7 +511,7 @@ async def test_no_receive_after_stop_on_real_sockets(
         proxy.hold_receives()
         await proxy.wait_for(lambda p: p.open_receives() >= 1)
         await trio.testing.wait_all_tasks_blocked()
-        assert consumer._pollers[0].sent
+        assert consumer._polling.on_the_wire == 1
         parked = [r for r in proxy.requests if r.operation == "ReceiveMessage" and not r.answered]
         t0 = trio.current_time()
         consumer.stop()
@@ -524,8 +524,10 @@ async def test_no_receive_after_stop_on_real_sockets(
             )
         )
         release_handler.set()
-    assert len(parked) == 1 and parked[0].answered
+    assert len(parked) == 1
     assert proxy.receives_after(t0) == []
     stats = consumer.statistics()
-    assert stats.completed == 1 and stats.deleted == 1 and stats.released >= 9
-    assert stats.aborted_polls == 0 and stats.unflushed == 0
+    assert stats.completed == 1 and stats.deleted == 1 and stats.released == 9
+    # The poll was left to land while the handler ran (the 9 released messages were hidden from
+    # it), then aborted once the handler was done.
+    assert stats.aborted_polls == 1 and stats.unflushed == 0

@@ -1,20 +1,28 @@
 """Batching of acknowledgements (DeleteMessageBatch) and releases (ChangeMessageVisibilityBatch).
 
-Entries are grouped up to 10 per call and sent when a batch is full or ``interval`` has passed since
-the oldest pending entry. Entries that fail are retried a few times, then reported (logged and
-counted); an invalid receipt handle is final at once (the message was received again elsewhere).
+Entries are grouped up to 10 per call and sent when a batch is full or the batch window has passed
+since the oldest pending entry. The window starts at ``interval`` and, with ``max_interval`` above
+it, adapts to the rate: it doubles (up to ``max_interval``) each time a batch goes out partial
+because the window ran out, and halves (down to ``interval``) each time a batch fills within half
+of it.
+At a low rate that is fewer, fuller calls; at a high rate batches fill at once anyway. Entries that
+fail are retried a few times, then reported (logged and counted); an invalid receipt handle is final
+at once (the message was received again elsewhere).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import trio
 
 from ._client import SQSClient
 from ._exceptions import SQSError
+from ._message import BatchResult
 
 __all__ = ["Batcher", "Entry"]
 
@@ -50,6 +58,11 @@ class Batcher:
         on_success: Called with each entry once SQS confirmed it.
         on_failure: Called with each entry that finally failed, and the error code.
         on_expired: Called with each entry dropped unsent because its ``lease_end`` had passed.
+        max_interval: Longest batch window (default: ``interval``, a fixed window).
+        shield: Each call runs inside ``with shield():`` (the consumer's leases pass a bounded,
+            shielded scope, so a call on the wire finishes when :meth:`run` is cancelled).
+        visibility_floor: Releases: read when a batch is sent; no entry goes out with a shorter
+            visibility timeout.
     """
 
     def __init__(
@@ -61,6 +74,10 @@ class Batcher:
         on_success: Callable[[Entry], None],
         on_failure: Callable[[Entry, str], None],
         on_expired: Callable[[Entry], None] | None = None,
+        *,
+        max_interval: float | None = None,
+        shield: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        visibility_floor: Callable[[], int] | None = None,
     ) -> None:
         self._client = client
         self._queue_url = queue_url
@@ -69,9 +86,11 @@ class Batcher:
         self._on_success = on_success
         self._on_failure = on_failure
         self._on_expired = on_expired
+        self._max_interval = max(interval, max_interval if max_interval is not None else interval)
+        self.window = interval
+        self._shield = shield
+        self._visibility_floor = visibility_floor
         self._pending: list[Entry] = []
-        # Entries kept back until :meth:`unhold` (a release waits for a heartbeat on the wire).
-        self._held: dict[str, Entry] = {}
         self._wakeup = trio.Event()
         self._urgent = False
         self.in_flight = 0
@@ -79,27 +98,13 @@ class Batcher:
 
     @property
     def pending(self) -> int:
-        """Entries not yet confirmed: waiting, held back, or on the wire."""
-        return len(self._pending) + self.in_flight + len(self._held)
+        """Entries not yet confirmed: waiting or on the wire."""
+        return len(self._pending) + self.in_flight
 
     def add(self, entry: Entry) -> None:
         self._pending.append(entry)
         if len(self._pending) >= BATCH_LIMIT or self._urgent or len(self._pending) == 1:
             self._wakeup.set()
-
-    def hold(self, entry: Entry) -> None:
-        """Keep ``entry`` back until :meth:`unhold` is called with its receipt handle. It counts
-        as pending meanwhile, so :meth:`drain` waits for it."""
-        self._held[entry.receipt_handle] = entry
-
-    def unhold(self, receipt_handle: str, lease_end: float | None) -> None:
-        """Send the entry held for ``receipt_handle``, if any, like :meth:`add`, with its lease
-        now ending at ``lease_end``."""
-        entry = self._held.pop(receipt_handle, None)
-        if entry is not None:
-            entry.lease_end = lease_end
-            self.add(entry)
-            self._changed.unpark_all()
 
     def hurry(self) -> None:
         """Send pending entries now instead of waiting for ``interval`` (used at shutdown)."""
@@ -120,10 +125,15 @@ class Batcher:
                 if not self._pending:
                     continue
                 if len(self._pending) < BATCH_LIMIT and not self._urgent:
-                    with trio.move_on_after(self._interval):
+                    opened = trio.current_time()
+                    with trio.move_on_after(self.window) as window:
                         while len(self._pending) < BATCH_LIMIT and not self._urgent:
                             await self._wakeup.wait()
                             self._wakeup = trio.Event()
+                    if window.cancelled_caught:
+                        self.window = min(self._max_interval, self.window * 2)
+                    elif not self._urgent and trio.current_time() - opened < self.window / 2:
+                        self.window = max(self._interval, self.window / 2)
                 for chunk in self._take_all():
                     nursery.start_soon(self._send, chunk)
 
@@ -138,7 +148,7 @@ class Batcher:
         Cancellation: unsent entries stay pending and are counted by :attr:`pending`.
         """
         self.hurry()
-        while self._pending or self.in_flight or self._held:
+        while self._pending or self.in_flight:
             await self._changed.park()
 
     def _take_all(self) -> list[list[Entry]]:
@@ -165,16 +175,19 @@ class Batcher:
 
     async def _send(self, chunk: list[Entry]) -> None:
         ids = {str(i): entry for i, entry in enumerate(chunk)}
+        result: BatchResult | None = None
         try:
             handles = {i: e.receipt_handle for i, e in ids.items()}
-            if self._kind == "delete":
-                result = await self._client.delete_message_batch(self._queue_url, handles)
-            else:
-                result = await self._client.change_message_visibility_batch(
-                    self._queue_url,
-                    handles,
-                    {i: e.visibility or 0 for i, e in ids.items()},
-                )
+            with self._shield():
+                if self._kind == "delete":
+                    result = await self._client.delete_message_batch(self._queue_url, handles)
+                else:
+                    floor = self._visibility_floor() if self._visibility_floor else 0
+                    result = await self._client.change_message_visibility_batch(
+                        self._queue_url,
+                        handles,
+                        {i: max(e.visibility or 0, floor) for i, e in ids.items()},
+                    )
         except SQSError as exc:
             # The client already retried transient errors; try these entries again later.
             log.warning("%s batch of %d failed: %s", self._kind, len(chunk), exc)
@@ -189,6 +202,10 @@ class Batcher:
         finally:
             self.in_flight -= len(chunk)
             self._changed.unpark_all()
+        if result is None:
+            # The shield's bound cut the call short: fate unknown, as above.
+            self._pending.extend(chunk)
+            return
         # Each entry once: the client reports an entry SQS's answer left out as failed
         # (MissingFromAnswer); one left out of the result anyway counts as failed the same way,
         # never as dropped.

@@ -1,25 +1,27 @@
-"""The consumer: pollers, handlers, heartbeats and acknowledgements in one nursery, and the shutdown
-contract of docs/design.md, 'The shutdown contract'.
+"""The consumer: polls, handlers and leases in one nursery, and the shutdown, written once.
 
-Shutdown, from the moment ``stop()`` is called (t0):
+**The shutdown contract.** From the moment the consumer stops (t0: :meth:`Consumer.stop`, leaving
+the ``async with`` block, cancellation of any enclosing scope, a fatal error, or ``sys.exit`` in a
+handler; all take the same path):
 
-1. No new receives: the scope around receiving is cancelled at t0. With ``poll_on_stop="land"``
-   a poll whose request is already on the wire is left to land while handlers are still inside
-   their grace period, and what it returns is released at once. Once no handler runs it is
-   aborted, unless a release of ours may not have reached SQS before it was sent: SQS would likely
-   hand those messages to it, and an aborted poll would orphan them (docs/design.md, 'Abandoned
-   long polls'), so it gets up to half the flush timeout to land. An idle consumer with nothing to release aborts at once and
-   stops in milliseconds.
-2. Buffered messages that no handler started are released (visibility 0) right after t0.
-3. Running handlers continue in shielded scopes whose deadline becomes t0 + grace; those still
-   running then are cancelled and their messages released.
-4. Pending deletes and releases are flushed within ``flush_timeout``; what could not be sent is
-   logged with counts (those messages reappear after their visibility timeout).
-5. The whole shutdown is bounded by grace + flush_timeout + a small margin, provided handlers do
-   not shield themselves from cancellation (Trio cannot preempt a shielded scope; what such a
-   handler holds when the bound is reached is counted as unflushed and logged).
+1. *Receiving ends.* No ReceiveMessage is sent after t0. A long poll already on the wire lands
+   while handlers still run (``poll_on_stop="land"``) or is aborted (``"abort"``); with no handler
+   running it is aborted at once, so an idle consumer stops in milliseconds.
+2. *Handlers get the grace period.* Running handlers go on until t0 + ``grace_period``, then are
+   cancelled. Messages received but not started are handed back at once.
+3. *Nothing we hand back can come back to us.* SQS keeps running a long poll whose client went
+   away, and hands it any message that becomes visible. So every message released from t0 on gets
+   a visibility timeout that outlasts every poll of ours SQS may still be running (at most
+   WaitTimeSeconds + 1 s, see ``trio_sqs._polling``), never 0: no poll of ours takes it again, and
+   its receive count rises by one at most per stop.
+4. *Teardown is shielded and bounded.* Heartbeats keep running handlers' leases alive; deletes
+   and releases are flushed within ``flush_timeout``. Shutdown takes at most grace_period +
+   flush_timeout + 0.5 s, unless a handler shields itself from cancellation. What could not be
+   sent is counted (``unflushed``) and logged: those messages reappear after their lease.
 
-An internal error takes the same path: the consumer stops gracefully, then raises the error.
+No scope is shielded before t0 except a handler's own call and a request already on the wire, each
+with its own bound. The task that runs the consumer is never shielded: a cancellation always
+reaches it, and it turns that into t0.
 """
 
 from __future__ import annotations
@@ -33,20 +35,13 @@ from typing import Union
 
 import trio
 
-from ._batcher import Batcher, Entry
 from ._client import SQSClient
 from ._dispatch import Credit, Dispatcher
-from ._exceptions import (
-    AccessDenied,
-    ClientClosedError,
-    ConfigurationError,
-    CredentialsError,
-    QueueDoesNotExist,
-    SQSError,
-)
-from ._heartbeat import Heartbeat, Tracked
+from ._exceptions import ConfigurationError
+from ._leases import Leases
 from ._message import Message
 from ._options import MAX_VISIBILITY, ConsumerOptions, check_handler, check_queue
+from ._polling import Polling
 from ._stats import ConsumerState, ConsumerStatistics, Counters
 
 __all__ = ["BatchHandler", "Consumer", "Handler", "Retry"]
@@ -58,9 +53,6 @@ BatchHandler = Callable[[list[Message]], Awaitable[Union[Iterable[Union[Message,
 
 # Slack on top of grace + flush_timeout for the hard bound on shutdown.
 SHUTDOWN_MARGIN = 0.5
-# Pause after an empty short poll (wait_time=0), so an idle consumer does not spin on requests.
-EMPTY_SHORT_POLL_PAUSE = 1.0
-_FATAL_POLL_ERRORS = (QueueDoesNotExist, ConfigurationError, ClientClosedError)
 
 
 class Retry(Exception):
@@ -77,23 +69,6 @@ class Retry(Exception):
             )
         super().__init__(reason or f"retry in {delay} s")
         self.delay = delay
-
-
-class _Poller:
-    __slots__ = ("scope", "sent", "sent_at")
-
-    def __init__(self) -> None:
-        self.scope = trio.CancelScope()
-        self.sent = False
-        self.sent_at = math.inf
-
-    def mark_sent(self) -> None:
-        self.sent = True
-        self.sent_at = trio.current_time()
-
-    def clear(self) -> None:
-        self.sent = False
-        self.sent_at = math.inf
 
 
 class Consumer:
@@ -123,54 +98,48 @@ class Consumer:
         self.queue_url = queue_url
         self.options = options
         self.fifo = fifo
-        self._client = client
         self._handler = handler
         self._batch = batch
         self._batch_size = options.effective_batch_size(batch)
-        self._poll_size = options.poll_size(batch)
         self._counters = Counters()
         self._state: ConsumerState = "starting"
         self._credit = Credit(options.capacity(batch))
         self._dispatcher = Dispatcher(fifo=fifo)
-        self._tracked: dict[str, Tracked] = {}
-        self._pollers = [_Poller() for _ in range(options.effective_pollers(batch))]
-        self._receive_scope = trio.CancelScope()
-        self._outer = trio.CancelScope(shield=True)
+        # The consumer's own generator (options.random_seed), never the global one.
+        self._random = random.Random(options.random_seed)
+        self._leases = Leases(
+            client,
+            queue_url,
+            lease=options.visibility_timeout,
+            heartbeat_interval=options.effective_heartbeat_interval(),
+            ack_interval=options.ack_interval,
+            max_ack_interval=options.effective_max_ack_interval(),
+            counters=self._counters,
+        )
+        self._polling = Polling(
+            client,
+            queue_url,
+            options,
+            poll_size=options.poll_size(batch),
+            max_pollers=options.effective_pollers(batch),
+            credit=self._credit,
+            accept=self._accept,
+            fail=self._fail,
+            counters=self._counters,
+            rng=self._random,
+        )
+        self._leases_scope = trio.CancelScope()
         self._handler_scopes: set[trio.CancelScope] = set()
         self._in_flight = 0
         self._workers_alive = 0
         self._stop_requested = trio.Event()
         self._workers_finished = trio.Event()
-        self._polling_done = trio.Event()
         self._stopped = trio.Event()
-        self._last_release_applied = -math.inf
         self._t0: float | None = None
         self._grace_deadline = math.inf
+        self._deadline = math.inf
         self._last_poll_at: float | None = None
         self._fatal: BaseException | None = None
-        # The consumer's own generator (options.random_seed), never the global one.
-        self._random = random.Random(options.random_seed)
-        self._deletes = Batcher(
-            client, queue_url, "delete", options.ack_interval, self._deleted, self._delete_failed
-        )
-        self._releases = Batcher(
-            client,
-            queue_url,
-            "release",
-            options.ack_interval,
-            self._released,
-            self._release_failed,
-            self._release_expired,
-        )
-        self._heartbeat = Heartbeat(
-            client,
-            queue_url,
-            lease=options.visibility_timeout,
-            interval=options.effective_heartbeat_interval(),
-            tracked=self._tracked,
-            counters=self._counters,
-            landed=self._releases.unhold,
-        )
 
     # -- public, synchronous --------------------------------------------------------------------
 
@@ -189,36 +158,30 @@ class Consumer:
         )
 
     def stop(self) -> None:
-        """Start a graceful shutdown. Synchronous, idempotent, callable from any task.
+        """Stop: the moment t0 of the shutdown contract (see the module docstring). Synchronous,
+        idempotent, callable from any task of the same Trio run.
 
-        From this call on no ReceiveMessage is sent; see the module docstring for the rest.
-        Leaving the ``async with open_consumer(...)`` block and cancelling the scope around it take
-        this same path.
+        From this call on no ReceiveMessage is sent. Leaving the ``async with open_consumer(...)``
+        block and cancelling a scope around it take this same path.
         """
         if self._stop_requested.is_set():
             return
         now = trio.current_time()
         self._t0 = now
         self._grace_deadline = now + self.options.grace_period
+        self._deadline = self._grace_deadline + self.options.flush_timeout + SHUTDOWN_MARGIN
         if self._state != "stopped":
             self._state = "stopping"
-        self._outer.deadline = self._grace_deadline + self.options.flush_timeout + SHUTDOWN_MARGIN
         unstarted = self._dispatcher.close()
-        # 1. No new receives. A poll already on the wire may land while handlers run ("land");
-        # with nothing running and nothing to release, it is aborted at once.
-        idle = self._in_flight == 0 and not unstarted and not self._poll_may_swallow_release()
-        if self.options.poll_on_stop == "abort" or idle:
-            self._receive_scope.cancel()
-        else:
-            for poller in self._pollers:
-                if not poller.sent:
-                    poller.scope.cancel()
-        # 2. Unstarted messages go back at once.
+        idle = self._in_flight == 0 and not unstarted
+        self._polling.stop(abort_sent=idle or self.options.poll_on_stop == "abort")
+        # From here on a release outlasts every poll SQS may still run for us.
+        self._leases.set_visibility_floor(self._cover)
         for message in unstarted:
             self._release(message, 0)
-        self._releases.hurry()
-        self._deletes.hurry()
-        # 3. Running handlers get the grace period, then are cancelled.
+        self._leases.hurry()
+        self._leases.bound(self._deadline)
+        self._leases_scope.cancel()  # the teardown runs the leases' loops from here
         for scope in self._handler_scopes:
             scope.deadline = min(scope.deadline, self._grace_deadline)
         log.info(
@@ -235,51 +198,39 @@ class Consumer:
         """
         await self._stopped.wait()
 
-    # -- the consumer's tasks ---------------------------------------------------------------------
+    # -- running and the shutdown --------------------------------------------------------------
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped, then shut down; raise the error that stopped it, if any.
 
-        Cancellation: the outer scope is shielded, so outside cancellation does not cut the
-        shutdown short; ``stop()`` (which leaving ``open_consumer`` always calls) bounds it to
-        grace + flush_timeout + margin.
+        Cancellation: cancelling this task is a stop (t0 of the contract): it returns once the
+        bounded shutdown is over, then the ``Cancelled`` propagates. Only the teardown is
+        shielded, with its own deadline.
         """
-        flush_deadline: float | None = None
         try:
-            with self._outer:
-                async with trio.open_nursery() as services:
-                    services.start_soon(self._guard, self._deletes.run)
-                    services.start_soon(self._guard, self._releases.run)
-                    services.start_soon(self._guard, self._heartbeat.run)
-                    try:
-                        async with trio.open_nursery() as work:
-                            work.start_soon(self._guard, self._polling)
-                            self._workers_alive = self.options.concurrency
-                            for _ in range(self.options.concurrency):
-                                work.start_soon(self._guard, self._worker)
-                            self._state = "running"
-                            log.info(
-                                "consuming %s: concurrency %d, %d poller(s), batch %d, lease %d s",
-                                self.queue_url,
-                                self.options.concurrency,
-                                len(self._pollers),
-                                self._poll_size,
-                                self.options.visibility_timeout,
-                            )
-                            task_status.started()
-                            await self._stop_requested.wait()
-                            await self._workers_finished.wait()
-                            flush_deadline = trio.current_time() + self.options.flush_timeout
-                            await self._let_polls_land()
-                            self._receive_scope.cancel()
-                    finally:
-                        # Reached after an internal error too: stop() makes every deadline
-                        # finite, and the batchers are still running for the flush.
-                        self.stop()
-                        if flush_deadline is None:
-                            flush_deadline = trio.current_time() + self.options.flush_timeout
-                        await self._flush(flush_deadline)
-                        services.cancel_scope.cancel()
+            async with trio.open_nursery() as work:  # everything, until the teardown ends
+                try:
+                    work.start_soon(self._guard, self._run_leases)
+                    work.start_soon(self._guard, self._polling.run)
+                    self._workers_alive = self.options.concurrency
+                    for _ in range(self.options.concurrency):
+                        work.start_soon(self._worker)
+                    self._state = "running"
+                    log.info(
+                        "consuming %s: concurrency %d, up to %d poll(s) of %d, lease %d s",
+                        self.queue_url,
+                        self.options.concurrency,
+                        self._polling.max_pollers,
+                        self.options.poll_size(self._batch),
+                        self.options.visibility_timeout,
+                    )
+                    task_status.started()
+                    await self._stop_requested.wait()
+                finally:
+                    self.stop()
+                    with trio.move_on_at(self._deadline, shield=True):
+                        await self._teardown()
+                    work.cancel_scope.cancel()
         finally:
             self._account_leftovers()
             self._state = "stopped"
@@ -287,6 +238,33 @@ class Consumer:
             self._log_summary()
         if self._fatal is not None:
             raise self._fatal
+
+    async def _run_leases(self) -> None:
+        """The leases' loops until t0 (the teardown runs them afresh). Calls they have on the
+        wire at t0 finish on their own, shielded and bounded (see ``trio_sqs._leases``)."""
+        with self._leases_scope:
+            await self._leases.run()
+
+    async def _teardown(self) -> None:
+        """After t0, shielded and bounded by the caller: handlers finish within their grace while
+        their leases are kept alive; polls left to land are aborted once no handler runs; then
+        every delete and release is flushed within ``flush_timeout``."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._guard, self._leases.run)
+            await self._workers_finished.wait()
+            self._polling.abort()
+            await self._polling.done.wait()
+            flush_deadline = trio.current_time() + self.options.flush_timeout
+            self._leases.bound(flush_deadline)  # calls on the wire, shielded, end by then too
+            with trio.move_on_at(flush_deadline):
+                await self._leases.drain()
+            nursery.cancel_scope.cancel()
+
+    def _cover(self) -> int:
+        """Seconds of visibility a message released now needs so that no poll of ours that SQS
+        may still be running can take it (rounded up; 0 when none can)."""
+        left = self._polling.live_until() - trio.current_time()
+        return math.ceil(left) if left > 0 else 0
 
     async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
         """Run one of the consumer's own tasks. An error in it stops the consumer gracefully (and
@@ -300,33 +278,10 @@ class Consumer:
             self.stop()
             raise
 
-    def _poll_may_swallow_release(self) -> bool:
-        """Whether a poll on the wire may be handed messages we released (so aborting it could
-        orphan them): a release is still unanswered, or was answered after the poll was sent."""
-        return any(
-            p.sent and (self._releases.pending > 0 or p.sent_at <= self._last_release_applied)
-            for p in self._pollers
-        )
-
-    async def _let_polls_land(self) -> None:
-        """No handler runs any more. A poll that may be handed our released messages gets up to
-        half the flush timeout to land (what it brings is released again, with no poll left to
-        swallow it); any other poll is aborted at once."""
-        if self.options.poll_on_stop != "land" or not self._poll_may_swallow_release():
-            return
-        with trio.move_on_after(self.options.flush_timeout / 2):
-            await self._polling_done.wait()
-
-    async def _flush(self, deadline: float) -> None:
-        with trio.move_on_at(deadline):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._deletes.drain)
-                nursery.start_soon(self._releases.drain)
-
     def _account_leftovers(self) -> None:
         """Count and log what shutdown could not hand back: nothing is lost silently."""
-        deletes, releases = self._deletes.pending, self._releases.pending
-        in_hand = len(self._tracked)
+        deletes, releases = self._leases.pending_deletes, self._leases.pending_releases
+        in_hand = self._leases.in_hand
         unflushed = deletes + releases + in_hand
         if unflushed:
             self._counters.unflushed += unflushed
@@ -359,100 +314,34 @@ class Consumer:
             self._fatal = exc
         self.stop()
 
-    # -- polling ----------------------------------------------------------------------------------
-
-    async def _polling(self) -> None:
-        try:
-            with self._receive_scope:
-                async with trio.open_nursery() as nursery:
-                    for poller in self._pollers:
-                        nursery.start_soon(self._poll_loop, poller)
-        finally:
-            self._polling_done.set()
-
-    async def _poll_loop(self, poller: _Poller) -> None:
-        backoff = self.options.error_backoff
-        with poller.scope:
-            while not self._stop_requested.is_set():
-                await self._credit.acquire(self._poll_size)
-                poller.clear()
-                got: list[Message] = []
-                try:
-                    result = await self._client.receive_messages(
-                        self.queue_url,
-                        max_messages=self._poll_size,
-                        wait_time=self.options.wait_time,
-                        visibility_timeout=self.options.visibility_timeout,
-                        attribute_names=self.options.attribute_names,
-                        message_attribute_names=self.options.message_attribute_names,
-                        on_sent=poller.mark_sent,
-                        # One request per attempt: a client-level retry could send a receive
-                        # after stop. This loop does its own backoff.
-                        retry=False,
-                    )
-                    got = list(result.messages)
-                except trio.Cancelled:
-                    if poller.sent:
-                        self._counters.aborted_polls += 1
-                        log.debug("long poll aborted after it was sent")
-                    raise
-                except SQSError as exc:
-                    self._counters.poll_errors += 1
-                    if isinstance(exc, _FATAL_POLL_ERRORS):
-                        log.error("cannot poll %s: %s", self.queue_url, exc)
-                        self._fail(exc)
-                        return
-                    if isinstance(exc, (AccessDenied, CredentialsError)):
-                        delay = self.options.auth_error_backoff * self._random.uniform(0.5, 1.0)
-                        log.error(
-                            "polling %s denied: %s; retrying in %.1f s", self.queue_url, exc, delay
-                        )
-                    else:
-                        delay = self._random.uniform(0, backoff)
-                        backoff = min(self.options.max_error_backoff, backoff * 2)
-                        log.warning(
-                            "polling %s failed: %s; retrying in %.1f s", self.queue_url, exc, delay
-                        )
-                    await trio.sleep(delay)
-                    continue
-                finally:
-                    poller.clear()
-                    if not got:
-                        # Every path that took no message returns the whole reservation here
-                        # (with messages, _accept returns the unused part).
-                        self._credit.release(self._poll_size)
-                backoff = self.options.error_backoff
-                self._accept(got, len(result.corrupt))
-                if not got and self.options.wait_time == 0:
-                    await trio.sleep(EMPTY_SHORT_POLL_PAUSE)
+    # -- receiving ------------------------------------------------------------------------------
 
     def _accept(self, messages: Sequence[Message], corrupt: int) -> None:
         c = self._counters
         c.polls += 1
         self._last_poll_at = time.time()
-        if messages:
-            self._credit.release(self._poll_size - len(messages))
         if corrupt:
             # Left alone: they reappear after the lease and end in the dead-letter queue if the
             # corruption persists. They are never handed to a handler.
             c.corrupt += corrupt
         if not messages and not corrupt:
             c.empty_polls += 1
-        if self._stop_requested.is_set():
-            # A poll that landed after stop: hand everything back at once.
-            for message in messages:
-                c.received += 1
-                self._release(message, 0)
-            self._releases.hurry()
-            return
-        now = trio.current_time()
+        stopping = self._stop_requested.is_set()
         for message in messages:
             c.received += 1
-            self._tracked[message.receipt_handle] = Tracked(message, now, now)
-            self._dispatcher.put(message)
-            log.debug("received %s", message.message_id, extra={"message_id": message.message_id})
+            self._leases.track(message)
+            if stopping:
+                # Landed after t0: handed back at once (with the cover of the contract).
+                self._release(message, 0)
+            else:
+                self._dispatcher.put(message)
+                log.debug(
+                    "received %s", message.message_id, extra={"message_id": message.message_id}
+                )
+        if stopping:
+            self._leases.hurry()
 
-    # -- handlers ---------------------------------------------------------------------------------
+    # -- handlers -------------------------------------------------------------------------------
 
     async def _worker(self) -> None:
         take = self._batch_size if self._batch else 1
@@ -472,6 +361,8 @@ class Consumer:
 
         Cancellation: the handler is shielded from outside cancellation; its own deadline (the
         handler timeout, and t0 + grace once stopping) cancels it, and its messages are released.
+        A ``BaseException`` other than that cancellation (``SystemExit``, ``KeyboardInterrupt``)
+        releases the messages, stops the consumer, and is raised out of it after the shutdown.
         """
         self._in_flight += len(messages)
         deadline = math.inf
@@ -481,44 +372,47 @@ class Consumer:
         failed: set[str] = set()
         retry_delay: float | None = None
         finished = False
-        settled = False
         ids = ", ".join(m.message_id for m in messages)
         scope = trio.CancelScope(shield=True, deadline=deadline)
         try:
-            try:
-                with scope:
-                    self._handler_scopes.add(scope)
-                    try:
-                        if self._batch:
-                            handler_b: BatchHandler = self._handler  # type: ignore[assignment]
-                            failed = _failed_ids(await handler_b(list(messages)), messages)
-                        else:
-                            handler: Handler = self._handler  # type: ignore[assignment]
-                            await handler(messages[0])
-                        finished = True
-                    except Retry as exc:
-                        retry_delay = exc.delay
-                        finished = True
-                    finally:
-                        self._handler_scopes.discard(scope)
-            except Exception:
-                # Also an exception group that escaped once the scope took its own Cancelled out
-                # (a handler whose nursery failed while being cancelled).
-                failed = {m.message_id for m in messages}
-                finished = True
-                log.exception("handler failed for message(s) %s", ids, extra={"message_id": ids})
-            # A handler that swallowed its cancellation and returned did not finish its work.
-            finished = finished and not scope.cancel_called
+            with scope:
+                self._handler_scopes.add(scope)
+                try:
+                    if self._batch:
+                        handler_b: BatchHandler = self._handler  # type: ignore[assignment]
+                        failed = _failed_ids(await handler_b(list(messages)), messages)
+                    else:
+                        handler: Handler = self._handler  # type: ignore[assignment]
+                        await handler(messages[0])
+                    finished = True
+                except Retry as exc:
+                    retry_delay = exc.delay
+                    finished = True
+                finally:
+                    self._handler_scopes.discard(scope)
+        except Exception:
+            # Also an exception group that escaped once the scope took its own Cancelled out
+            # (a handler whose nursery failed while being cancelled).
+            failed = {m.message_id for m in messages}
+            finished = True
+            if len(messages) == 1:
+                log.exception("handler failed", extra={"message_id": ids})
+            else:
+                log.exception("batch handler failed for %s", ids, extra={"message_id": ids})
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt, or a Cancelled the handler let out of its scope.
             self._in_flight -= len(messages)
-            settled = True
-            self._settle_all(messages, finished, failed, retry_delay)
-        finally:
-            if not settled:
-                # KeyboardInterrupt or the like: hand the messages back and stop.
-                self._in_flight -= len(messages)
-                for message in messages:
-                    self._settle(message, release=0)
-                self.stop()
+            for message in messages:
+                self._settle(message, release=0)
+            if not isinstance(exc, trio.Cancelled):
+                log.error("handler raised %r: stopping the consumer", exc)
+                self._fail(exc)
+                return
+            raise
+        # A handler that swallowed its cancellation and returned did not finish its work.
+        finished = finished and not scope.cancel_called
+        self._in_flight -= len(messages)
+        self._settle_all(messages, finished, failed, retry_delay)
 
     def _settle_all(
         self, messages: list[Message], finished: bool, failed: set[str], retry_delay: float | None
@@ -533,12 +427,7 @@ class Consumer:
                     self._counters.timed_out += 1
                     what = "timed out"
                     release = self.options.failure_visibility(message.receive_count)
-                log.warning(
-                    "handler %s: %s",
-                    what,
-                    message.message_id,
-                    extra={"message_id": message.message_id},
-                )
+                log.warning("handler %s", what, extra={"message_id": message.message_id})
                 self._settle(message, release=release)
             return
         for message in messages:
@@ -558,8 +447,7 @@ class Consumer:
         """A handler is done with ``message``: acknowledge it (``release=None``) or make it visible
         again after ``release`` seconds."""
         if release is None:
-            self._tracked.pop(message.receipt_handle, None)
-            self._deletes.add(Entry(message.message_id, message.receipt_handle))
+            self._leases.ack(message)
             self._credit.release(1)
         else:
             self._release(message, release)
@@ -570,63 +458,10 @@ class Consumer:
         self._dispatcher.done(message)
 
     def _release(self, message: Message, visibility: int) -> None:
-        """Make ``message`` visible again after ``visibility`` seconds. The heartbeat stops
-        covering it first. The release is only sent while our lease surely runs (see
-        :class:`Entry`), and never while a heartbeat for the message is on the wire: SQS might
-        apply the heartbeat last and hide the message for a whole lease."""
-        handle = message.receipt_handle
-        tracked = self._tracked.pop(handle, None)
-        if tracked is None:  # landed after stop, never tracked: its lease has just begun
-            now = trio.current_time()
-            tracked = Tracked(message, now, now)
-        entry = Entry(message.message_id, handle, visibility, lease_end=self._lease_end(tracked))
-        if self._heartbeat.on_the_wire(handle):
-            # Sent when the heartbeat has returned, with the lease end it leaves.
-            self._releases.hold(entry)
-        else:
-            self._releases.add(entry)
+        """Hand ``message`` back to the queue after ``visibility`` seconds (from t0 on, at least
+        the cover of the contract, applied by the leases when the release is sent)."""
+        self._leases.release(message, visibility)
         self._credit.release(1)
-
-    def _lease_end(self, tracked: Tracked) -> float:
-        """The earliest our lease on ``tracked`` can end: the last extension SQS confirmed counts
-        from when it was sent."""
-        return tracked.extended_at + self.options.visibility_timeout
-
-    # -- acknowledgement callbacks ------------------------------------------------------------------
-
-    def _deleted(self, entry: Entry) -> None:
-        self._counters.deleted += 1
-
-    def _delete_failed(self, entry: Entry, code: str) -> None:
-        self._counters.delete_failed += 1
-        log.error(
-            "could not delete %s (%s); it will be delivered again",
-            entry.message_id,
-            code,
-            extra={"message_id": entry.message_id, "error_code": code},
-        )
-
-    def _released(self, entry: Entry) -> None:
-        self._counters.released += 1
-        self._last_release_applied = trio.current_time()
-
-    def _release_expired(self, entry: Entry) -> None:
-        self._counters.release_expired += 1
-        log.warning(
-            "not releasing %s: its lease may have run out (heartbeats failed or were late), so it "
-            "is visible again or held by another consumer",
-            entry.message_id,
-            extra={"message_id": entry.message_id},
-        )
-
-    def _release_failed(self, entry: Entry, code: str) -> None:
-        self._counters.release_failed += 1
-        log.warning(
-            "could not release %s (%s)",
-            entry.message_id,
-            code,
-            extra={"message_id": entry.message_id, "error_code": code},
-        )
 
 
 def _failed_ids(reported: Iterable[Message | str] | None, messages: Sequence[Message]) -> set[str]:

@@ -20,6 +20,8 @@ PollOnStop = Literal["abort", "land"]
 
 # SQS caps a message's total visibility at 12 hours from its first receipt.
 MAX_VISIBILITY = 43_200
+# Deletes wait up to this long to fill a batch when messages come slowly (see the Batcher).
+MAX_ACK_WINDOW = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,18 +41,30 @@ class ConsumerOptions:
             Must be shorter than ``visibility_timeout``.
         max_buffered: Received messages allowed to wait for a free handler (backpressure).
             Default: ``batch_size``.
-        pollers: Concurrent long polls. Default: enough to keep every handler busy, at most 10.
+        pollers: Most long polls in flight at once. Default: enough to keep every handler busy, at
+            most 10. Polls adapt to the load: one while polls come back short (an idle consumer
+            has exactly one poll in flight), one more each time a poll comes back full.
+        batch_window: Seconds a poller waits, after a poll that came back short, from that poll's
+            sending before it polls again (like Lambda's MaximumBatchingWindowInSeconds): fewer
+            requests per message at low rates, for up to this much latency. Deletes are batched
+            over at least this window too. Default 0: poll again at once.
         grace_period: Seconds running handlers may go on after stop before they are cancelled.
         flush_timeout: Seconds the final flush of deletes and releases may take at stop.
-        poll_on_stop: What happens to a long poll in flight at stop: ``"abort"`` drops it at once;
-            ``"land"`` lets it complete while handlers are still inside their grace period (never
-            extending shutdown) and releases what it returns. An idle consumer aborts either way.
+        poll_on_stop: What happens at stop to a long poll already on the wire: ``"abort"`` ends it
+            at once; ``"land"`` lets it land while handlers are still inside their grace period
+            (it never extends the shutdown: it is aborted once no handler runs). Either way what
+            it brings, like every message handed back from stop on, is released with a visibility
+            that outlasts every poll SQS may still be running for us (see the README's "Shutdown").
+            An idle consumer aborts at once either way.
         handler_timeout: Optional deadline per handler call, in seconds. A handler that overruns
             is cancelled and its message released with the failure backoff.
         failure_backoff: Seconds a failed message stays invisible after its first failed attempt;
             doubles with each further receive (``ApproximateReceiveCount``).
         max_failure_backoff: Cap of that backoff, in seconds.
-        ack_interval: Longest wait before a partial batch of deletes or releases is sent.
+        ack_interval: Shortest batch window of deletes and releases: a partial batch is sent
+            after this long. For deletes the window grows (up to 2 s or ``batch_window``, at most
+            a quarter of the lease) while batches go out partial, so a slow queue costs fewer
+            DeleteMessageBatch calls; it shrinks back as they fill.
         error_backoff: Initial pause of a poller after a transient error (doubles, capped at
             ``max_error_backoff``, with full jitter).
         max_error_backoff: Cap of the poller's error backoff.
@@ -70,6 +84,7 @@ class ConsumerOptions:
     heartbeat_interval: float | None = None
     max_buffered: int | None = None
     pollers: int | None = None
+    batch_window: float = 0.0
     grace_period: float = 10.0
     flush_timeout: float = 5.0
     poll_on_stop: PollOnStop = "land"
@@ -102,6 +117,7 @@ class ConsumerOptions:
             check_int_range("max_buffered", self.max_buffered, 0, 100_000)
         if self.pollers is not None:
             check_int_range("pollers", self.pollers, 1, 100)
+        check_number("batch_window", self.batch_window, 0.0, 20.0)
         check_number("grace_period", self.grace_period, 0.0)
         check_number("flush_timeout", self.flush_timeout, 0.0)
         if self.poll_on_stop not in ("abort", "land"):
@@ -142,6 +158,14 @@ class ConsumerOptions:
         if self.heartbeat_interval is not None:
             return self.heartbeat_interval
         return self.visibility_timeout / 3
+
+    def effective_max_ack_interval(self) -> float:
+        """The longest a partial batch of deletes may wait: it grows towards this at low rates.
+        At most a quarter of the lease (a settled message gets no more heartbeats)."""
+        return max(
+            self.ack_interval,
+            min(max(MAX_ACK_WINDOW, self.batch_window), self.visibility_timeout / 4),
+        )
 
     def capacity(self, batch_handler: bool) -> int:
         """Messages the consumer may hold at once: running plus buffered."""
