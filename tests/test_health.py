@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import pytest
 
 from trio_sqs import ConsumerOptions, ConsumerStatistics
-from trio_sqs._demo import timeline
-from trio_sqs._health import Probe
+from trio_sqs._cli._demo import timeline
+from trio_sqs._cli._health import Probe
 from trio_sqs._stats import ConsumerState, Counters
 
 

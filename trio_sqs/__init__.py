@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ._client import SendEntry, SQSClient
-from ._config import Limits, RetryPolicy
+from ._config import ConsumerOptions, Limits, RetryPolicy
 from ._connect import open_client
-from ._consumer import BatchHandler, Consumer, Handler, Retry
+from ._consumer import Consumer
 from ._exceptions import (
     AccessDenied,
     BatchEntryError,
@@ -21,6 +21,7 @@ from ._exceptions import (
     Throttled,
     TransportError,
 )
+from ._handler import BatchHandler, Handler, Retry
 from ._message import (
     BatchResult,
     CorruptMessage,
@@ -30,7 +31,6 @@ from ._message import (
     SendResult,
 )
 from ._open import open_consumer, run_consumer
-from ._options import ConsumerOptions
 from ._stats import ConsumerStatistics
 
 __version__ = "0.1.0"

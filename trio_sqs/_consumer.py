@@ -30,17 +30,17 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Union
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from ._client import SQSClient
+from ._config import ConsumerOptions
 from ._dispatch import Credit, Dispatcher
 from ._exceptions import ConfigurationError
+from ._handler import BatchHandler, Handler, Retry, check_handler, check_queue, failed_ids
 from ._leases import Leases
 from ._message import Message
-from ._options import MAX_VISIBILITY, ConsumerOptions, check_handler, check_queue
 from ._polling import Polling
 from ._stats import ConsumerState, ConsumerStatistics, Counters
 
@@ -48,27 +48,8 @@ __all__ = ["BatchHandler", "Consumer", "Handler", "Retry"]
 
 log = logging.getLogger("trio_sqs.consumer")
 
-Handler = Callable[[Message], Awaitable[None]]
-BatchHandler = Callable[[list[Message]], Awaitable[Union[Iterable[Union[Message, str]], None]]]  # noqa: UP007
-
 # Slack on top of grace + flush_timeout for the hard bound on shutdown.
 SHUTDOWN_MARGIN = 0.5
-
-
-class Retry(Exception):
-    """Raise from a handler to have its message redelivered after ``delay`` seconds.
-
-    The message is not acknowledged; its visibility timeout is set to ``delay`` (0 to 43,200).
-    """
-
-    def __init__(self, delay: float = 0.0, reason: str | None = None) -> None:
-        if not 0 <= delay <= MAX_VISIBILITY:
-            raise ConfigurationError(
-                f"Retry(delay={delay!r}) is out of range (allowed: 0 to {MAX_VISIBILITY})",
-                code="InvalidOption",
-            )
-        super().__init__(reason or f"retry in {delay} s")
-        self.delay = delay
 
 
 class Consumer:
@@ -380,7 +361,7 @@ class Consumer:
                 try:
                     if self._batch:
                         handler_b: BatchHandler = self._handler  # type: ignore[assignment]
-                        failed = _failed_ids(await handler_b(list(messages)), messages)
+                        failed = failed_ids(await handler_b(list(messages)), messages)
                     else:
                         handler: Handler = self._handler  # type: ignore[assignment]
                         await handler(messages[0])
@@ -462,14 +443,3 @@ class Consumer:
         the cover of the contract, applied by the leases when the release is sent)."""
         self._leases.release(message, visibility)
         self._credit.release(1)
-
-
-def _failed_ids(reported: Iterable[Message | str] | None, messages: Sequence[Message]) -> set[str]:
-    if reported is None:
-        return set()
-    ids = {m.message_id for m in messages}
-    failed = {r.message_id if isinstance(r, Message) else str(r) for r in reported}
-    unknown = failed - ids
-    if unknown:
-        raise TypeError(f"batch handler reported unknown message id(s): {sorted(unknown)}")
-    return failed

@@ -14,11 +14,11 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 from ._client import SQSClient
-from ._config import Limits
+from ._config import ConsumerOptions, Limits
 from ._connect import open_client
-from ._consumer import BatchHandler, Consumer, Handler
+from ._consumer import Consumer
 from ._exceptions import ConfigurationError
-from ._options import ConsumerOptions, check_handler, check_queue
+from ._handler import BatchHandler, Handler, check_handler, check_queue
 from ._util import raise_unwrapped
 
 __all__ = ["open_consumer", "run_consumer"]

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from ._client import SQSClient
+from ._config import ConsumerOptions
 from ._dispatch import Credit
 from ._exceptions import (
     AccessDenied,
@@ -41,7 +42,6 @@ from ._exceptions import (
     SQSError,
 )
 from ._message import Message, ReceiveResult
-from ._options import ConsumerOptions
 from ._stats import Counters
 
 __all__ = ["POLL_SLACK", "Polling"]

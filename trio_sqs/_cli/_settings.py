@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._exceptions import ConfigurationError
-from ._options import ConsumerOptions
+from .._config import ConsumerOptions
+from .._exceptions import ConfigurationError
 
 __all__ = [
     "CONSUMER_SETTINGS",

@@ -14,7 +14,6 @@ import importlib
 import inspect
 import logging
 import os
-import signal
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -23,19 +22,20 @@ from typing import Any, NoReturn
 import trio
 
 if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
+    pass
 
-from ._consumer import Consumer
-from ._exceptions import (
-    AccessDenied,
-    ClockSkewError,
-    ConfigurationError,
-    CredentialsError,
-    QueueDoesNotExist,
+from .._config import ConsumerOptions
+from .._consumer import Consumer
+from .._open import open_consumer
+from ._common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ShutdownSignals,
+    classify,
 )
+from ._demo import add_demo_parser, cmd_demo
 from ._logsetup import instrument, setup_logging
-from ._open import open_consumer
-from ._options import ConsumerOptions
 from ._settings import (
     CONSUMER_SETTINGS,
     ENV_PREFIX,
@@ -47,16 +47,10 @@ from ._settings import (
     resolve,
 )
 
-__all__ = ["EXIT_CODES", "ShutdownSignals", "classify", "main"]
+__all__ = ["EXIT_CODES", "main"]
 
 log = logging.getLogger("trio_sqs.cli")
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2  # also CommandError's default
-EXIT_NO_QUEUE = 3
-EXIT_CREDENTIALS = 4
-EXIT_INTERRUPTED = 130
 DEFAULT_LIVENESS_WINDOW = 60.0
 EXIT_CODES = """exit codes:
   0    stopped cleanly (after SIGTERM or SIGINT)
@@ -100,66 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     options = run.add_argument_group("consumer options (ConsumerOptions fields)")
     for setting in CONSUMER_SETTINGS:
         add_setting(options, setting)
-    from ._demo import add_demo_parser
 
     add_demo_parser(commands, fmt)
     return parser
-
-
-# -- signals: the one shutdown path of run and demo -----------------------------------------------
-
-
-class ShutdownSignals:
-    """SIGTERM or SIGINT starts the graceful shutdown; a second SIGINT exits at once (130).
-
-    Attributes:
-        received_at: ``trio.current_time()`` when the first signal was read, or ``None``.
-        name: That signal's name.
-    """
-
-    def __init__(self) -> None:
-        self.received_at: float | None = None
-        self.name: str | None = None
-
-    async def watch(
-        self,
-        on_first: Callable[[], None],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Handle the signals until cancelled; ``on_first`` is called for the first one.
-
-        Cancellation: cancel it to restore the previous signal handlers.
-        """
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            task_status.started()
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if self.received_at is None:
-                    self.received_at, self.name = trio.current_time(), name
-                    log.info(
-                        "received %s: stopping gracefully (a second SIGINT exits at once)", name
-                    )
-                    on_first()
-                elif signum == signal.SIGINT:
-                    _exit_now()
-                else:
-                    log.info("received %s again: already stopping", name)
-
-
-def _exit_now() -> NoReturn:
-    # The consumer's shutdown runs in shielded scopes bounded by grace + flush: no cancellation
-    # can cut it short, by design. Leaving at once means leaving the process.
-    print(
-        "trio-sqs: second SIGINT: exiting at once; messages in hand reappear after their "
-        "visibility timeout",
-        file=sys.stderr,
-    )
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_INTERRUPTED)
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -290,38 +227,11 @@ def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
-def classify(exc: BaseException, queue: str) -> tuple[int, str]:
-    """The exit code and one-line message for an error that ended a command."""
-    leaves: list[BaseException] = []
-
-    def walk(e: BaseException) -> None:
-        if isinstance(e, BaseExceptionGroup):
-            for inner in e.exceptions:
-                walk(inner)
-        elif not isinstance(e, trio.Cancelled):
-            leaves.append(e)
-
-    walk(exc)
-    first = leaves[0] if leaves else exc
-    if isinstance(first, CommandError):
-        return first.code, str(first)
-    if isinstance(first, QueueDoesNotExist):
-        return EXIT_NO_QUEUE, f"queue {queue!r} does not exist ({first})"
-    if isinstance(first, (CredentialsError, AccessDenied, ClockSkewError)):
-        return EXIT_CREDENTIALS, f"AWS credentials missing or rejected: {first}"
-    if isinstance(first, ConfigurationError):
-        return EXIT_USAGE, f"invalid configuration: {first.message}"
-    log.debug("command failed", exc_info=first)
-    return EXIT_ERROR, f"{type(first).__name__}: {first} (--log-level DEBUG shows the traceback)"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``trio-sqs`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from ._demo import cmd_demo
-
             return cmd_demo(args, os.environ)
         return _cmd_run(args, os.environ)
     except CommandError as exc:

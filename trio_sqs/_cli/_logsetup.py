@@ -20,8 +20,8 @@ from typing import Any
 
 import trio
 
-from ._consumer import BatchHandler, Handler, Retry
-from ._message import Message
+from .._handler import BatchHandler, Handler, Retry
+from .._message import Message
 
 __all__ = ["JsonFormatter", "TextFormatter", "instrument", "setup_logging"]
 

@@ -27,16 +27,16 @@ from typing import Any, TextIO
 
 import trio
 
-from ._cli import EXIT_ERROR, EXIT_OK, ShutdownSignals, classify
-from ._client import SQSClient
-from ._connect import open_client
-from ._consumer import Consumer
+from .._client import SQSClient
+from .._config import ConsumerOptions
+from .._connect import open_client
+from .._consumer import Consumer
+from .._message import Message
+from .._open import open_consumer
+from .._stats import ConsumerStatistics
+from ._common import EXIT_ERROR, EXIT_OK, ShutdownSignals, classify
 from ._logsetup import setup_logging
-from ._message import Message
-from ._open import open_consumer
-from ._options import ConsumerOptions
 from ._settings import LOG_SETTINGS, CommandError, add_setting, make_options, resolve
-from ._stats import ConsumerStatistics
 
 __all__ = ["add_demo_parser", "cmd_demo"]
 

@@ -29,8 +29,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from ._consumer import Consumer
-from ._stats import ConsumerStatistics
+from .._consumer import Consumer
+from .._stats import ConsumerStatistics
 
 __all__ = ["Metrics", "Probe", "serve_health"]
 
