@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import trio
 import trio.testing
 
 import trio_sqs
+from trio_sqs import SQSClient
 from trio_sqs._protocol import load_service_data
 
 from .recording_proxy import RecordingProxy
@@ -132,3 +134,23 @@ async def proxy(moto_endpoint: str, nursery: trio.Nursery) -> RecordingProxy:
     recorder = RecordingProxy(host, int(port))
     await nursery.start(recorder.serve)
     return recorder
+
+
+class CeilingDraws(random.Random):
+    """A generator whose every ``uniform(low, high)`` is ``high``."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@pytest.fixture
+def no_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every retry backoff is its full ceiling: each client opened in the test gets, in place of
+    its own generator, one whose jitter always draws the maximum."""
+    init = SQSClient.__init__
+
+    def with_ceiling_draws(self: SQSClient, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._random = CeilingDraws()
+
+    monkeypatch.setattr(SQSClient, "__init__", with_ceiling_draws)

@@ -12,10 +12,8 @@ the next message (docs/design.md, 'Abandoned long polls').
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import pytest
@@ -96,24 +94,6 @@ def ops(fake: FakeSQS, since: int = 0) -> list[tuple[float, str]]:
     return [(c.time, c.operation) for c in fake.calls[since:]]
 
 
-class CeilingDraws(random.Random):
-    """A generator whose every ``uniform(low, high)`` is ``high``."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
-@pytest.fixture
-def no_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every retry backoff is its full ceiling: each client opened in the test gets, in place of
-    its own generator, one whose jitter always draws the maximum."""
-    init = SQSClient.__init__
-
-    def with_ceiling_draws(self: SQSClient, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        self._random = CeilingDraws()
-
-    monkeypatch.setattr(SQSClient, "__init__", with_ceiling_draws)
 
 
 # -- waiting for a budget slot -------------------------------------------------------------------

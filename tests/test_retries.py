@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import itertools
-import random
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -128,24 +127,6 @@ async def serve(
         yield client, recorder
 
 
-class CeilingDraws(random.Random):
-    """A generator whose every ``uniform(low, high)`` is ``high``."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
-@pytest.fixture
-def no_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every retry backoff is its full ceiling: each client opened in the test gets, in place of
-    its own generator, one whose jitter always draws the maximum."""
-    init = SQSClient.__init__
-
-    def with_ceiling_draws(self: SQSClient, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        self._random = CeilingDraws()
-
-    monkeypatch.setattr(SQSClient, "__init__", with_ceiling_draws)
 
 
 @pytest.fixture
