@@ -428,10 +428,11 @@ async def test_a_delete_answered_with_an_empty_object_is_retried_then_counted_fa
             await done.wait()
             t_done = trio.current_time()
             # Three sends (the Batcher's attempts per entry): each partial batch waits out its
-            # window, which doubles from ack_interval while batches go out partial.
+            # window, which grows from ack_interval after a partial batch to what would fill a
+            # batch at that rate (x10 for a batch of one), at most 2 s.
             await wrapper.third.wait()
             await trio.sleep(5)  # nothing more is sent for it
-    assert wrapper.deletes == pytest.approx([t_done + 0.1, t_done + 0.3, t_done + 0.7])
+    assert wrapper.deletes == pytest.approx([t_done + 0.1, t_done + 1.1, t_done + 3.1])
     stats = consumer.statistics()
     assert stats.completed == 1
     assert stats.deleted == 0

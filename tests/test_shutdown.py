@@ -16,6 +16,7 @@ moto.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -531,3 +532,52 @@ async def test_no_receive_after_stop_on_real_sockets(
     # The poll was left to land while the handler ran (the 9 released messages were hidden from
     # it), then aborted once the handler was done.
     assert stats.aborted_polls == 1 and stats.unflushed == 0
+
+
+async def test_a_release_made_before_stop_is_hidden_again_from_the_aborted_poll(
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    fake_sqs_client: trio_sqs.SQSClient,
+) -> None:
+    """A handler fails (failure backoff 1 s) and the consumer stops 0.7 s later, idle. Its
+    message becomes visible 0.3 s after the stop, while the poll aborted at t0 still runs on the
+    server: that poll would take it and hide it for the 30 s lease, receive count raised. The
+    stop hides it again until that poll is over, and takes no time for it."""
+    sqs = fake_sqs_client
+    url = await sqs.create_queue("rehide")
+    queue = fake_sqs.queue(url)
+    [message_id] = await send_n(sqs, url, 1)
+    failed = trio.Event()
+
+    async def handler(message: Message) -> None:
+        failed.set()
+        raise RuntimeError("fails once")
+
+    async with trio_sqs.open_consumer(
+        url, handler, client=sqs, concurrency=1, pollers=1, failure_backoff=1.0, **REALISTIC
+    ) as consumer:
+        await failed.wait()
+        await park(fake_sqs, url, 1)
+        [_, poll] = receives(fake_sqs.calls)
+        await trio.sleep(0.7)
+        t0 = trio.current_time()
+    assert trio.current_time() == t0  # idle: the stop took no time
+    changes = [
+        (c.time, e["VisibilityTimeout"])
+        for c in fake_sqs.calls
+        if c.operation == "ChangeMessageVisibilityBatch"
+        for e in c.params["Entries"]
+    ]
+    # The failure's release (1 s, sent within ack_interval), then at t0 the same message hidden
+    # until the aborted poll, sent at poll.time and running 20 s (+ 1 s of slack), is over.
+    cover = poll.time + WAIT + 1 - t0
+    assert changes == [(pytest.approx(poll.time + 0.1), 1), (t0, math.ceil(cover))]
+    stats = consumer.statistics()
+    assert stats.failed == 1 and stats.released == 1 and stats.aborted_polls == 1
+    await trio.sleep_until(poll.time + WAIT + 1)
+    assert queue.waiting_polls == 0
+    await trio.sleep_until(t0 + math.ceil(cover))
+    assert queue.orphaned_deliveries == 0
+    [snapshot] = queue.messages()
+    assert snapshot.message_id == message_id
+    assert snapshot.state == "visible" and snapshot.receive_count == 1

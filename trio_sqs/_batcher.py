@@ -2,8 +2,8 @@
 
 Entries are grouped up to 10 per call and sent when a batch is full or the batch window has passed
 since the oldest pending entry. The window starts at ``interval`` and, with ``max_interval`` above
-it, adapts to the rate: it doubles (up to ``max_interval``) each time a batch goes out partial
-because the window ran out, and halves (down to ``interval``) each time a batch fills within half
+it, adapts to the rate: each time a batch goes out partial because the window ran out, it grows to
+what would have filled it at that rate (at least doubling, up to ``max_interval``), and halves (down to ``interval``) each time a batch fills within half
 of it.
 At a low rate that is fewer, fuller calls; at a high rate batches fill at once anyway. Entries that
 fail are retried a few times, then reported (logged and counted); an invalid receipt handle is final
@@ -45,6 +45,9 @@ class Entry:
     # for the trip), the message may be visible again or held by another consumer, and a release
     # with our receipt handle could take it from them: it is dropped instead of sent.
     lease_end: float | None = None
+    # False for a release that only hides again a message released earlier (see
+    # Leases.rehide): its outcome is not counted a second time.
+    counted: bool = True
 
 
 class Batcher:
@@ -131,7 +134,10 @@ class Batcher:
                             await self._wakeup.wait()
                             self._wakeup = trio.Event()
                     if window.cancelled_caught:
-                        self.window = min(self._max_interval, self.window * 2)
+                        # Long enough to fill a batch at the rate this one filled (at least
+                        # twice as long), within max_interval.
+                        grow = max(2.0, BATCH_LIMIT / max(1, len(self._pending)))
+                        self.window = min(self._max_interval, self.window * grow)
                     elif not self._urgent and trio.current_time() - opened < self.window / 2:
                         self.window = max(self._interval, self.window / 2)
                 for chunk in self._take_all():
@@ -183,10 +189,12 @@ class Batcher:
                     result = await self._client.delete_message_batch(self._queue_url, handles)
                 else:
                     floor = self._visibility_floor() if self._visibility_floor else 0
+                    for entry in chunk:
+                        entry.visibility = max(entry.visibility or 0, floor)
                     result = await self._client.change_message_visibility_batch(
                         self._queue_url,
                         handles,
-                        {i: max(e.visibility or 0, floor) for i, e in ids.items()},
+                        {i: e.visibility or 0 for i, e in ids.items()},
                     )
         except SQSError as exc:
             # The client already retried transient errors; try these entries again later.

@@ -156,8 +156,10 @@ class Consumer:
         unstarted = self._dispatcher.close()
         idle = self._in_flight == 0 and not unstarted
         self._polling.stop(abort_sent=idle or self.options.poll_on_stop == "abort")
-        # From here on a release outlasts every poll SQS may still run for us.
+        # From here on a release outlasts every poll SQS may still run for us, and so does the
+        # hiding of what we released before and is about to become visible.
         self._leases.set_visibility_floor(self._cover)
+        self._leases.rehide(until=self._polling.live_until())
         for message in unstarted:
             self._release(message, 0)
         self._leases.hurry()

@@ -22,6 +22,7 @@ stopping the loops that send them never leaves a call whose effect on SQS is unk
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -94,6 +95,9 @@ class Leases:
         self._deadline = math.inf
         self._scopes: set[trio.CancelScope] = set()
         self._visibility_floor: Callable[[], int] | None = None
+        # Releases SQS confirmed whose message is still hidden: (visible again at, message id,
+        # receipt handle), soonest first. See rehide().
+        self._hidden: list[tuple[float, str, str]] = []
         self.last_release_applied = -math.inf
         self._deletes = Batcher(
             client,
@@ -178,6 +182,27 @@ class Leases:
 
     def _floor(self) -> int:
         return 0 if self._visibility_floor is None else self._visibility_floor()
+
+    def rehide(self, until: float) -> int:
+        """Hide again, until the visibility floor allows, every message we released earlier
+        whose visibility ends before ``until`` (when the last of our polls SQS may still run
+        ends). Called at stop: such a message (a failure backoff ending a second after the
+        stop) would otherwise be handed to one of our abandoned polls and hidden for a whole
+        lease, its receive count raised. Its receipt handle is still the latest (nobody can have
+        received it while hidden); if it has become visible meanwhile, SQS refuses the change
+        and nothing happens. Returns how many were queued."""
+        now = trio.current_time()
+        queued = 0
+        while self._hidden and self._hidden[0][0] < until:
+            visible_at, message_id, handle = heapq.heappop(self._hidden)
+            if visible_at <= now:
+                continue  # visible already: a poll on the wire would have taken it by now
+            # No lease_end: sent late, the change finds the message visible (SQS refuses it)
+            # or already taken by someone else's poll (then the receipt handle is stale and SQS
+            # refuses it too). It can never take a message from anyone.
+            self._releases.add(Entry(message_id, handle, 0, counted=False))
+            queued += 1
+        return queued
 
     def hurry(self) -> None:
         """Send pending deletes and releases now instead of waiting for their batch window."""
@@ -312,10 +337,20 @@ class Leases:
         )
 
     def _released(self, entry: Entry) -> None:
-        self._counters.released += 1
-        self.last_release_applied = trio.current_time()
+        now = trio.current_time()
+        self.last_release_applied = now
+        while self._hidden and self._hidden[0][0] <= now:
+            heapq.heappop(self._hidden)
+        if entry.visibility:
+            heapq.heappush(
+                self._hidden, (now + entry.visibility, entry.message_id, entry.receipt_handle)
+            )
+        if entry.counted:
+            self._counters.released += 1
 
     def _release_expired(self, entry: Entry) -> None:
+        if not entry.counted:
+            return  # a message hidden again at stop became visible before the change went out
         self._counters.release_expired += 1
         log.warning(
             "not releasing %s: its lease may have run out (heartbeats failed or were late), so it "
@@ -325,6 +360,9 @@ class Leases:
         )
 
     def _release_failed(self, entry: Entry, code: str) -> None:
+        if not entry.counted:
+            log.debug("could not hide %s again (%s)", entry.message_id, code)
+            return
         self._counters.release_failed += 1
         log.warning(
             "could not release %s (%s)",

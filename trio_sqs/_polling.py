@@ -2,8 +2,10 @@
 them after they ended on our side.
 
 **Adaptive.** Up to ``max_pollers`` poll loops exist; only the first ``active`` of them poll. One
-poll is always active; a poll that comes back full (as many messages as it asked for) activates one
-more, a poll that comes back short retires the last active one after its poll. An idle consumer has
+poll is always active (it waits the whole ``wait_time``; the others wait at most
+:data:`EXTRA_POLL_WAIT` seconds, so that they are gone soon after the load drops); a poll that comes back full (as many messages as it asked for) activates one
+more (with a batch window: a second full poll in a row), a poll that comes back short retires the
+last active one after its poll. An idle consumer has
 exactly one long poll in flight; a saturated one has all of them.
 
 **Batch window.** With ``batch_window > 0``, a poller whose poll came back short waits until
@@ -53,6 +55,8 @@ log = logging.getLogger("trio_sqs.consumer")
 POLL_SLACK = 1.0
 # A poll left to land after stop is aborted at the latest this long after its WaitTimeSeconds.
 LAND_BOUND = 5.0
+# WaitTimeSeconds of the polls beyond the first (at most the consumer's wait_time).
+EXTRA_POLL_WAIT = 2
 # Pause after an empty short poll (wait_time=0), so an idle consumer does not spin on requests.
 EMPTY_SHORT_POLL_PAUSE = 1.0
 _FATAL_POLL_ERRORS = (QueueDoesNotExist, ConfigurationError, ClientClosedError)
@@ -63,12 +67,18 @@ Accept = Callable[[Sequence[Message], int], None]
 class _Poll:
     """One poll loop's current request."""
 
-    __slots__ = ("scope", "sent", "sent_at")
+    __slots__ = ("scope", "sent", "sent_at", "wait_time")
 
-    def __init__(self) -> None:
+    def __init__(self, wait_time: int) -> None:
         self.scope = trio.CancelScope()
         self.sent = False
         self.sent_at = math.inf
+        self.wait_time = wait_time
+
+    @property
+    def ends_at(self) -> float:
+        """The latest time SQS may still hand this poll a message."""
+        return self.sent_at + self.wait_time + POLL_SLACK
 
 
 class Polling:
@@ -111,7 +121,13 @@ class Polling:
         self._fail = fail
         self._counters = counters
         self._random = rng
-        self._polls = [_Poll() for _ in range(max_pollers)]
+        # The first poll waits the whole wait_time; the others, which only run while polls come
+        # back full, wait at most EXTRA_POLL_WAIT: when the load drops they are back within
+        # that long, and an idle consumer has one poll in flight, not several.
+        self._polls = [
+            _Poll(options.wait_time if i == 0 else min(options.wait_time, EXTRA_POLL_WAIT))
+            for i in range(max_pollers)
+        ]
         self._active = 1
         self._active_changed = trio.lowlevel.ParkingLot()
         self._scope = trio.CancelScope()
@@ -137,9 +153,8 @@ class Polling:
     def live_until(self) -> float:
         """The latest time (Trio's clock) at which any poll we sent may still take a message on
         the server: polls on the wire, and polls that ended on our side without an answer."""
-        ends = [p.sent_at for p in self._polls if p.sent]
-        latest = max(ends, default=-math.inf) + self._options.wait_time + POLL_SLACK
-        return max(latest, self._orphans_until)
+        ends = [p.ends_at for p in self._polls if p.sent]
+        return max([*ends, self._orphans_until])
 
     # -- ending ---------------------------------------------------------------------------------
 
@@ -176,6 +191,7 @@ class Polling:
 
     async def _loop(self, index: int, poll: _Poll) -> None:
         backoff = self._options.error_backoff
+        full_streak = 0
         while not self._stopping:
             while index >= self._active:
                 await self._active_changed.park()
@@ -206,10 +222,7 @@ class Polling:
                 sent_at = poll.sent_at
                 if poll.sent and not answered:
                     # It ended on our side only: SQS may run it to its end.
-                    self._orphans_until = max(
-                        self._orphans_until,
-                        poll.sent_at + self._options.wait_time + POLL_SLACK,
-                    )
+                    self._orphans_until = max(self._orphans_until, poll.ends_at)
                     if poll.scope.cancelled_caught or self._stopping:
                         self._counters.aborted_polls += 1
                         log.debug("long poll aborted after it was sent")
@@ -224,12 +237,14 @@ class Polling:
             if got:
                 self._credit.release(self._poll_size - len(got))
             self._accept(got, corrupt)
-            self._adapt(len(got) + corrupt)
+            returned = len(got) + corrupt
+            full_streak = full_streak + 1 if returned >= self._poll_size else 0
+            self._adapt(returned, full_streak)
             if self._stopping:
                 return
             if len(got) + corrupt < self._poll_size:
                 pause_until = sent_at + self._options.batch_window
-                if not got and self._options.wait_time == 0:
+                if not got and poll.wait_time == 0:
                     pause_until = max(pause_until, trio.current_time() + EMPTY_SHORT_POLL_PAUSE)
                 if pause_until > trio.current_time():
                     await trio.sleep_until(pause_until)
@@ -241,14 +256,14 @@ class Polling:
             # Once on the wire, a poll is ended by abort() (or its own bound), not by the end of
             # receiving: a stop may leave it to land.
             poll.scope.shield = True
-            poll.scope.deadline = poll.sent_at + self._options.wait_time + LAND_BOUND
+            poll.scope.deadline = poll.sent_at + poll.wait_time + LAND_BOUND
             if self._stopping and not self._land:
                 poll.scope.cancel()
 
         return await self._client.receive_messages(
             self._queue_url,
             max_messages=self._poll_size,
-            wait_time=self._options.wait_time,
+            wait_time=poll.wait_time,
             visibility_timeout=self._options.visibility_timeout,
             attribute_names=self._options.attribute_names,
             message_attribute_names=self._options.message_attribute_names,
@@ -258,8 +273,11 @@ class Polling:
             retry=False,
         )
 
-    def _adapt(self, returned: int) -> None:
-        if returned >= self._poll_size:
+    def _adapt(self, returned: int, full_streak: int) -> None:
+        # With a batch window, a full poll after a pause may only mean that the window gathered
+        # a batch; two full polls in a row (the second sent at once) mean a backlog.
+        needed = 2 if self._options.batch_window > 0 else 1
+        if full_streak >= needed:
             if self._active < len(self._polls):
                 self._active += 1
                 self._active_changed.unpark_all()
