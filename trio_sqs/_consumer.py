@@ -12,8 +12,9 @@ handler; all take the same path):
 3. *Nothing we hand back can come back to us.* SQS keeps running a long poll whose client went
    away, and hands it any message that becomes visible. So every message released from t0 on gets
    a visibility timeout that outlasts every poll of ours SQS may still be running (at most
-   WaitTimeSeconds + 1 s, see ``trio_sqs._polling``), never 0: no poll of ours takes it again, and
-   its receive count rises by one at most per stop.
+   WaitTimeSeconds + 1 s, see ``trio_sqs._polling``), never 0; a message released before t0 whose
+   visibility would end while such a poll runs is hidden again for as long
+   (:meth:`Leases.rehide`). No poll of ours takes any of them: the stop raises no receive count.
 4. *Teardown is shielded and bounded.* Heartbeats keep running handlers' leases alive; deletes
    and releases are flushed within ``flush_timeout``. Shutdown takes at most grace_period +
    flush_timeout + 0.5 s, unless a handler shields itself from cancellation. What could not be
