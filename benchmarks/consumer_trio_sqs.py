@@ -5,12 +5,18 @@ Settings from the command line (see ``bench_common.py``): ``concurrency``, ``bat
 every other option at its default (``poll_on_stop="land"``, ``max_buffered`` = batch size, enough
 pollers to keep the handlers busy). SIGTERM or SIGINT leaves the ``async with`` block, which is
 the library's graceful stop; SIGUSR1 prints a report and goes on.
+
+Two options of this consumer only, passed to ``open_consumer`` only when given (so the script
+runs with a trio_sqs that has no such option, as long as it is not asked for):
+``--batch-window SECONDS`` (``batch_window``) and ``--pollers N`` (``pollers``).
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import sys
+from typing import Any
 
 import trio
 from bench_common import REGION, Counts, Reporter, finish, parse_args
@@ -18,7 +24,21 @@ from bench_common import REGION, Counts, Reporter, finish, parse_args
 import trio_sqs
 
 
-async def consume(args: argparse.Namespace, reporter: Reporter) -> None:
+def parse_all_args() -> tuple[argparse.Namespace, dict[str, Any]]:
+    """The shared command line (``bench_common.parse_args``) and this consumer's own options,
+    returned as ``open_consumer`` keywords (only those given)."""
+    # No abbreviations: the shared --batch must not be taken for --batch-window.
+    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    own.add_argument("--batch-window", type=float, default=None, help="batch_window, seconds")
+    own.add_argument("--pollers", type=int, default=None, help="pollers")
+    extra, rest = own.parse_known_args()
+    sys.argv[1:] = rest
+    args = parse_args(__doc__ or "")
+    options = {"batch_window": extra.batch_window, "pollers": extra.pollers}
+    return args, {k: v for k, v in options.items() if v is not None}
+
+
+async def consume(args: argparse.Namespace, options: dict[str, Any], reporter: Reporter) -> None:
     counts = Counts()
     done = trio.Event()
     seconds = args.handler_seconds
@@ -50,6 +70,7 @@ async def consume(args: argparse.Namespace, reporter: Reporter) -> None:
             wait_time=args.wait,
             visibility_timeout=args.visibility,
             grace_period=args.grace,
+            **options,
         ) as consumer:
             reporter.ready()
             async with trio.open_nursery() as nursery:
@@ -70,8 +91,8 @@ async def consume(args: argparse.Namespace, reporter: Reporter) -> None:
 
 
 def main() -> None:
-    args = parse_args(__doc__ or "")
-    trio.run(consume, args, Reporter())
+    args, options = parse_all_args()
+    trio.run(consume, args, options, Reporter())
     finish(args)
 
 
