@@ -14,7 +14,7 @@ Policies (the first consumer's; the second's are the defaults):
 - ``land + cover``: ``poll_on_stop="land"`` (the default);
 - ``abort + cover``: ``poll_on_stop="abort"``;
 - ``land, release at 0`` and ``abort, release at 0``: the release rule before the rewrite, every
-  message handed back at stop made visible at once, reproduced by patching ``Consumer._cover``
+  message handed back at stop made visible at once, reproduced by patching ``Leases.cover``
   (on the first consumer only) to return 0;
 - ``land + wait for polls`` (emulated): the polls on the wire at t0 are never aborted, even when
   idle: the first consumer's ``Polling.stop`` always leaves them to land and ``Polling.abort`` does
@@ -94,8 +94,9 @@ class Policy:
     def patch(self, consumer: Consumer) -> None:
         """Apply the policy to one consumer instance (nothing else is touched)."""
         if not self.cover:
-            # The release rule before the rewrite: what is handed back at stop is visible at once.
-            consumer._cover = lambda: 0  # type: ignore[method-assign]
+            # The release rule before the rewrite: what is handed back at stop is visible at once
+            # (no floor for releases from t0 on, nothing hidden again).
+            consumer._leases.cover = lambda live_until: None  # type: ignore[method-assign]
         if self.wait_for_polls:
             polling = consumer._polling
 
@@ -724,7 +725,7 @@ def report(results: dict[tuple[str, str], list[RunResult]], seeds: int, took: fl
         f"trio_sqs {trio_sqs.__version__}, in-memory SQS on `MockClock(autojump_threshold=0)` "
         "(all times virtual unless marked wall).",
         "",
-        "- *release at 0* rows: `Consumer._cover` patched to return 0 on the first consumer, "
+        "- *release at 0* rows: `Leases.cover` patched to do nothing on the first consumer, "
         "i.e. the release rule before the rewrite (everything handed back at stop visible at "
         "once). *wait for polls*: emulated (the first consumer's `Polling.stop` never aborts, "
         "`Polling.abort` does nothing, `flush_timeout=25`).",

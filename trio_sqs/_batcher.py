@@ -48,6 +48,8 @@ class Entry:
     # False for a release that only hides again a message released earlier (see
     # Leases.rehide): its outcome is not counted a second time.
     counted: bool = True
+    # Releases: when the last attempt was sent (trio clock), with ``visibility`` as sent.
+    sent_at: float = 0.0
 
 
 class Batcher:
@@ -189,12 +191,17 @@ class Batcher:
                     result = await self._client.delete_message_batch(self._queue_url, handles)
                 else:
                     floor = self._visibility_floor() if self._visibility_floor else 0
+                    sent_at = trio.current_time()
                     for entry in chunk:
                         entry.visibility = max(entry.visibility or 0, floor)
+                        entry.sent_at = sent_at
                     result = await self._client.change_message_visibility_batch(
                         self._queue_url,
                         handles,
                         {i: e.visibility or 0 for i, e in ids.items()},
+                        # Retried here, entry by entry, reading the floor afresh each time: a
+                        # client-level retry would resend the visibility read before a stop.
+                        retry=False,
                     )
         except SQSError as exc:
             # The client already retried transient errors; try these entries again later.
@@ -205,14 +212,14 @@ class Batcher:
         except trio.Cancelled:
             # Fate unknown (the call may or may not have reached SQS): keep the entries counted,
             # so a shutdown cut short reports them instead of losing them silently.
-            self._pending.extend(chunk)
+            self._requeue(chunk)
             raise
         finally:
             self.in_flight -= len(chunk)
             self._changed.unpark_all()
         if result is None:
             # The shield's bound cut the call short: fate unknown, as above.
-            self._pending.extend(chunk)
+            self._requeue(chunk)
             return
         # Each entry once: the client reports an entry SQS's answer left out as failed
         # (MissingFromAnswer); one left out of the result anyway counts as failed the same way,
@@ -231,6 +238,12 @@ class Batcher:
                 self._retry_or_fail(refused, failure.code)
         for left_out in ids.values():
             self._retry_or_fail(left_out, "MissingFromAnswer")
+
+    def _requeue(self, chunk: list[Entry]) -> None:
+        """Put entries of a call whose outcome is unknown back, and wake the loop for them (and
+        for what was added meanwhile: add() only wakes it on the first and the tenth entry)."""
+        self._pending.extend(chunk)
+        self._wakeup.set()
 
     def _retry_or_fail(self, entry: Entry, code: str) -> None:
         entry.attempts += 1

@@ -283,10 +283,13 @@ class ConsumerOptions:
 
     def effective_max_ack_interval(self) -> float:
         """The longest a partial batch of deletes may wait: it grows towards this at low rates.
-        At most a quarter of the lease (a settled message gets no more heartbeats)."""
+        At most a quarter of the lease and half of what is left of a lease between heartbeats."""
+        # A settled message gets no more heartbeats: the lease it has left can be as short as
+        # lease - heartbeat_interval. The delete must go out well within it.
+        left = self.visibility_timeout - self.effective_heartbeat_interval()
         return max(
             self.ack_interval,
-            min(max(MAX_ACK_WINDOW, self.batch_window), self.visibility_timeout / 4),
+            min(max(MAX_ACK_WINDOW, self.batch_window), self.visibility_timeout / 4, left / 2),
         )
 
     def capacity(self, batch_handler: bool) -> int:

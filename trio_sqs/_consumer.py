@@ -109,6 +109,8 @@ class Consumer:
             fail=self._fail,
             counters=self._counters,
             rng=self._random,
+            hand_back=self._hand_back,
+            grew=self._leases.rehide,
         )
         self._leases_scope = trio.CancelScope()
         self._handler_scopes: set[trio.CancelScope] = set()
@@ -154,20 +156,20 @@ class Consumer:
         self._deadline = self._grace_deadline + self.options.flush_timeout + SHUTDOWN_MARGIN
         if self._state != "stopped":
             self._state = "stopping"
+        # The bounds first: nothing below may leave a handler or a call without one.
+        for scope in self._handler_scopes:
+            scope.deadline = min(scope.deadline, self._grace_deadline)
+        self._leases.bound(self._deadline)
         unstarted = self._dispatcher.close()
         idle = self._in_flight == 0 and not unstarted
         self._polling.stop(abort_sent=idle or self.options.poll_on_stop == "abort")
         # From here on a release outlasts every poll SQS may still run for us, and so does the
         # hiding of what we released before and is about to become visible.
-        self._leases.set_visibility_floor(self._cover)
-        self._leases.rehide(until=self._polling.live_until())
+        self._leases.cover(self._polling.live_until)
         for message in unstarted:
             self._release(message, 0)
         self._leases.hurry()
-        self._leases.bound(self._deadline)
         self._leases_scope.cancel()  # the teardown runs the leases' loops from here
-        for scope in self._handler_scopes:
-            scope.deadline = min(scope.deadline, self._grace_deadline)
         log.info(
             "stopping: %d handler(s) running, grace %.1f s",
             self._in_flight,
@@ -198,7 +200,7 @@ class Consumer:
                     work.start_soon(self._guard, self._polling.run)
                     self._workers_alive = self.options.concurrency
                     for _ in range(self.options.concurrency):
-                        work.start_soon(self._worker)
+                        work.start_soon(self._guard, self._worker)
                     self._state = "running"
                     log.info(
                         "consuming %s: concurrency %d, up to %d poll(s) of %d, lease %d s",
@@ -243,12 +245,6 @@ class Consumer:
             with trio.move_on_at(flush_deadline):
                 await self._leases.drain()
             nursery.cancel_scope.cancel()
-
-    def _cover(self) -> int:
-        """Seconds of visibility a message released now needs so that no poll of ours that SQS
-        may still be running can take it (rounded up; 0 when none can)."""
-        left = self._polling.live_until() - trio.current_time()
-        return math.ceil(left) if left > 0 else 0
 
     async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
         """Run one of the consumer's own tasks. An error in it stops the consumer gracefully (and
@@ -324,6 +320,14 @@ class Consumer:
                 )
         if stopping:
             self._leases.hurry()
+
+    def _hand_back(self, messages: Sequence[Message]) -> None:
+        """Messages a poll got beyond what it asked for: no room was reserved for them."""
+        for message in messages:
+            self._counters.received += 1
+            self._leases.track(message)
+            self._leases.release(message, 0)
+        self._leases.hurry()
 
     # -- handlers -------------------------------------------------------------------------------
 

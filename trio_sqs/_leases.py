@@ -94,10 +94,10 @@ class Leases:
         self._held_changed = trio.lowlevel.ParkingLot()
         self._deadline = math.inf
         self._scopes: set[trio.CancelScope] = set()
-        self._visibility_floor: Callable[[], int] | None = None
-        # Releases SQS confirmed whose message is still hidden: (visible again at, message id,
-        # receipt handle), soonest first. See rehide().
-        self._hidden: list[tuple[float, str, str]] = []
+        self._live_until: Callable[[], float] | None = None
+        # Releases SQS confirmed whose message may still be hidden: (visible again at the
+        # earliest, at the latest, message id, receipt handle), soonest first. See rehide().
+        self._hidden: list[tuple[float, float, str, str]] = []
         self.last_release_applied = -math.inf
         self._deletes = Batcher(
             client,
@@ -175,27 +175,36 @@ class Leases:
         else:
             self._releases.add(entry)
 
-    def set_visibility_floor(self, floor: Callable[[], int]) -> None:
-        """From now on every release is sent with at least ``floor()`` seconds of visibility,
-        read when its batch is sent (the consumer's cover for its own polls at shutdown)."""
-        self._visibility_floor = floor
+    def cover(self, live_until: Callable[[], float]) -> None:
+        """From now on (the consumer's stop) no message of ours may become visible before
+        ``live_until()``, the moment the last poll SQS may still run for us is over: every
+        release is sent with at least the seconds left until then (read when its batch is
+        sent), and a message released earlier is hidden again when its visibility would end
+        sooner (:meth:`rehide`, now and whenever a release is confirmed)."""
+        self._live_until = live_until
+        self.rehide()
 
     def _floor(self) -> int:
-        return 0 if self._visibility_floor is None else self._visibility_floor()
+        if self._live_until is None:
+            return 0
+        left = self._live_until() - trio.current_time()
+        return math.ceil(left) if left > 0 else 0
 
-    def rehide(self, until: float) -> int:
-        """Hide again, until the visibility floor allows, every message we released earlier
-        whose visibility ends before ``until`` (when the last of our polls SQS may still run
-        ends). Called at stop: such a message (a failure backoff ending a second after the
+    def rehide(self) -> int:
+        """Hide again, until the cover allows, every message we released whose visibility may
+        end before ``live_until()``: such a message (a failure backoff ending a second after the
         stop) would otherwise be handed to one of our abandoned polls and hidden for a whole
         lease, its receive count raised. Its receipt handle is still the latest (nobody can have
         received it while hidden); if it has become visible meanwhile, SQS refuses the change
-        and nothing happens. Returns how many were queued."""
+        and nothing happens. Returns how many were queued. Does nothing before :meth:`cover`."""
+        if self._live_until is None:
+            return 0
+        until = self._live_until()
         now = trio.current_time()
         queued = 0
         while self._hidden and self._hidden[0][0] < until:
-            visible_at, message_id, handle = heapq.heappop(self._hidden)
-            if visible_at <= now:
+            _, visible_by, message_id, handle = heapq.heappop(self._hidden)
+            if visible_by <= now:
                 continue  # visible already: a poll on the wire would have taken it by now
             # No lease_end: sent late, the change finds the message visible (SQS refuses it)
             # or already taken by someone else's poll (then the receipt handle is stale and SQS
@@ -339,12 +348,14 @@ class Leases:
     def _released(self, entry: Entry) -> None:
         now = trio.current_time()
         self.last_release_applied = now
-        while self._hidden and self._hidden[0][0] <= now:
+        while self._hidden and self._hidden[0][1] <= now:
             heapq.heappop(self._hidden)
         if entry.visibility:
-            heapq.heappush(
-                self._hidden, (now + entry.visibility, entry.message_id, entry.receipt_handle)
-            )
+            # SQS applied it between sending and now: visible again in between these two.
+            earliest, latest = entry.sent_at + entry.visibility, now + entry.visibility
+            heapq.heappush(self._hidden, (earliest, latest, entry.message_id, entry.receipt_handle))
+            # Stopping: a release sent before the stop may end before our last poll does.
+            self.rehide()
         if entry.counted:
             self._counters.released += 1
 

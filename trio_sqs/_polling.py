@@ -96,6 +96,10 @@ class Polling:
         fail: Called with an error that makes polling impossible (the queue is gone...).
         counters: Where polls are counted.
         rng: The consumer's random generator (jitter of the error backoff).
+        hand_back: Called with messages of an answer beyond what the poll asked for (no credit
+            was reserved for them; SQS never sends them, a broken server might).
+        grew: Called when :meth:`live_until` grew after :meth:`stop` (a poll whose request was
+            written just as the stop came reported itself sent).
     """
 
     def __init__(
@@ -111,6 +115,8 @@ class Polling:
         fail: Callable[[BaseException], None],
         counters: Counters,
         rng: random.Random,
+        hand_back: Callable[[Sequence[Message]], None],
+        grew: Callable[[], object],
     ) -> None:
         self._client = client
         self._queue_url = queue_url
@@ -121,6 +127,8 @@ class Polling:
         self._fail = fail
         self._counters = counters
         self._random = rng
+        self._hand_back = hand_back
+        self._grew = grew
         # The first poll waits the whole wait_time; the others, which only run while polls come
         # back full, wait at most EXTRA_POLL_WAIT: when the load drops they are back within
         # that long, and an idle consumer has one poll in flight, not several.
@@ -208,7 +216,7 @@ class Polling:
                 with poll.scope:
                     result = await self._receive(poll)
                     answered = True
-                    got, corrupt = list(result.messages), len(result.corrupt)
+                    got, corrupt = self._within_ask(result.messages), len(result.corrupt)
             except SQSError as exc:
                 self._counters.poll_errors += 1
                 if isinstance(exc, _FATAL_POLL_ERRORS):
@@ -257,8 +265,10 @@ class Polling:
             # receiving: a stop may leave it to land.
             poll.scope.shield = True
             poll.scope.deadline = poll.sent_at + poll.wait_time + LAND_BOUND
-            if self._stopping and not self._land:
-                poll.scope.cancel()
+            if self._stopping:
+                self._grew()
+                if not self._land:
+                    poll.scope.cancel()
 
         return await self._client.receive_messages(
             self._queue_url,
@@ -272,6 +282,22 @@ class Polling:
             # This loop does its own backoff.
             retry=False,
         )
+
+    def _within_ask(self, messages: Sequence[Message]) -> list[Message]:
+        """The messages of an answer, each once and no more than the poll asked for (credit was
+        reserved for that many); anything beyond goes to ``hand_back``."""
+        unique = list({m.receipt_handle: m for m in messages}.values())
+        if len(unique) < len(messages):
+            log.warning("ReceiveMessage answer named a receipt handle twice; taken once")
+        if len(unique) <= self._poll_size:
+            return unique
+        log.warning(
+            "ReceiveMessage answer had %d messages for a poll of %d; handing the rest back",
+            len(unique),
+            self._poll_size,
+        )
+        self._hand_back(unique[self._poll_size :])
+        return unique[: self._poll_size]
 
     def _adapt(self, returned: int, full_streak: int) -> None:
         # With a batch window, a full poll after a pause may only mean that the window gathered
