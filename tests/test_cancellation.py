@@ -94,8 +94,6 @@ def ops(fake: FakeSQS, since: int = 0) -> list[tuple[float, str]]:
     return [(c.time, c.operation) for c in fake.calls[since:]]
 
 
-
-
 # -- waiting for a budget slot -------------------------------------------------------------------
 
 

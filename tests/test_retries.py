@@ -127,8 +127,6 @@ async def serve(
         yield client, recorder
 
 
-
-
 @pytest.fixture
 def ticking_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each signature sees a clock one second later than the one before."""
