@@ -543,6 +543,44 @@ async def test_deletes_are_batched_and_requests_per_message_are_few(
     assert ratio < 0.5
 
 
+async def test_requests_per_message_at_a_low_rate(
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    fake_sqs_client: trio_sqs.SQSClient,
+    fake_queue_url: str,
+) -> None:
+    """Issue item 9: at 10 messages/s with 200 ms handlers the consumer sent 1,563 requests per
+    1,000 messages (a poller per message, a delete call every 0.1 s). With one poll while polls
+    come back short and a delete window that grows to fill batches: one receive per message (a
+    long poll returns with the first message there is) and a delete per ten."""
+    sqs, queue_url = fake_sqs_client, fake_queue_url
+    total = 300
+    handled = 0
+    all_done = trio.Event()
+
+    async def handler(message: Message) -> None:
+        nonlocal handled
+        await trio.sleep(0.2)
+        handled += 1
+        if handled == total:
+            all_done.set()
+
+    async with open_consumer(queue_url, handler, client=sqs) as consumer:
+        await trio.testing.wait_all_tasks_blocked()
+        mark = len(fake_sqs.calls)
+        for i in range(total):
+            await sqs.send_message(queue_url, f"m{i}")
+            await trio.sleep(0.1)
+        await all_done.wait()
+    assert consumer.statistics().deleted == total  # the stop flushed the last batch
+    operations = Counter(c.operation for c in fake_sqs.calls[mark:] if c.operation != "SendMessage")
+    print(f"\n{total} messages at 10/s: {dict(operations)}")
+    assert operations["ReceiveMessage"] <= total + 1  # the poll waiting when the stop came
+    assert operations["DeleteMessageBatch"] <= total // 10 + 2  # the window's first steps
+    assert set(operations) == {"ReceiveMessage", "DeleteMessageBatch"}
+    assert sum(operations.values()) / total <= 1.12
+
+
 # -- visibility heartbeats ------------------------------------------------------------------------
 
 
