@@ -99,6 +99,8 @@ class Batcher:
         self._wakeup = trio.Event()
         self._urgent = False
         self.in_flight = 0
+        # Entries of the calls on the wire now, by receipt handle.
+        self.on_the_wire: dict[str, Entry] = {}
         self._changed = trio.lowlevel.ParkingLot()
 
     @property
@@ -183,6 +185,8 @@ class Batcher:
 
     async def _send(self, chunk: list[Entry]) -> None:
         ids = {str(i): entry for i, entry in enumerate(chunk)}
+        for entry in chunk:
+            self.on_the_wire[entry.receipt_handle] = entry
         result: BatchResult | None = None
         try:
             handles = {i: e.receipt_handle for i, e in ids.items()}
@@ -216,6 +220,9 @@ class Batcher:
             raise
         finally:
             self.in_flight -= len(chunk)
+            for entry in chunk:
+                if self.on_the_wire.get(entry.receipt_handle) is entry:
+                    del self.on_the_wire[entry.receipt_handle]
             self._changed.unpark_all()
         if result is None:
             # The shield's bound cut the call short: fate unknown, as above.

@@ -185,7 +185,8 @@ class ConsumerOptions:
         max_failure_backoff: Cap of that backoff, in seconds.
         ack_interval: Shortest batch window of deletes and releases: a partial batch is sent
             after this long. For deletes the window grows (up to 2 s or ``batch_window``, at most
-            a quarter of the lease) while batches go out partial, so a slow queue costs fewer
+            a quarter of the lease and half of ``visibility_timeout - heartbeat_interval``, even
+            below this) while batches go out partial, so a slow queue costs fewer
             DeleteMessageBatch calls; it shrinks back as they fill.
         error_backoff: Initial pause of a poller after a transient error (doubles, capped at
             ``max_error_backoff``, with full jitter).
@@ -283,14 +284,12 @@ class ConsumerOptions:
 
     def effective_max_ack_interval(self) -> float:
         """The longest a partial batch of deletes may wait: it grows towards this at low rates.
-        At most a quarter of the lease and half of what is left of a lease between heartbeats."""
+        At most a quarter of the lease and half of what is left of a lease between heartbeats,
+        even below ``ack_interval``."""
         # A settled message gets no more heartbeats: the lease it has left can be as short as
         # lease - heartbeat_interval. The delete must go out well within it.
         left = self.visibility_timeout - self.effective_heartbeat_interval()
-        return max(
-            self.ack_interval,
-            min(max(MAX_ACK_WINDOW, self.batch_window), self.visibility_timeout / 4, left / 2),
-        )
+        return min(max(MAX_ACK_WINDOW, self.batch_window), self.visibility_timeout / 4, left / 2)
 
     def capacity(self, batch_handler: bool) -> int:
         """Messages the consumer may hold at once: running plus buffered."""

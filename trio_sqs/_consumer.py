@@ -327,7 +327,6 @@ class Consumer:
             self._counters.received += 1
             self._leases.track(message)
             self._leases.release(message, 0)
-        self._leases.hurry()
 
     # -- handlers -------------------------------------------------------------------------------
 

@@ -66,9 +66,9 @@ class Leases:
         lease: The visibility timeout asked for on receive and set by each heartbeat.
         heartbeat_interval: The longest time between two extensions of one message.
         ack_interval: Shortest wait before a partial batch of deletes or releases is sent.
-        max_ack_interval: Longest wait before a partial batch of deletes is sent: the wait grows
-            towards it while batches go out partial (a low message rate) and shrinks back when
-            they fill up.
+        max_ack_interval: Longest wait before a partial batch of deletes is sent (also when it is
+            below ``ack_interval``): the wait grows towards it while batches go out partial (a
+            low message rate) and shrinks back when they fill up.
         counters: Where outcomes are counted.
     """
 
@@ -103,7 +103,7 @@ class Leases:
             client,
             queue_url,
             "delete",
-            ack_interval,
+            min(ack_interval, max_ack_interval),
             self._deleted,
             self._delete_failed,
             max_interval=max_ack_interval,
@@ -183,6 +183,13 @@ class Leases:
         sooner (:meth:`rehide`, now and whenever a release is confirmed)."""
         self._live_until = live_until
         self.rehide()
+        # A release on the wire now went out with less: by the time SQS confirms it (and
+        # rehide() sees it), its visibility may have ended already. Hide it again now too; if
+        # SQS applies the two in the other order, the confirmation hides it again.
+        floor = self._floor()
+        for entry in list(self._releases.on_the_wire.values()):
+            if (entry.visibility or 0) < floor:
+                self._releases.add(Entry(entry.message_id, entry.receipt_handle, 0, counted=False))
 
     def _floor(self) -> int:
         if self._live_until is None:
@@ -262,6 +269,7 @@ class Leases:
         while True:
             await trio.sleep(tick)
             now = trio.current_time()
+            self._prune_hidden(now)
             due = [
                 handle
                 for handle, t in self._tracked.items()
@@ -348,8 +356,7 @@ class Leases:
     def _released(self, entry: Entry) -> None:
         now = trio.current_time()
         self.last_release_applied = now
-        while self._hidden and self._hidden[0][1] <= now:
-            heapq.heappop(self._hidden)
+        self._prune_hidden(now)
         if entry.visibility:
             # SQS applied it between sending and now: visible again in between these two.
             earliest, latest = entry.sent_at + entry.visibility, now + entry.visibility
@@ -358,6 +365,12 @@ class Leases:
             self.rehide()
         if entry.counted:
             self._counters.released += 1
+
+    def _prune_hidden(self, now: float) -> None:
+        """Forget releases whose message is surely visible again (kept in order of the earliest
+        such time, so a stale entry can wait behind a later one until a heartbeat tick)."""
+        while self._hidden and self._hidden[0][0] <= now and self._hidden[0][1] <= now:
+            heapq.heappop(self._hidden)
 
     def _release_expired(self, entry: Entry) -> None:
         if not entry.counted:

@@ -307,7 +307,7 @@ class Polling:
             if self._active < len(self._polls):
                 self._active += 1
                 self._active_changed.unpark_all()
-        elif self._active > 1:
+        elif returned < self._poll_size and self._active > 1:
             self._active -= 1
 
     def _error_delay(self, exc: SQSError, backoff: float) -> tuple[float, float]:
