@@ -60,6 +60,10 @@ async def handle(message):
     log.info("handling", extra={"attempt": message.receive_count})
     if message.body.startswith("sleep:"):
         await trio.sleep(float(message.body.removeprefix("sleep:")))
+    if message.body.startswith("exit:"):
+        import sys
+
+        sys.exit(int(message.body.removeprefix("exit:")))
     if message.body.startswith("gate:"):
         # Runs until the test creates the file named after the colon.
         gate = HERE / message.body.removeprefix("gate:")
@@ -446,6 +450,24 @@ def test_second_sigint_exits_at_once_with_130(
     # server until its visibility timeout, as the exit message says.
     assert not (workdir / "done.txt").exists()
     assert held(endpoint, queue_name) == (0, 1, 0)
+
+
+def test_sys_exit_in_a_handler_stops_gracefully_and_exits_with_its_code(
+    workdir: Path, endpoint: str, queue_name: str
+) -> None:
+    """A handler calling sys.exit(3) ended in a 44-line exception-group traceback with exit
+    code 1. Now: the consumer stops gracefully (the message is handed back), one line on stderr,
+    exit code 3."""
+    make_queue(endpoint, queue_name, ["exit:3"])
+    command = f"run handlers:handle --queue {queue_name} --endpoint-url {endpoint} --wait-time 2"
+    with running(workdir, command) as proc:
+        assert proc.wait_exit(timeout=15) == 3, proc.log()
+    err = (workdir / "stderr.log").read_text()
+    assert "Traceback" not in err and "ExceptionGroup" not in err, err
+    assert "trio-sqs: a handler called sys.exit(3); stopped gracefully" in err
+    assert re.search(r"received 1, .* released 1, .* unflushed 0", proc.log())
+    # Handed back, hidden only until the consumer's last poll (2 s + 1 s) is over.
+    wait_for(lambda: held(endpoint, queue_name) == (1, 0, 0), 5, "the message to be visible")
 
 
 def test_message_cancelled_at_grace_is_receivable_after_exit(

@@ -22,11 +22,15 @@ from typing import Any, NoReturn
 import trio
 
 if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+if sys.version_info < (3, 11):  # pragma: no cover
     pass
 
 from .._config import ConsumerOptions
 from .._consumer import Consumer
 from .._open import open_consumer
+from .._util import leaves
 from ._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -224,6 +228,22 @@ def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except Exception as exc:
         code, message = classify(exc, values["queue"])
         raise CommandError(message, code) from None
+    except BaseExceptionGroup as group:
+        # A handler's sys.exit() (or a KeyboardInterrupt in one): the consumer stopped gracefully
+        # and raised it; this command's own nursery wrapped it. Leave as the handler asked, in
+        # one line, without a traceback.
+        ending = next(
+            (e for e in leaves(group) if isinstance(e, (SystemExit, KeyboardInterrupt))), None
+        )
+        if ending is None:
+            raise
+        if isinstance(ending, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        print(
+            f"trio-sqs: a handler called sys.exit({ending.code!r}); stopped gracefully",
+            file=sys.stderr,
+        )
+        raise SystemExit(ending.code) from None
     return EXIT_OK
 
 
