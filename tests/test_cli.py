@@ -470,6 +470,55 @@ def test_sys_exit_in_a_handler_stops_gracefully_and_exits_with_its_code(
     wait_for(lambda: held(endpoint, queue_name) == (1, 0, 0), 5, "the message to be visible")
 
 
+def test_an_unknown_trio_sqs_variable_is_an_error_naming_the_closest(workdir: Path) -> None:
+    """A misspelt variable used to be ignored: TRIO_SQS_CONCURENCY=3 started with the default."""
+    result = _cli(
+        workdir, "run", "handlers:handle", "--queue", "q", env={"TRIO_SQS_CONCURENCY": "3"}
+    )
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines() == [
+        "trio-sqs: error: unknown variable TRIO_SQS_CONCURENCY (did you mean TRIO_SQS_CONCURRENCY?)"
+    ]
+    result = _cli(workdir, "demo", env={"TRIO_SQS_NOTHING_LIKE_IT": "1"})
+    assert result.returncode == 2, result
+    assert "unknown variable TRIO_SQS_NOTHING_LIKE_IT (see 'trio-sqs run --help')" in result.stderr
+
+
+def test_version(workdir: Path) -> None:
+    result = _cli(workdir, "--version")
+    assert result.returncode == 0, result
+    assert result.stdout.strip() == f"trio-sqs {trio_sqs.__version__}"
+
+
+def _kubernetes_env() -> dict[str, str]:
+    """The container environment of examples/kubernetes/deployment.yaml, read from the file."""
+    text = (Path(__file__).parent.parent / "examples/kubernetes/deployment.yaml").read_text()
+    pairs = re.findall(r"- name: (\w+)\n\s+value: \"?([^\"\n]+)\"?", text)
+    assert pairs, "no env in the Kubernetes example"
+    return dict(pairs)
+
+
+def test_the_kubernetes_example_s_environment_runs(
+    workdir: Path, endpoint: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The example sets only AWS_REGION, which botocore ignores: the pod crash-looped with "no
+    region" (exit 2). Run with exactly its variables (the queue and the metrics port pointed at
+    this test's server and a free port), credentials and endpoint as a pod would get them."""
+    env = _kubernetes_env()
+    assert env["AWS_REGION"] and "AWS_DEFAULT_REGION" not in env
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    env.update(TRIO_SQS_QUEUE=queue_name, TRIO_SQS_METRICS_PORT="0", AWS_ENDPOINT_URL=endpoint)
+    url = make_queue(endpoint, queue_name, ["hello"])
+    with running(workdir, "run handlers:handle", **env) as proc:
+        wait_for(lambda: len(_lines(workdir / "done.txt")) == 1, 15, "the message handled")
+        wait_for(lambda: held(endpoint, queue_name) == (0, 0, 0), 10, "its delete")
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.wait_exit(timeout=40) == 0, proc.log()
+    records = [json.loads(line) for line in proc.log().splitlines()]  # TRIO_SQS_LOG_FORMAT=json
+    assert any("consuming" in r["message"] for r in records)
+    assert url.endswith(queue_name)
+
+
 def test_message_cancelled_at_grace_is_receivable_after_exit(
     workdir: Path, endpoint: str, queue_name: str
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -303,6 +304,44 @@ async def test_no_region(monkeypatch: pytest.MonkeyPatch, fake: FakeSQS, wire: R
         async with trio_sqs.open_client(endpoint_url=fake.endpoint, transport=wire):
             pytest.fail("opened a client without a region")
     assert wire.requests == []
+
+
+@pytest.mark.parametrize(
+    ("aws_region", "aws_default_region", "config_region", "expected"),
+    [
+        ("eu-west-1", None, None, "eu-west-1"),  # AWS_REGION alone (the Kubernetes example)
+        ("eu-west-1", "us-east-1", "ap-south-1", "eu-west-1"),  # AWS_REGION first
+        (None, "us-east-2", "ap-south-1", "us-east-2"),  # then AWS_DEFAULT_REGION
+        (None, None, "ap-south-1", "ap-south-1"),  # then the profile's config
+    ],
+)
+async def test_region_sources_in_the_aws_cli_s_order(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    fake: FakeSQS,
+    wire: Recorder,
+    aws_region: str | None,
+    aws_default_region: str | None,
+    config_region: str | None,
+    expected: str,
+) -> None:
+    """As the AWS CLI v2 and the other SDKs: AWS_REGION, then AWS_DEFAULT_REGION, then the
+    profile's config file. botocore alone ignores AWS_REGION (the Kubernetes example, which sets
+    only AWS_REGION, exited 2 with "no region")."""
+    for name, value in (("AWS_REGION", aws_region), ("AWS_DEFAULT_REGION", aws_default_region)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    if config_region is not None:
+        config = tmp_path / "config"
+        config.write_text(f"[default]\nregion = {config_region}\n")
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    async with trio_sqs.open_client(endpoint_url=fake.endpoint, transport=wire) as client:
+        assert client.region == expected
+        await client.purge_queue(QUEUE_URL)
+    [request] = wire.requests
+    assert request.headers["authorization"].split("/")[2] == expected
 
 
 async def test_fips_with_explicit_endpoint(fake: FakeSQS, wire: Recorder) -> None:

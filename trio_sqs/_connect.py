@@ -183,6 +183,10 @@ async def open_client(
             "aws_access_key_id and aws_secret_access_key must be given together",
             code="InvalidOption",
         )
+    if region is None:
+        # As the AWS CLI v2 and the other SDKs: AWS_REGION first, then AWS_DEFAULT_REGION and the
+        # profile's config (botocore reads only those two).
+        region = os.environ.get("AWS_REGION", "").strip() or None
     if region is not None:
         check_region(region, custom_endpoint=True)
     if endpoint_url is None and not _env_flag("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):

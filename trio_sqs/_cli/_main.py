@@ -27,6 +27,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 if sys.version_info < (3, 11):  # pragma: no cover
     pass
 
+from .. import __version__
 from .._config import ConsumerOptions
 from .._consumer import Consumer
 from .._open import open_consumer
@@ -47,6 +48,7 @@ from ._settings import (
     RUN_SETTINGS,
     CommandError,
     add_setting,
+    check_environment,
     make_options,
     resolve,
 )
@@ -59,7 +61,8 @@ DEFAULT_LIVENESS_WINDOW = 60.0
 EXIT_CODES = """exit codes:
   0    stopped cleanly (after SIGTERM or SIGINT)
   1    unexpected error while running (e.g. SQS unreachable after retries)
-  2    usage: bad flag or TRIO_SQS_* value, invalid option, handler not importable,
+  2    usage: bad flag, unknown TRIO_SQS_* variable or bad value, invalid option,
+       handler not importable,
        optional extra not installed, metrics port not available
   3    the queue does not exist
   4    AWS credentials missing or rejected (access denied, bad signature, clock skew)
@@ -83,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=fmt,
     )
+    parser.add_argument("--version", action="version", version=f"trio-sqs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run",
@@ -251,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``trio-sqs`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
+        known = [*RUN_SETTINGS, *LOG_SETTINGS, *CONSUMER_SETTINGS]
+        check_environment(os.environ, (setting.env for setting in known))
         if args.command == "demo":
             return cmd_demo(args, os.environ)
         return _cmd_run(args, os.environ)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ __all__ = [
     "CommandError",
     "Setting",
     "add_setting",
+    "check_environment",
     "make_options",
     "resolve",
 ]
@@ -146,9 +148,13 @@ LOG_SETTINGS = [
 RUN_SETTINGS = [
     Setting("queue", str, "Queue name or URL (required).", "NAME_OR_URL"),
     Setting("batch", _parse_bool, "The handler takes a list of messages."),
-    Setting("region", str, "AWS region (default: AWS_REGION, the config file).", flag_only=True),
-    Setting("endpoint_url", str, "Endpoint (default: AWS_ENDPOINT_URL_SQS).", "URL", True),
-    Setting("profile", str, "AWS profile (default: AWS_PROFILE).", flag_only=True),
+    Setting(
+        "region", str, "AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, the config file)."
+    ),
+    Setting(
+        "endpoint_url", str, "Endpoint (default: AWS_ENDPOINT_URL_SQS, AWS_ENDPOINT_URL).", "URL"
+    ),
+    Setting("profile", str, "AWS profile (default: AWS_PROFILE)."),
     Setting("metrics_port", _parse_int, "Serve /metrics, /healthz, /readyz on PORT.", "PORT"),
     Setting("metrics_host", str, "Address to listen on (default: 0.0.0.0).", "HOST"),
     Setting(
@@ -192,6 +198,19 @@ def resolve(
         if value is not None:
             values[setting.dest] = value
     return values
+
+
+def check_environment(environ: Mapping[str, str], known: Iterable[str]) -> None:
+    """Refuse a ``TRIO_SQS_*`` variable that no setting of the command line reads (a typo would
+    otherwise be ignored silently), naming the closest known one."""
+    names = sorted(set(known))
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in names:
+            # Compared without the prefix, which every name shares.
+            suffixes = [n.removeprefix(ENV_PREFIX) for n in names]
+            close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), suffixes, n=1)
+            hint = f"did you mean {ENV_PREFIX}{close[0]}?" if close else "see 'trio-sqs run --help'"
+            raise CommandError(f"unknown variable {name} ({hint})")
 
 
 def make_options(values: Mapping[str, Any]) -> ConsumerOptions:
