@@ -484,6 +484,17 @@ def test_an_unknown_trio_sqs_variable_is_an_error_naming_the_closest(workdir: Pa
     assert "unknown variable TRIO_SQS_NOTHING_LIKE_IT (see 'trio-sqs run --help')" in result.stderr
 
 
+def test_help_says_each_default_once(workdir: Path) -> None:
+    """The help of --attribute-names read "(default all). (default: All)"."""
+    result = _cli(workdir, "run", "--help")
+    assert result.returncode == 0, result
+    text = " ".join(result.stdout.split())
+    assert "(default all). (default: All)" not in text
+    assert text.count("System attributes to request (default all).") == 1
+    for entry in re.split(r"\s(?=--[a-z])", text):
+        assert entry.lower().count("default") <= 2, entry  # its docstring's, or ours: not both
+
+
 def test_version(workdir: Path) -> None:
     result = _cli(workdir, "--version")
     assert result.returncode == 0, result

@@ -804,6 +804,7 @@ async def test_batch_handler_failed_messages_are_not_acknowledged(
     fake_sqs: FakeSQS,
     fake_sqs_client: trio_sqs.SQSClient,
     fake_queue_url: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     sqs, queue_url = fake_sqs_client, fake_queue_url
     failure_backoff = 10
@@ -812,6 +813,7 @@ async def test_batch_handler_failed_messages_are_not_acknowledged(
     deliveries: Counter[str] = Counter()
     redelivered_at: dict[str, tuple[int, float]] = {}
     done: set[str] = set()
+    reported: list[str] = []
     all_done = trio.Event()
 
     async def handler(messages: list[Message]) -> list[Message | str]:
@@ -825,8 +827,10 @@ async def test_batch_handler_failed_messages_are_not_acknowledged(
                 redelivered_at[message.body] = (message.receive_count, trio.current_time())
             if message.receive_count == 1 and message.body == "m3":
                 failed.append(message)  # a Message...
+                reported.append(message.message_id)
             elif message.receive_count == 1 and message.body == "m7":
                 failed.append(message.message_id)  # ...or its id
+                reported.append(message.message_id)
             else:
                 done.add(message.body)
         if len(done) == len(bodies):
@@ -854,6 +858,10 @@ async def test_batch_handler_failed_messages_are_not_acknowledged(
     stats = consumer.statistics()
     assert (stats.failed, stats.completed, stats.deleted) == (2, 10, 10)
     assert_fake_queue_empty(fake_sqs, queue_url)
+    # The ids the handler reported failed are logged (they were not logged at all).
+    [record] = [r for r in caplog.records if "batch handler reported" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert record.getMessage().endswith(", ".join(reported))
 
 
 async def test_batch_handler_that_raises_fails_the_whole_batch(

@@ -417,6 +417,15 @@ class Consumer:
                 log.warning("handler %s", what, extra={"message_id": message.message_id})
                 self._settle(message, release=release)
             return
+        if self._batch and failed and retry_delay is None:
+            ids = ", ".join(m.message_id for m in messages if m.message_id in failed)
+            log.warning(
+                "batch handler reported %d of %d message(s) failed: %s",
+                len(failed),
+                len(messages),
+                ids,
+                extra={"message_id": ids},
+            )
         for message in messages:
             if retry_delay is not None:
                 self._counters.retried += 1

@@ -135,7 +135,10 @@ def _consumer_settings() -> list[Setting]:
             raise TypeError(f"no command-line conversion for option {field.name}: {tp!r}")
         default = field.default
         shown = ",".join(default) if isinstance(default, tuple) else default
-        help_text = docs.get(field.name, "") + ("" if shown is None else f" (default: {shown})")
+        doc = docs.get(field.name, "")
+        # A docstring that already says what the default is (often a derived one) keeps it.
+        said = "default" in doc.lower()
+        help_text = doc + ("" if shown is None or said else f" (default: {shown})")
         settings.append(Setting(field.name, convert, help_text, metavar))
     return settings
 
