@@ -1,6 +1,6 @@
 """The checks run after every end-to-end run, from three independent records: the proxy's log of
 what went over the wire (tests/fault_proxy.py), the workers' own reports (stdout of
-examples/worker.py), and the queue server's own counts (``GET /stats``: the queue's final state,
+tests/e2e_worker.py), and the queue server's own counts (``GET /stats``: the queue's final state,
 and how many deliveries it made).
 
 Every SQS delivery of every message is followed to its fate (handled and deleted, released,

@@ -1,11 +1,11 @@
 """End-to-end harness: the in-memory SQS of ``trio_sqs.testing`` served over HTTP in its own
-process, the fault proxy, a producer, and real worker processes (``examples/worker.py``) that are
+process, the fault proxy, a producer, and real worker processes (``tests/e2e_worker.py``) that are
 signalled at chosen moments.
 
 Every worker talks to the queue server through its own port of the
 :class:`~tests.fault_proxy.FaultProxy`, so the proxy knows which worker sent each request. Workers
 run with ``--trace`` and report on stdout what they handled (see the docstring of
-``examples/worker.py``); the harness stamps nothing itself that the checks rely on, except the
+``tests/e2e_worker.py``); the harness stamps nothing itself that the checks rely on, except the
 moment it sent a signal and the moment a process exited. All times are ``time.monotonic()``, shared
 by every process on a Linux host.
 
@@ -37,7 +37,7 @@ import trio_sqs
 from .fault_proxy import FaultPlan, FaultProxy
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKER = ROOT / "examples" / "worker.py"
+WORKER = ROOT / "tests" / "e2e_worker.py"
 
 # The queue counts of GET /stats that hold messages.
 QUEUED = ("visible", "in_flight", "delayed")
@@ -91,7 +91,7 @@ def queue_server() -> Iterator[str]:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """Command-line options of one worker process (see ``examples/worker.py --help``)."""
+    """Command-line options of one worker process (see ``tests/e2e_worker.py --help``)."""
 
     concurrency: int = 4
     batch_size: int | None = None

@@ -530,6 +530,49 @@ def test_the_kubernetes_example_s_environment_runs(
     assert url.endswith(queue_name)
 
 
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_the_example_handlers_run_under_trio_sqs_run(
+    tmp_path: Path, endpoint: str, queue_name: str
+) -> None:
+    """examples/handlers.py, copied as a user would, runs under `trio-sqs run`."""
+    (tmp_path / "handlers.py").write_text((EXAMPLES / "handlers.py").read_text())
+    make_queue(endpoint, queue_name, ['{"order_id": "o-1"}', '{"order_id": "o-2"}'])
+    command = f"run handlers:handle --queue {queue_name} --endpoint-url {endpoint} --wait-time 1"
+    with running(tmp_path, command) as proc:
+        wait_for(lambda: queue_stats(endpoint, queue_name)["deliveries"] == 2, 15, "2 receives")
+        wait_for(lambda: held(endpoint, queue_name) == (0, 0, 0), 10, "both deleted")
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.wait_exit(timeout=10) == 0, proc.log()
+    assert proc.log().count("handled") >= 2, proc.log()
+
+
+def test_the_example_worker_runs_and_stops_on_sigterm(
+    tmp_path: Path, endpoint: str, queue_name: str
+) -> None:
+    make_queue(endpoint, queue_name, ["hello"])
+    out = tmp_path / "out.log"
+    with out.open("wb") as stdout:
+        proc = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / "worker.py"), queue_name, "--endpoint-url", endpoint],
+            env=_env(tmp_path),
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        wait_for(lambda: "handled" in out.read_text(), 15, "the message handled")
+        wait_for(lambda: held(endpoint, queue_name) == (0, 0, 0), 10, "its delete")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, out.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "stopped: ConsumerStatistics(state='stopped'" in out.read_text()
+
+
 def test_message_cancelled_at_grace_is_receivable_after_exit(
     workdir: Path, endpoint: str, queue_name: str
 ) -> None:

@@ -3,7 +3,7 @@ worker processes.
 
 Each run uses the queue server (``python -m trio_sqs.testing``, trio_sqs's in-memory SQS over
 HTTP, one process per module), the fault proxy (tests/fault_proxy.py, one port per worker), a
-producer that talks to the server directly, and ``examples/worker.py`` processes; it signals
+producer that talks to the server directly, and ``tests/e2e_worker.py`` processes; it signals
 workers at seeded random moments chosen to fall inside the situation a scenario is about (the
 proxy is told to make that situation long-lived: slow deletes for "during an acknowledgement
 flush", slow heartbeats for "during a heartbeat", failing polls for "during a retry backoff"),
