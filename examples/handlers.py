@@ -5,8 +5,8 @@
     trio-sqs run handlers:handle_batch --batch --queue orders
 
 Before you run it: credentials and a region as for any AWS tool (`AWS_PROFILE`, or
-`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, and `AWS_REGION`), and a queue (the console, or
-`aws sqs create-queue --queue-name orders`). Without AWS: start the in-memory
+`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, and `AWS_REGION`), and a queue (`trio-sqs send
+--create --queue orders hello` creates one and sends a message). Without AWS: start the in-memory
 SQS (`python -m trio_sqs.testing --port 9324 --queue orders`) and add
 `--endpoint-url http://127.0.0.1:9324` (any keys will do: `AWS_ACCESS_KEY_ID=x
 AWS_SECRET_ACCESS_KEY=x AWS_REGION=us-east-1`).

@@ -4,8 +4,8 @@ or SIGINT, then stop gracefully.
 Usage: python examples/worker.py QUEUE_NAME_OR_URL [--endpoint-url URL]
 
 Before you run it: credentials and a region as for any AWS tool (`AWS_PROFILE`, or
-`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, and `AWS_REGION`), and a queue (the console, or
-`aws sqs create-queue --queue-name NAME`). To try it without AWS, start the
+`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, and `AWS_REGION`), and a queue (`trio-sqs send
+--create --queue NAME hello` creates one and sends a message). To try it without AWS, start the
 in-memory SQS in another terminal (`python -m trio_sqs.testing --port 9324 --queue demo`) and run
 `AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x AWS_REGION=us-east-1 python examples/worker.py demo
 --endpoint-url http://127.0.0.1:9324`.

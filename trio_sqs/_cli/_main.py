@@ -52,6 +52,7 @@ from ._settings import (
     make_options,
     resolve,
 )
+from ._tools import TOOLS, add_tool_parsers, run_tool
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_setting(options, setting)
 
     add_demo_parser(commands, fmt)
+    add_tool_parsers(commands, fmt)
     return parser
 
 
@@ -259,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_environment(os.environ, (setting.env for setting in known))
         if args.command == "demo":
             return cmd_demo(args, os.environ)
+        if args.command in TOOLS:
+            return run_tool(args, os.environ)
         return _cmd_run(args, os.environ)
     except CommandError as exc:
         print(f"trio-sqs: error: {exc}", file=sys.stderr)
