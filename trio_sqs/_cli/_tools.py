@@ -57,6 +57,10 @@ _COUNTS = {
 # -- parsers --------------------------------------------------------------------------------------
 
 
+# The longest peek's release may hold a Ctrl-C back.
+RELEASE_BOUND = 10.0
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text.strip())
@@ -419,7 +423,8 @@ async def _peek(args: argparse.Namespace, values: dict[str, Any]) -> int:
         handles += [c.receipt_handle for c in result.corrupt]
         outcome = None
         if handles:
-            with trio.CancelScope(shield=True):
+            # A Ctrl-C right now must not leave them hidden for 30 s: bounded, shielded.
+            with trio.move_on_after(RELEASE_BOUND, shield=True):
                 outcome = await client.change_message_visibility_batch(url, handles, 0)
         for message in result.messages:
             _emit(
