@@ -495,6 +495,35 @@ def test_help_says_each_default_once(workdir: Path) -> None:
         assert entry.lower().count("default") <= 2, entry  # its docstring's, or ours: not both
 
 
+def test_every_error_has_one_prefix_and_is_json_under_json_logs(workdir: Path) -> None:
+    """Usage errors of a subcommand said "trio-sqs run: error:", others "trio-sqs: error:"; under
+    --log-format json the last line was not JSON."""
+    usage = _cli(workdir, "run")
+    assert usage.returncode == 2
+    assert usage.stderr.startswith("trio-sqs: error: the following arguments are required")
+    bad = _cli(workdir, "run", "handlers:handle", "--queue", "q", "--batch-size", "11")
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [
+        "trio-sqs: error: invalid option: batch_size=11 is out of range (allowed: 1 to 10)"
+    ]
+    as_json = _cli(
+        workdir,
+        "run",
+        "handlers:handle",
+        "--queue",
+        "q",
+        "--batch-size",
+        "11",
+        env={"TRIO_SQS_LOG_FORMAT": "json"},
+    )
+    assert as_json.returncode == 2
+    [line] = as_json.stderr.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "ERROR" and record["exit_code"] == 2
+    assert record["message"] == bad.stderr.strip()
+    assert {"time", "level", "logger", "message"} <= record.keys()
+
+
 def test_version(workdir: Path) -> None:
     result = _cli(workdir, "--version")
     assert result.returncode == 0, result

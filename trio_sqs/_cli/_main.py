@@ -12,11 +12,13 @@ import argparse
 import gc
 import importlib
 import inspect
+import json
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 import trio
@@ -75,7 +77,8 @@ EXIT_CODES = """exit codes:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, no usage block: errors must be easy to read in a pod's log.
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        # One prefix for every error of the command, subcommands' included.
+        self.exit(EXIT_USAGE, f"trio-sqs: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,6 +256,23 @@ def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
+def _report_error(message: str, code: int, args: argparse.Namespace) -> None:
+    """The one error line: text, or under JSON logs a JSON record like the log lines."""
+    log_format = getattr(args, "log_format", None) or os.environ.get(f"{ENV_PREFIX}LOG_FORMAT")
+    if log_format == "json":
+        moment = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        record = {
+            "time": moment.replace("+00:00", "Z"),
+            "level": "ERROR",
+            "logger": "trio_sqs.cli",
+            "message": f"trio-sqs: error: {message}",
+            "exit_code": code,
+        }
+        print(json.dumps(record), file=sys.stderr)
+    else:
+        print(f"trio-sqs: error: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``trio-sqs`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -265,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_tool(args, os.environ)
         return _cmd_run(args, os.environ)
     except CommandError as exc:
-        print(f"trio-sqs: error: {exc}", file=sys.stderr)
+        _report_error(str(exc), exc.code, args)
         return exc.code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
