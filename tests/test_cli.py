@@ -139,6 +139,22 @@ def _cli(
     )
 
 
+def cli_without_credentials(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``trio-sqs ARGS`` with no AWS credentials in its environment."""
+    env = _env(workdir)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        env.pop(name, None)
+    return subprocess.run(
+        [*CLI, *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``check`` until it holds; fail after ``timeout`` seconds (a bound, not a pace)."""
     deadline = time.monotonic() + timeout
@@ -311,17 +327,8 @@ def test_bad_input_is_one_line_with_its_exit_code(
 
 def test_missing_credentials_exit_4(workdir: Path, endpoint: str, queue_name: str) -> None:
     make_queue(endpoint, queue_name, [])
-    env = _env(workdir)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        env.pop(name, None)
-    result = subprocess.run(
-        [*CLI, "run", "handlers:handle", "--queue", queue_name, "--endpoint-url", endpoint],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        stdin=subprocess.DEVNULL,
+    result = cli_without_credentials(
+        workdir, "run", "handlers:handle", "--queue", queue_name, "--endpoint-url", endpoint
     )
     assert result.returncode == 4, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -23,6 +23,7 @@ from tests.test_cli import (
     CLI,
     _cli,
     _env,
+    cli_without_credentials,
     endpoint,
     held,
     make_queue,
@@ -33,7 +34,8 @@ from tests.test_cli import (
     workdir,
 )
 
-# The same worker as test_cli.py: real processes, one after another (--dist loadgroup).
+# Real processes, one after another in a worker of their own (--dist loadgroup); none of them
+# asserts wall-clock bounds, so they may run beside test_cli.py's group.
 pytestmark = pytest.mark.xdist_group("cli_tools")
 
 __all__ = ["endpoint", "workdir"]  # fixtures, imported to be used here
@@ -107,17 +109,8 @@ def test_a_missing_queue_is_exit_3_in_one_line(
 
 def test_missing_credentials_is_exit_4(workdir: Path, endpoint: str, queue_name: str) -> None:
     make_queue(endpoint, queue_name, ["a"])
-    env = _env(workdir)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        env.pop(name, None)
-    result = subprocess.run(
-        [*CLI, "stats", "--queue", queue_name, "--endpoint-url", endpoint],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        stdin=subprocess.DEVNULL,
+    result = cli_without_credentials(
+        workdir, "stats", "--queue", queue_name, "--endpoint-url", endpoint
     )
     assert result.returncode == 4, result.stderr
     assert "credentials" in one_error_line(result)
