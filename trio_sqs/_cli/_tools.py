@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -365,16 +366,33 @@ async def _stats(args: argparse.Namespace, values: dict[str, Any]) -> int:
     queue = values["queue"]
     async with _client(values) as client:
         url = await _queue_url(client, queue)
-        while True:
+
+        async def show() -> None:
             attributes = await client.get_queue_attributes(
                 url, [*_COUNTS.values(), "RedrivePolicy"]
             )
             stats: dict[str, Any] = {"queue": queue, "url": url, **_counts(attributes)}
             stats["dead_letter_queue"] = await _dead_letter(client, attributes.get("RedrivePolicy"))
             _emit(json.dumps(stats) if args.json else _stats_text(queue, stats))
-            if args.watch is None:
-                return EXIT_OK
-            await trio.sleep(args.watch)
+
+        if args.watch is None:
+            await show()
+            return EXIT_OK
+        # --watch: until SIGINT or SIGTERM, read as signals (not as a KeyboardInterrupt that
+        # may land anywhere), which end the loop at once.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(stop_on_signal)
+                while True:
+                    await show()
+                    await trio.sleep(args.watch)
+        return EXIT_OK
 
 
 # -- peek -----------------------------------------------------------------------------------------
