@@ -98,7 +98,6 @@ class Leases:
         # Releases SQS confirmed whose message may still be hidden: (visible again at the
         # earliest, at the latest, message id, receipt handle), soonest first. See rehide().
         self._hidden: list[tuple[float, float, str, str]] = []
-        self.last_release_applied = -math.inf
         self._deletes = Batcher(
             client,
             queue_url,
@@ -355,7 +354,6 @@ class Leases:
 
     def _released(self, entry: Entry) -> None:
         now = trio.current_time()
-        self.last_release_applied = now
         self._prune_hidden(now)
         if entry.visibility:
             # SQS applied it between sending and now: visible again in between these two.
@@ -373,8 +371,6 @@ class Leases:
             heapq.heappop(self._hidden)
 
     def _release_expired(self, entry: Entry) -> None:
-        if not entry.counted:
-            return  # a message hidden again at stop became visible before the change went out
         self._counters.release_expired += 1
         log.warning(
             "not releasing %s: its lease may have run out (heartbeats failed or were late), so it "
