@@ -154,3 +154,31 @@ def no_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
         self._random = CeilingDraws()
 
     monkeypatch.setattr(SQSClient, "__init__", with_ceiling_draws)
+
+
+@pytest.fixture
+async def one_worker_thread() -> trio.CapacityLimiter:
+    """Run one worker thread at a time, so that a thread whose caller was cancelled (abandoned)
+    still holds the only token until it has finished: see :func:`worker_thread_finished`.
+
+    Request it as an argument. pytest-trio never runs an async fixture named only in
+    ``@pytest.mark.usefixtures`` (python-trio/pytest-trio#124): this one used to be, so it never
+    ran, the limiter kept its 40 tokens, and the wait below waited for nothing (a flaky test).
+    """
+    limiter = trio.to_thread.current_default_thread_limiter()
+    limiter.total_tokens = 1
+    return limiter
+
+
+async def worker_thread_finished(limiter: trio.CapacityLimiter) -> None:
+    """Return once the worker thread in flight, if any, has finished, abandoned or not.
+
+    Trio hands a thread's limiter token back only after its function has returned (for the
+    cache, after it stored what it read), even when its caller was cancelled and abandoned it;
+    with one token, taking it waits for exactly that. An event the source sets from inside the
+    thread comes before the cache stores the keys.
+    """
+    assert limiter is trio.to_thread.current_default_thread_limiter()
+    assert limiter.total_tokens == 1, "the one_worker_thread fixture is not in effect"
+    async with limiter:
+        pass

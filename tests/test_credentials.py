@@ -45,6 +45,8 @@ from trio_sqs._credentials import (
 )
 from trio_sqs.testing import FakeSQS
 
+from .conftest import worker_thread_finished
+
 # A safety net only, never reached when the code is right: how long a blocked refresh waits for
 # the loop to show it is alive before it gives up (and the test fails).
 LOOP_PROOF_TIMEOUT = 10.0
@@ -171,28 +173,6 @@ def held_clock(
 
     monkeypatch.setattr(trio.to_thread, "run_sync", run_sync_held)
     return autojump_clock
-
-
-@pytest.fixture
-async def one_worker_thread() -> trio.CapacityLimiter:
-    """Run one worker thread at a time, so that :func:`worker_thread_finished` can wait for the
-    one in flight. Request it as an argument: pytest-trio never runs an async fixture named only
-    in ``@pytest.mark.usefixtures`` (python-trio/pytest-trio#124)."""
-    limiter = trio.to_thread.current_default_thread_limiter()
-    limiter.total_tokens = 1
-    return limiter
-
-
-async def worker_thread_finished(limiter: trio.CapacityLimiter) -> None:
-    """Return once the worker thread in flight, if any, has finished, abandoned or not.
-
-    Trio hands a thread's limiter token back only after its function has returned (for the
-    cache, after it stored what it read): with one token, taking it waits for exactly that. An
-    event the source sets from inside the thread comes before the cache stores the keys.
-    """
-    assert limiter.total_tokens == 1, "the one_worker_thread fixture is not in effect"
-    async with limiter:
-        pass
 
 
 @asynccontextmanager
