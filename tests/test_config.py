@@ -7,6 +7,7 @@ every request leaving the client: it must see none.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -398,6 +399,25 @@ async def test_cancelled_open_does_not_hang(fake: FakeSQS, wire: Recorder) -> No
 
 
 # -- the public namespace --------------------------------------------------------------------------
+
+
+def test_each_option_is_described_once_in_its_field_metadata() -> None:
+    """One text per ConsumerOptions field (its ``doc`` metadata) is what the docstring's
+    ``Attributes:`` section and the command line's help both show (help was parsed out of the
+    docstring)."""
+    from trio_sqs._cli._settings import CONSUMER_SETTINGS
+
+    doc = inspect.getdoc(trio_sqs.ConsumerOptions) or ""
+    attributes = doc.split("\nAttributes:\n", 1)[1]
+    helps = {setting.dest: setting.help for setting in CONSUMER_SETTINGS}
+    fields = dataclasses.fields(trio_sqs.ConsumerOptions)
+    assert [s.dest for s in CONSUMER_SETTINGS] == [f.name for f in fields]
+    for f in fields:
+        text: str = f.metadata["doc"]
+        assert len(text) > 20, f.name
+        words = " ".join(attributes.split())
+        assert f"{f.name}: {text}" in words, f.name
+        assert helps[f.name].startswith(text.replace("``", "").replace("%", "%%")), f.name
 
 
 def test_all_is_sorted_and_complete() -> None:

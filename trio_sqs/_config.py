@@ -8,9 +8,11 @@ I/O), with messages that name the option, the value and the allowed range: :clas
 
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import dataclass
-from typing import Literal
+import textwrap
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypeVar
 
 from ._exceptions import ConfigurationError
 
@@ -140,6 +142,29 @@ class RetryPolicy:
 
 PollOnStop = Literal["abort", "land"]
 
+_T = TypeVar("_T")
+
+
+def option(default: _T, doc: str) -> _T:
+    """A field with its description in its ``doc`` metadata: the one text that both the class's
+    docstring (see :func:`document_fields`) and the command line's ``--help`` show."""
+    return field(default=default, metadata={"doc": doc})
+
+
+def document_fields(cls: type[Any]) -> None:
+    """Append an ``Attributes:`` section to ``cls``'s docstring, built from its fields' ``doc``
+    metadata (so ``help()`` and the API docs show every field, written once)."""
+    section = ["Attributes:"]
+    for f in fields(cls):
+        section += textwrap.wrap(
+            f"{f.name}: {f.metadata['doc']}",
+            width=96,
+            initial_indent="    ",
+            subsequent_indent="        ",
+        )
+    cls.__doc__ = inspect.cleandoc(cls.__doc__ or "") + "\n\n" + "\n".join(section)
+
+
 # SQS caps a message's total visibility at 12 hours from its first receipt.
 MAX_VISIBILITY = 43_200
 # Deletes wait up to this long to fill a batch when messages come slowly (see the Batcher).
@@ -150,77 +175,120 @@ MAX_ACK_WINDOW = 2.0
 class ConsumerOptions:
     """Everything that tunes a consumer. Every field has a default suited to one worker process.
 
-    Attributes:
-        concurrency: Handlers (or batch handlers) running at once. Independent of ``batch_size``.
-        batch_size: MaxNumberOfMessages per ReceiveMessage (1-10), and the most messages a batch
-            handler gets at once. Default: ``min(10, concurrency)`` (or 10 for batch handlers).
-            Polls ask for fewer when ``concurrency + max_buffered`` is smaller.
-        wait_time: WaitTimeSeconds of each long poll (0-20).
-        visibility_timeout: The receive lease in seconds: the VisibilityTimeout asked for on every
-            ReceiveMessage and renewed by heartbeats while a message is in hand. Keep it short: a
-            message orphaned by an aborted long poll comes back after this long.
-        heartbeat_interval: Seconds between visibility heartbeats. Default: a third of the lease.
-            Must be shorter than ``visibility_timeout``.
-        max_buffered: Received messages allowed to wait for a free handler (backpressure).
-            Default: ``batch_size``.
-        pollers: Most long polls in flight at once. Default: enough to keep every handler busy, at
-            most 10. Polls adapt to the load: one while polls come back short (an idle consumer
-            has exactly one poll in flight), one more each time a poll comes back full.
-        batch_window: Seconds a poller waits, after a poll that came back short, from that poll's
-            sending before it polls again (like Lambda's MaximumBatchingWindowInSeconds): fewer
-            requests per message at low rates, for up to this much latency. Deletes are batched
-            over at least this window too. Default 0: poll again at once.
-        grace_period: Seconds running handlers may go on after stop before they are cancelled.
-        flush_timeout: Seconds the final flush of deletes and releases may take at stop.
-        poll_on_stop: What happens at stop to a long poll already on the wire: ``"abort"`` ends it
-            at once; ``"land"`` lets it land while handlers are still inside their grace period
-            (it never extends the shutdown: it is aborted once no handler runs). Either way what
-            it brings, like every message handed back from stop on, is released with a visibility
-            that outlasts every poll SQS may still be running for us (see the README's "Shutdown").
-            An idle consumer aborts at once either way.
-        handler_timeout: Optional deadline per handler call, in seconds. A handler that overruns
-            is cancelled and its message released with the failure backoff.
-        failure_backoff: Seconds a failed message stays invisible after its first failed attempt;
-            doubles with each further receive (``ApproximateReceiveCount``).
-        max_failure_backoff: Cap of that backoff, in seconds.
-        ack_interval: Shortest batch window of deletes and releases: a partial batch is sent
-            after this long. For deletes the window grows (up to 2 s or ``batch_window``, at most
-            a quarter of the lease and half of ``visibility_timeout - heartbeat_interval``, even
-            below this) while batches go out partial, so a slow queue costs fewer
-            DeleteMessageBatch calls; it shrinks back as they fill.
-        error_backoff: Initial pause of a poller after a transient error (doubles, capped at
-            ``max_error_backoff``, with full jitter).
-        max_error_backoff: Cap of the poller's error backoff.
-        auth_error_backoff: Pause of a poller after an access or credentials error.
-        attribute_names: System attributes to request (default all).
-        message_attribute_names: Message attributes to request (default all).
-        random_seed: Seed of the consumer's own random generator (``random.Random``), which draws
-            the jitter of its pollers' error backoff. Default: seeded from the operating system.
-            These draws never touch the global ``random`` module: seeding it elsewhere neither
-            changes them nor is disturbed by them.
+    Each field's description is in its ``doc`` metadata (the command line's help reads it too);
+    the ``Attributes:`` section of this docstring is built from it.
     """
 
-    concurrency: int = 10
-    batch_size: int | None = None
-    wait_time: int = 20
-    visibility_timeout: int = 30
-    heartbeat_interval: float | None = None
-    max_buffered: int | None = None
-    pollers: int | None = None
-    batch_window: float = 0.0
-    grace_period: float = 10.0
-    flush_timeout: float = 5.0
-    poll_on_stop: PollOnStop = "land"
-    handler_timeout: float | None = None
-    failure_backoff: float = 1.0
-    max_failure_backoff: float = 900.0
-    ack_interval: float = 0.1
-    error_backoff: float = 0.5
-    max_error_backoff: float = 20.0
-    auth_error_backoff: float = 30.0
-    attribute_names: tuple[str, ...] = ("All",)
-    message_attribute_names: tuple[str, ...] = ("All",)
-    random_seed: int | None = None
+    concurrency: int = option(
+        10,
+        "Handlers (or batch handlers) running at once. Independent of ``batch_size``.",
+    )
+    batch_size: int | None = option(
+        None,
+        "MaxNumberOfMessages per ReceiveMessage (1-10), and the most messages a batch handler gets "
+        "at once. Default: ``min(10, concurrency)`` (or 10 for batch handlers). Polls ask for fewer "
+        "when ``concurrency + max_buffered`` is smaller.",
+    )
+    wait_time: int = option(
+        20,
+        "WaitTimeSeconds of each long poll (0-20).",
+    )
+    visibility_timeout: int = option(
+        30,
+        "The receive lease in seconds: the VisibilityTimeout asked for on every ReceiveMessage and "
+        "renewed by heartbeats while a message is in hand. Keep it short: a message orphaned by an "
+        "aborted long poll comes back after this long.",
+    )
+    heartbeat_interval: float | None = option(
+        None,
+        "Seconds between visibility heartbeats. Default: a third of the lease. Must be shorter than "
+        "``visibility_timeout``.",
+    )
+    max_buffered: int | None = option(
+        None,
+        "Received messages allowed to wait for a free handler (backpressure). Default: "
+        "``batch_size``.",
+    )
+    pollers: int | None = option(
+        None,
+        "Most long polls in flight at once. Default: enough to keep every handler busy, at most 10. "
+        "Polls adapt to the load: one while polls come back short (an idle consumer has exactly one "
+        "poll in flight), one more each time a poll comes back full.",
+    )
+    batch_window: float = option(
+        0.0,
+        "Seconds a poller waits, after a poll that came back short, from that poll's sending before "
+        "it polls again (like Lambda's MaximumBatchingWindowInSeconds): fewer requests per message "
+        "at low rates, for up to this much latency. Deletes are batched over at least this window "
+        "too. Default 0: poll again at once.",
+    )
+    grace_period: float = option(
+        10.0,
+        "Seconds running handlers may go on after stop before they are cancelled.",
+    )
+    flush_timeout: float = option(
+        5.0,
+        "Seconds the final flush of deletes and releases may take at stop.",
+    )
+    poll_on_stop: PollOnStop = option(
+        "land",
+        'What happens at stop to a long poll already on the wire: ``"abort"`` ends it at once; '
+        '``"land"`` lets it land while handlers are still inside their grace period (it never '
+        "extends the shutdown: it is aborted once no handler runs). Either way what it brings, like "
+        "every message handed back from stop on, is released with a visibility that outlasts every "
+        'poll SQS may still be running for us (see the README\'s "Shutdown"). An idle consumer aborts '
+        "at once either way.",
+    )
+    handler_timeout: float | None = option(
+        None,
+        "Optional deadline per handler call, in seconds. A handler that overruns is cancelled and "
+        "its message released with the failure backoff.",
+    )
+    failure_backoff: float = option(
+        1.0,
+        "Seconds a failed message stays invisible after its first failed attempt; doubles with each "
+        "further receive (``ApproximateReceiveCount``).",
+    )
+    max_failure_backoff: float = option(
+        900.0,
+        "Cap of that backoff, in seconds.",
+    )
+    ack_interval: float = option(
+        0.1,
+        "Shortest batch window of deletes and releases: a partial batch is sent after this long. For "
+        "deletes the window grows (up to 2 s or ``batch_window``, at most a quarter of the lease and "
+        "half of ``visibility_timeout - heartbeat_interval``, even below this) while batches go out "
+        "partial, so a slow queue costs fewer DeleteMessageBatch calls; it shrinks back as they "
+        "fill.",
+    )
+    error_backoff: float = option(
+        0.5,
+        "Initial pause of a poller after a transient error (doubles, capped at "
+        "``max_error_backoff``, with full jitter).",
+    )
+    max_error_backoff: float = option(
+        20.0,
+        "Cap of the poller's error backoff.",
+    )
+    auth_error_backoff: float = option(
+        30.0,
+        "Pause of a poller after an access or credentials error.",
+    )
+    attribute_names: tuple[str, ...] = option(
+        ("All",),
+        "System attributes to request (default all).",
+    )
+    message_attribute_names: tuple[str, ...] = option(
+        ("All",),
+        "Message attributes to request (default all).",
+    )
+    random_seed: int | None = option(
+        None,
+        "Seed of the consumer's own random generator (``random.Random``), which draws the jitter of "
+        "its pollers' error backoff. Default: seeded from the operating system. These draws never "
+        "touch the global ``random`` module: seeding it elsewhere neither changes them nor is "
+        "disturbed by them.",
+    )
 
     def __post_init__(self) -> None:
         check_int_range("concurrency", self.concurrency, 1, 10_000)
@@ -314,3 +382,6 @@ class ConsumerOptions:
         """Seconds a failed message stays invisible, growing with its receive count."""
         delay = self.failure_backoff * (2 ** max(0, min(receive_count, 40) - 1))
         return int(min(self.max_failure_backoff, math.ceil(delay)))
+
+
+document_fields(ConsumerOptions)

@@ -1,7 +1,7 @@
 """Command-line settings: one flag and one ``TRIO_SQS_*`` environment variable per option.
 
 Every :class:`ConsumerOptions` field becomes a setting, derived from its type and described by its
-docstring, so a new field needs no edit here (a field of a new type fails loudly at import). A
+``doc`` metadata, so a new field needs no edit here (a field of a new type fails loudly at import). A
 flag wins over its variable; an empty variable counts as unset.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import inspect
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -97,25 +96,10 @@ def _choice(choices: Sequence[str]) -> Callable[[str], str]:
     return parse
 
 
-def _option_docs() -> dict[str, str]:
-    """Each field's description, from the ``Attributes:`` section of ConsumerOptions' docstring."""
-    docs: dict[str, str] = {}
-    current: str | None = None
-    lines = (inspect.getdoc(ConsumerOptions) or "").splitlines()
-    for line in lines[lines.index("Attributes:") + 1 :] if "Attributes:" in lines else []:
-        name, sep, text = line.strip().partition(": ")
-        if sep and line.startswith("    ") and not line.startswith("     ") and name.isidentifier():
-            current, docs[name] = name, text
-        elif current is not None and line.strip():
-            docs[current] += " " + line.strip()
-    return {k: v.replace("``", "").replace("%", "%%") for k, v in docs.items()}
-
-
 def _consumer_settings() -> list[Setting]:
     """One setting per ConsumerOptions field, derived from its type (a new field needs no edit
     here unless its type is new, which fails loudly at import)."""
     hints = typing.get_type_hints(ConsumerOptions)
-    docs = _option_docs()
     settings = []
     for field in dataclasses.fields(ConsumerOptions):
         tp = hints[field.name]
@@ -135,8 +119,9 @@ def _consumer_settings() -> list[Setting]:
             raise TypeError(f"no command-line conversion for option {field.name}: {tp!r}")
         default = field.default
         shown = ",".join(default) if isinstance(default, tuple) else default
-        doc = docs.get(field.name, "")
-        # A docstring that already says what the default is (often a derived one) keeps it.
+        # The field's own description (its metadata), as plain text for argparse.
+        doc = field.metadata["doc"].replace("``", "").replace("%", "%%")
+        # A description that already says what the default is (often a derived one) keeps it.
         said = "default" in doc.lower()
         help_text = doc + ("" if shown is None or said else f" (default: {shown})")
         settings.append(Setting(field.name, convert, help_text, metavar))
