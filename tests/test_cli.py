@@ -447,8 +447,8 @@ def test_second_sigint_exits_at_once_with_130(
         health = httpx.get(base + "/healthz", timeout=5)
         assert health.status_code == 200 and health.json()["status"] == "stopping", health.text
         metrics = httpx.get(base + "/metrics", timeout=5).text
-        assert "trio_sqs_in_flight 1.0" in metrics
-        assert "trio_sqs_messages_cancelled_at_grace_total 0.0" in metrics
+        assert f'trio_sqs_in_flight{{queue="{queue_name}"}} 1.0' in metrics
+        assert f'trio_sqs_messages_cancelled_at_grace_total{{queue="{queue_name}"}} 0.0' in metrics
         assert proc.proc.poll() is None
         proc.proc.send_signal(signal.SIGINT)
         assert proc.wait_exit(timeout=5) == 130
@@ -635,11 +635,17 @@ def test_message_cancelled_at_grace_is_receivable_after_exit(
     assert receivable(endpoint, url) == 1
 
 
-def test_health_and_metrics_endpoints(workdir: Path, endpoint: str, queue_name: str) -> None:
+def test_run_on_two_queues_with_health_and_metrics(
+    workdir: Path, endpoint: str, queue_name: str
+) -> None:
+    """``--queue`` twice: one consumer per queue in one process, their health and metrics (each
+    series labelled with its queue), their log lines naming their queue, one shutdown."""
+    other = queue_name + "-b"
     url = make_queue(endpoint, queue_name, ["a", "b", "c"])
+    make_queue(endpoint, other, ["d"])
     command = (
-        f"run handlers:handle --queue {url} --endpoint-url {endpoint} --grace-period 30 "
-        "--metrics-port 0 --metrics-host 127.0.0.1"
+        f"run handlers:handle --queue {url} --queue {other} --endpoint-url {endpoint} "
+        "--grace-period 30 --metrics-port 0 --metrics-host 127.0.0.1 --log-format json"
     )
     with running(workdir, command) as proc:
         # Port 0: the child binds a free port and logs the address it got (no free-port race).
@@ -648,43 +654,100 @@ def test_health_and_metrics_endpoints(workdir: Path, endpoint: str, queue_name: 
         def get(path: str) -> httpx.Response:
             return httpx.get(base + path, timeout=5)
 
-        def metric(name: str) -> float:
-            match = re.search(rf"^{name} (\S+)$", get("/metrics").text, re.MULTILINE)
+        def metric(name: str, queue: str) -> float:
+            series = re.escape(f'{name}{{queue="{queue}"}}')
+            match = re.search(rf"^{series} (\S+)$", get("/metrics").text, re.MULTILINE)
             return float(match.group(1)) if match else -1.0
 
         wait_for(lambda: get("/readyz").status_code == 200, 15, "/readyz to answer 200")
         health = get("/healthz")
-        assert health.status_code == 200 and health.json()["status"] == "ok"
-        wait_for(lambda: metric("trio_sqs_messages_deleted_total") == 3, 10, "3 deletes")
+        assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+        assert set(health.json()["queues"]) == {url, other}
+        deleted = "trio_sqs_messages_deleted_total"
+        wait_for(lambda: metric(deleted, url) == 3 and metric(deleted, other) == 1, 10, "deletes")
         text = get("/metrics").text
-        for name in (
-            "trio_sqs_messages_received_total 3.0",
-            "trio_sqs_messages_completed_total 3.0",
-            "trio_sqs_messages_failed_total 0.0",
-            "trio_sqs_messages_released_total",
-            "trio_sqs_heartbeat_extensions_total",
+        for line in (
+            f'trio_sqs_consumer_info{{queue="{url}"}} 1.0',
+            f'trio_sqs_consumer_info{{queue="{other}"}} 1.0',
+            f'trio_sqs_messages_received_total{{queue="{url}"}} 3.0',
+            f'trio_sqs_messages_received_total{{queue="{other}"}} 1.0',
+            f'trio_sqs_messages_completed_total{{queue="{url}"}} 3.0',
+            f'trio_sqs_messages_failed_total{{queue="{other}"}} 0.0',
+            f'trio_sqs_in_flight{{queue="{url}"}} 0.0',
+            f'trio_sqs_buffered{{queue="{other}"}} 0.0',
+            f'trio_sqs_state{{queue="{url}",state="running"}} 1.0',
+            f'trio_sqs_handler_duration_seconds_count{{outcome="ok",queue="{url}"}} 3.0',
+            f'trio_sqs_handler_duration_seconds_count{{outcome="ok",queue="{other}"}} 1.0',
+            f'trio_sqs_last_poll_timestamp_seconds{{queue="{other}"}}',
             "trio_sqs_aborted_polls_total",
-            "trio_sqs_in_flight 0.0",
-            "trio_sqs_buffered 0.0",
-            'trio_sqs_state{state="running"} 1.0',
-            'trio_sqs_handler_duration_seconds_count{outcome="ok"} 3.0',
-            "trio_sqs_last_poll_timestamp_seconds",
+            "trio_sqs_heartbeat_extensions_total",
         ):
-            assert name in text
+            assert line in text, line
         assert get("/nowhere").status_code == 404
         # While stopping (a handler inside its grace period, held there until the test opens
-        # its gate): not ready, still alive.
+        # its gate): not ready, still alive, on both queues (one shutdown).
         send(endpoint, url, "gate:open")
-        wait_for(lambda: metric("trio_sqs_in_flight") == 1, 10, "a handler in flight")
+        wait_for(lambda: metric("trio_sqs_in_flight", url) == 1, 10, "a handler in flight")
         proc.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: get("/readyz").status_code == 503, 5, "/readyz to answer 503")
         health = get("/healthz")
         assert health.status_code == 200 and health.json()["status"] == "stopping", health.text
-        assert metric("trio_sqs_in_flight") == 1
+        assert metric("trio_sqs_in_flight", url) == 1
         (workdir / "open").touch()  # the handler finishes inside its grace period
         assert proc.wait_exit(timeout=10) == 0, proc.log()
-    # All four handled once and deleted.
-    assert len(_lines(workdir / "done.txt")) == 4
-    stats = queue_stats(endpoint, queue_name)
-    assert (stats["visible"], stats["in_flight"], stats["delayed"]) == (0, 0, 0), stats
-    assert stats["deliveries"] == 4, stats
+    # All five handled once and deleted, on both queues.
+    assert len(_lines(workdir / "done.txt")) == 5
+    for name, deliveries in ((queue_name, 4), (other, 1)):
+        stats = queue_stats(endpoint, name)
+        assert (stats["visible"], stats["in_flight"], stats["delayed"]) == (0, 0, 0), stats
+        assert stats["deliveries"] == deliveries, stats
+        assert stats["requests"].get("GetQueueUrl", 0) == (0 if name == queue_name else 1)
+    # Each consumer's log lines name its queue; each one stopped.
+    records = [json.loads(line) for line in proc.log().splitlines() if line.startswith("{")]
+    stopped = [r for r in records if str(r["message"]).startswith("stopped")]
+    assert sorted(str(r.get("queue")) for r in stopped) == sorted([url, other]), stopped
+
+
+def test_queues_from_repeated_flags_commas_or_the_variable() -> None:
+    from trio_sqs._cli._main import build_parser
+    from trio_sqs._cli._settings import RUN_SETTINGS, resolve
+
+    def queues(argv: list[str], **environ: str) -> object:
+        args = build_parser().parse_args(["run", "m:h", *argv])
+        return resolve(args, RUN_SETTINGS, environ).get("queue")
+
+    assert queues(["--queue", "a"]) == ["a"]
+    assert queues(["--queue", "a", "--queue", "b,c"]) == ["a", "b", "c"]
+    assert queues([], TRIO_SQS_QUEUE="a, b,") == ["a", "b"]
+    assert queues(["--queue", "x"], TRIO_SQS_QUEUE="a,b") == ["x"]  # the flag wins
+    assert queues([], TRIO_SQS_QUEUE=" ") is None
+    # The tools take one queue.
+    tool = build_parser().parse_args(["stats", "--queue", "a,b"])
+    assert tool.queue == "a,b"
+
+
+def test_run_on_queues_where_one_does_not_exist_is_exit_3_naming_it(
+    workdir: Path, endpoint: str, queue_name: str
+) -> None:
+    make_queue(endpoint, queue_name, [])
+    missing = queue_name + "-missing"
+    result = _cli(
+        workdir,
+        "run",
+        "handlers:handle",
+        "--queue",
+        f"{queue_name},{missing}",
+        "--endpoint-url",
+        endpoint,
+    )
+    assert result.returncode == 3, result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"trio-sqs: error: queue '{missing}' does not exist")
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+    # The same queue twice is a usage error.
+    again = _cli(workdir, "run", "handlers:handle", "--queue", queue_name, "--queue", queue_name)
+    assert again.returncode == 2
+    assert f"--queue {queue_name} is given more than once" in again.stderr

@@ -43,8 +43,8 @@ class FakeConsumer:
 
 
 def probe_for(snapshot: ConsumerStatistics, window: float = 60.0) -> Probe:
-    probe = Probe(liveness_window=window)
-    probe.attach(FakeConsumer(ConsumerOptions(concurrency=10), snapshot))  # type: ignore[arg-type]
+    probe = Probe(liveness_window=window, queues=["q"])
+    probe.attach("q", FakeConsumer(ConsumerOptions(concurrency=10), snapshot))  # type: ignore[arg-type]
     return probe
 
 
@@ -80,6 +80,71 @@ def test_stopping_is_alive_but_never_ready(state: ConsumerState, alive: bool) ->
     probe = probe_for(stats(state, last_poll_at=time.time() - 600))
     assert probe.liveness()[0] is alive
     assert probe.readiness()[0] is False
+
+
+def test_several_queues_alive_while_each_is_and_ready_when_all_run() -> None:
+    """``trio-sqs run`` with several queues: one probe for them all."""
+    recent, old = time.time() - 5, time.time() - 600
+    probe = Probe(liveness_window=60, queues=["a", "b"])
+    options = ConsumerOptions(concurrency=10)
+    # b still starting: alive (starting), not ready.
+    probe.attach("a", FakeConsumer(options, stats(last_poll_at=recent)))  # type: ignore[arg-type]
+    assert probe.liveness() == (
+        True,
+        {"status": "ok", "queues": {"a": probe._liveness("a")[1], "b": {"status": "starting"}}},
+    )
+    assert probe.readiness() == (
+        False,
+        {"status": "starting", "queues": {"a": "running", "b": "starting"}},
+    )
+    # Both running, b stuck: not alive, and the body says which.
+    probe.attach("b", FakeConsumer(options, stats(last_poll_at=old)))  # type: ignore[arg-type]
+    alive, body = probe.liveness()
+    assert not alive and body["status"] == "no recent poll"
+    queues = body["queues"]
+    assert isinstance(queues, dict)
+    assert queues["a"]["status"] == "ok" and queues["b"]["status"] == "no recent poll"
+    assert probe.readiness() == (
+        True,
+        {"status": "ready", "queues": {"a": "running", "b": "running"}},
+    )
+
+
+def test_several_queues_shutting_down_stay_alive_until_all_stopped() -> None:
+    options = ConsumerOptions(concurrency=10)
+    probe = Probe(liveness_window=60, queues=["a", "b"])
+    probe.attach("a", FakeConsumer(options, stats("stopped")))  # type: ignore[arg-type]
+    probe.attach("b", FakeConsumer(options, stats("stopping")))  # type: ignore[arg-type]
+    alive, body = probe.liveness()
+    assert alive and body["status"] == "stopping"
+    assert probe.readiness()[0] is False
+    probe.attach("b", FakeConsumer(options, stats("stopped")))  # type: ignore[arg-type]
+    alive, body = probe.liveness()
+    assert not alive and body["status"] == "stopped"
+
+
+def test_metrics_carry_a_queue_label_per_consumer() -> None:
+    pytest.importorskip("prometheus_client")
+    from trio_sqs._cli._health import Metrics
+
+    probe = Probe(liveness_window=60, queues=["a", "b"])
+    options = ConsumerOptions(concurrency=10)
+    probe.attach("a", FakeConsumer(options, stats(received=3, deleted=2, last_poll_at=1.5)))  # type: ignore[arg-type]
+    metrics = Metrics(probe)
+    metrics.observe_handler(0.02, "ok", queue="a")
+    text = metrics.render().decode()
+    for line in (
+        'trio_sqs_consumer_info{queue="a"} 1.0',
+        'trio_sqs_consumer_info{queue="b"} 1.0',
+        'trio_sqs_messages_received_total{queue="a"} 3.0',
+        'trio_sqs_messages_deleted_total{queue="a"} 2.0',
+        'trio_sqs_state{queue="a",state="running"} 1.0',
+        'trio_sqs_last_poll_timestamp_seconds{queue="a"} 1.5',
+        'trio_sqs_handler_duration_seconds_count{outcome="ok",queue="a"} 1.0',
+    ):
+        assert line + "\n" in text, line
+    # b has not started: no counters for it yet (its info line says it is configured).
+    assert 'received_total{queue="b"}' not in text
 
 
 def test_timeline_times_each_event_from_the_first_snapshot_showing_it() -> None:

@@ -1,4 +1,4 @@
-"""Health and metrics of a consumer over plain HTTP/1.1 on Trio (needs ``trio-sqs[prometheus]``).
+"""Health and metrics of a process's consumers over plain HTTP/1.1 on Trio (needs ``trio-sqs[prometheus]``).
 
 Endpoints:
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 
 import trio
@@ -62,38 +62,48 @@ COUNTERS = (
 
 
 class Probe:
-    """Liveness and readiness of one consumer (attached once it runs).
+    """Liveness and readiness of the consumers of a process, one per queue (each attached once it
+    runs). Alive while every consumer is; ready while every consumer runs.
 
     Args:
         liveness_window: Seconds without a successful poll after which ``/healthz`` fails.
-        batch: Whether the consumer's handler takes batches (for the saturation check).
+        batch: Whether the consumers' handler takes batches (for the saturation check).
+        queues: The queues, as given on the command line (the ``queue`` label of the metrics).
     """
 
-    def __init__(self, *, liveness_window: float, batch: bool = False) -> None:
+    def __init__(
+        self, *, liveness_window: float, batch: bool = False, queues: Sequence[str] = ("",)
+    ) -> None:
         self.liveness_window = liveness_window
         self.batch = batch
-        self.consumer: Consumer | None = None
-        self._attached_at = time.time()
+        self.queues = list(queues)
+        self.consumers: dict[str, Consumer] = {}
+        self._attached_at: dict[str, float] = {}
 
-    def attach(self, consumer: Consumer) -> None:
-        self.consumer = consumer
-        self._attached_at = time.time()
+    def attach(self, queue: str, consumer: Consumer) -> None:
+        self.consumers[queue] = consumer
+        self._attached_at[queue] = time.time()
 
-    def statistics(self) -> ConsumerStatistics | None:
-        return self.consumer.statistics() if self.consumer is not None else None
+    def statistics(self) -> dict[str, ConsumerStatistics | None]:
+        """Each queue's consumer statistics, ``None`` while it starts."""
+        return {
+            queue: self.consumers[queue].statistics() if queue in self.consumers else None
+            for queue in self.queues
+        }
 
-    def liveness(self) -> tuple[bool, dict[str, object]]:
-        stats = self.statistics()
-        if stats is None or self.consumer is None:
+    def _liveness(self, queue: str) -> tuple[bool, dict[str, object]]:
+        consumer = self.consumers.get(queue)
+        if consumer is None:
             return True, {"status": "starting"}
+        stats = consumer.statistics()
         body: dict[str, object] = {"state": stats.state, "window_seconds": self.liveness_window}
         if stats.state == "stopped":
             return False, {"status": "stopped", **body}
         if stats.state != "running":
             return True, {"status": stats.state, **body}
-        age = time.time() - (stats.last_poll_at or self._attached_at)
+        age = time.time() - (stats.last_poll_at or self._attached_at[queue])
         body["last_poll_age_seconds"] = round(age, 3)
-        options = self.consumer.options
+        options = consumer.options
         # A poll is only sent when a whole batch fits: a full consumer is busy, not stuck.
         held = stats.in_flight + stats.buffered + options.effective_batch_size(self.batch)
         saturated = held > options.capacity(self.batch)
@@ -103,62 +113,99 @@ class Probe:
             return True, {"status": "saturated", **body}
         return False, {"status": "no recent poll", **body}
 
+    def liveness(self) -> tuple[bool, dict[str, object]]:
+        """One consumer: its own status. Several: alive while each is, with each one's status
+        under ``queues`` and the first failing one's (else ``ok``) as ``status``; while they
+        shut down (one stopping, or some stopped and others not yet), alive and ``stopping``."""
+        each = {queue: self._liveness(queue) for queue in self.queues}
+        if len(each) == 1:
+            return next(iter(each.values()))
+        statuses = [str(body["status"]) for _, body in each.values()]
+        status: str
+        if "stopping" in statuses or ("stopped" in statuses and set(statuses) != {"stopped"}):
+            # One shutdown for all: a consumer done draining waits for the others.
+            alive, status = True, "stopping"
+        else:
+            alive = all(ok for ok, _ in each.values())
+            failing = [str(body["status"]) for ok, body in each.values() if not ok]
+            status = failing[0] if failing else "ok"
+        return alive, {"status": status, "queues": {q: body for q, (_, body) in each.items()}}
+
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        stats = self.statistics()
-        state = stats.state if stats is not None else "starting"
-        return state == "running", {"status": "ready" if state == "running" else state}
+        states = {
+            queue: stats.state if stats is not None else "starting"
+            for queue, stats in self.statistics().items()
+        }
+        ready = all(state == "running" for state in states.values())
+        if len(states) == 1:
+            (state,) = states.values()
+            return ready, {"status": "ready" if ready else state}
+        status = "ready" if ready else next(s for s in states.values() if s != "running")
+        return ready, {"status": status, "queues": states}
 
 
 class _StatisticsCollector(Collector):
-    def __init__(self, probe: Probe, queue: str) -> None:
+    def __init__(self, probe: Probe) -> None:
         self._probe = probe
-        self._queue = queue
 
     def collect(self) -> Iterable[Metric]:
-        info = InfoMetricFamily("trio_sqs_consumer", "The consumed queue.")
-        info.add_metric([], {"queue": self._queue})
-        yield info
-        stats = self._probe.statistics()
-        if stats is None:
-            return
-        for name, field, text in COUNTERS:
-            yield CounterMetricFamily(f"trio_sqs_{name}", text, value=getattr(stats, field))
-        yield GaugeMetricFamily("trio_sqs_in_flight", "Handler calls running.", stats.in_flight)
-        yield GaugeMetricFamily(
-            "trio_sqs_buffered", "Messages waiting for a handler.", stats.buffered
+        info = InfoMetricFamily("trio_sqs_consumer", "The consumed queue.", labels=["queue"])
+        counters = {
+            name: CounterMetricFamily(f"trio_sqs_{name}", text, labels=["queue"])
+            for name, _, text in COUNTERS
+        }
+        in_flight = GaugeMetricFamily(
+            "trio_sqs_in_flight", "Handler calls running.", labels=["queue"]
         )
-        state = GaugeMetricFamily("trio_sqs_state", "1 for the current state.", labels=["state"])
-        for name in ("starting", "running", "stopping", "stopped"):
-            state.add_metric([name], 1.0 if stats.state == name else 0.0)
-        yield state
-        if stats.last_poll_at is not None:
-            yield GaugeMetricFamily(
-                "trio_sqs_last_poll_timestamp_seconds",
-                "Unix time of the last successful poll.",
-                stats.last_poll_at,
-            )
+        buffered = GaugeMetricFamily(
+            "trio_sqs_buffered", "Messages waiting for a handler.", labels=["queue"]
+        )
+        state = GaugeMetricFamily(
+            "trio_sqs_state", "1 for the current state.", labels=["queue", "state"]
+        )
+        last_poll = GaugeMetricFamily(
+            "trio_sqs_last_poll_timestamp_seconds",
+            "Unix time of the last successful poll.",
+            labels=["queue"],
+        )
+        for queue, stats in self._probe.statistics().items():
+            info.add_metric([queue], {"queue": queue})
+            if stats is None:
+                continue
+            for name, field, _ in COUNTERS:
+                counters[name].add_metric([queue], getattr(stats, field))
+            in_flight.add_metric([queue], stats.in_flight)
+            buffered.add_metric([queue], stats.buffered)
+            for name in ("starting", "running", "stopping", "stopped"):
+                state.add_metric([queue, name], 1.0 if stats.state == name else 0.0)
+            if stats.last_poll_at is not None:
+                last_poll.add_metric([queue], stats.last_poll_at)
+        yield info
+        yield from counters.values()
+        yield from (in_flight, buffered, state, last_poll)
 
 
 class Metrics:
-    """A private Prometheus registry: consumer statistics (read at scrape time), a handler
-    duration histogram fed by :meth:`observe_handler`, and process, platform and GC metrics."""
+    """A private Prometheus registry: consumer statistics (read at scrape time, labelled with
+    their ``queue``), a handler duration histogram fed by :meth:`observe_handler`, and process,
+    platform and GC metrics."""
 
-    def __init__(self, probe: Probe, *, queue: str) -> None:
+    def __init__(self, probe: Probe) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_StatisticsCollector(probe, queue))
+        self.registry.register(_StatisticsCollector(probe))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self._durations = Histogram(
             "trio_sqs_handler_duration_seconds",
-            "Handler call duration, by outcome (ok, error, retry, cancelled).",
-            ["outcome"],
+            "Handler call duration, by queue and outcome (ok, error, retry, cancelled).",
+            ["queue", "outcome"],
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
         )
 
-    def observe_handler(self, seconds: float, outcome: str) -> None:
-        self._durations.labels(outcome=outcome).observe(seconds)
+    def observe_handler(self, seconds: float, outcome: str, *, queue: str) -> None:
+        self._durations.labels(queue=queue, outcome=outcome).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

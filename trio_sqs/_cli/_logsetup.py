@@ -23,7 +23,7 @@ import trio
 from .._handler import BatchHandler, Handler, Retry
 from .._message import Message
 
-__all__ = ["JsonFormatter", "TextFormatter", "instrument", "setup_logging"]
+__all__ = ["JsonFormatter", "TextFormatter", "bind_log_context", "instrument", "setup_logging"]
 
 log = logging.getLogger("trio_sqs.handler")
 
@@ -41,6 +41,13 @@ _STANDARD = {
 _CHATTY = ("httpx", "httpcore", "botocore", "urllib3", "werkzeug")
 
 Observer = Callable[[float, str], None]
+
+
+def bind_log_context(**fields: object) -> None:
+    """Attach ``fields`` to every record logged from now on by the calling task and by the tasks
+    it starts from now on (they inherit its context), e.g. ``queue=...`` for one consumer of
+    several."""
+    _CONTEXT.set({**(_CONTEXT.get() or {}), **fields})
 
 
 def _extras(record: logging.LogRecord) -> dict[str, object]:
@@ -112,7 +119,7 @@ def instrument(
     """
 
     async def call(context: dict[str, object], *args: Any) -> Any:
-        token = _CONTEXT.set(context)
+        token = _CONTEXT.set({**(_CONTEXT.get() or {}), **context})
         start = time.perf_counter()
         outcome = "error"
         try:

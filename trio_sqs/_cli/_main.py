@@ -19,7 +19,8 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, NoReturn
+from functools import partial
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
@@ -30,19 +31,23 @@ if sys.version_info < (3, 11):  # pragma: no cover
     pass
 
 from .. import __version__
-from .._config import ConsumerOptions
+from .._client import SQSClient
+from .._config import ConsumerOptions, Limits
+from .._connect import open_client
 from .._consumer import Consumer
+from .._exceptions import QueueDoesNotExist
 from .._open import open_consumer
 from .._util import leaves
 from ._common import (
     EXIT_INTERRUPTED,
+    EXIT_NO_QUEUE,
     EXIT_OK,
     EXIT_USAGE,
     ShutdownSignals,
     classify,
 )
 from ._demo import add_demo_parser, cmd_demo
-from ._logsetup import instrument, setup_logging
+from ._logsetup import bind_log_context, instrument, setup_logging
 from ._settings import (
     CONSUMER_SETTINGS,
     ENV_PREFIX,
@@ -55,6 +60,9 @@ from ._settings import (
     resolve,
 )
 from ._tools import TOOLS, add_tool_parsers, run_tool
+
+if TYPE_CHECKING:
+    from ._health import Metrics, Probe
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -156,36 +164,74 @@ def load_handler(path: str) -> Callable[..., Any]:
 async def _run(
     values: Mapping[str, Any], options: ConsumerOptions, handler: Callable[..., Any]
 ) -> None:
-    """Consume until the first SIGTERM or SIGINT has been drained, serving health and metrics
-    (in the same nursery, for the consumer's whole life, shutdown included) if asked to.
+    """Consume every queue of ``values["queue"]`` until the first SIGTERM or SIGINT has been
+    drained, serving health and metrics (in the same nursery, for the consumers' whole life,
+    shutdown included) if asked to.
 
-    Cancellation: the signal task stops the consumer with :meth:`Consumer.stop`, never by
-    cancellation; during startup (queue lookup) a signal cancels the startup, which is safe
-    because nothing was received yet.
+    One consumer per queue, each in its own task, all on one client (sized for them: the
+    long-poll budget follows their pollers, the other budget is 8 connections per queue) and
+    all stopped by the same signal, at the same moment, so the shutdown takes as long as the
+    slowest one (each is bounded by grace + flush). A consumer that fails (a queue that does
+    not exist, say) cancels the others, which is their graceful stop too.
+
+    Cancellation: the signal task stops running consumers with :meth:`Consumer.stop`, never by
+    cancellation; a consumer still starting (queue lookup) has its startup cancelled, which is
+    safe because it received nothing yet.
     """
+    queues: list[str] = values["queue"]
     signals = ShutdownSignals()
-    consumer: Consumer | None = None
-    startup = trio.CancelScope()
+    consumers: list[Consumer] = []
+    startups: set[trio.CancelScope] = set()
     batch = bool(values.get("batch"))
+    probe: Probe | None = None
+    metrics: Metrics | None = None
 
     def on_first() -> None:
-        if consumer is not None:
+        for consumer in consumers:
             consumer.stop()
-        else:
-            startup.cancel()  # still resolving the queue: nothing to drain
+        for startup in startups:
+            startup.cancel()  # still starting: nothing to drain
 
-    observe = None
+    async def consume(client: SQSClient, queue: str) -> None:
+        if len(queues) > 1:
+            # Every record of this consumer's tasks (they inherit it) names its queue.
+            bind_log_context(queue=queue)
+        observe = partial(metrics.observe_handler, queue=queue) if metrics else None
+        startup = trio.CancelScope()
+        startups.add(startup)
+        if signals.received_at is not None:
+            startup.cancel()  # the signal came before this task started
+        try:
+            with startup:
+                # batch is known at run time only: open_consumer checks the handler.
+                async with open_consumer(  # type: ignore[call-overload]
+                    queue,
+                    instrument(handler, batch=batch, observe=observe),
+                    batch=batch,
+                    client=client,
+                    options=options,
+                ) as consumer:
+                    # Running: a signal stops it with stop() from now on (a cancel that came
+                    # in between is its graceful stop too).
+                    startups.discard(startup)
+                    consumers.append(consumer)
+                    if probe is not None:
+                        probe.attach(queue, consumer)
+                    await consumer.wait_stopped()
+        except QueueDoesNotExist as exc:
+            raise CommandError(f"queue {queue!r} does not exist ({exc})", EXIT_NO_QUEUE) from None
+
     async with trio.open_nursery() as nursery:
         await nursery.start(signals.watch, on_first)
-        probe = None
         if "metrics_port" in values:
             from ._health import Metrics, Probe, serve_health
 
             probe = Probe(
-                liveness_window=values.get("liveness_window", DEFAULT_LIVENESS_WINDOW), batch=batch
+                liveness_window=values.get("liveness_window", DEFAULT_LIVENESS_WINDOW),
+                batch=batch,
+                queues=queues,
             )
-            metrics = Metrics(probe, queue=values["queue"])
-            observe = metrics.observe_handler
+            metrics = Metrics(probe)
             host = values.get("metrics_host", "0.0.0.0")
             try:
                 port = await nursery.start(
@@ -196,20 +242,21 @@ async def _run(
                     f"cannot listen on {host}:{values['metrics_port']}: {exc}"
                 ) from None
             log.info("health and metrics on http://%s:%d (/healthz /readyz /metrics)", host, port)
-        with startup:
-            # batch is known at run time only: open_consumer checks the handler against it.
-            async with open_consumer(  # type: ignore[call-overload]
-                values["queue"],
-                instrument(handler, batch=batch, observe=observe),
-                batch=batch,
+
+        opening = trio.CancelScope()
+        startups.add(opening)
+        # A signal while the client opens (credentials) cancels it: nothing to drain yet.
+        with opening:
+            async with open_client(
                 region=values.get("region"),
                 endpoint_url=values.get("endpoint_url"),
                 profile=values.get("profile"),
-                options=options,
-            ) as consumer:
-                if probe is not None:
-                    probe.attach(consumer)
-                await consumer.wait_stopped()
+                limits=Limits(max_other_connections=min(1000, 8 * len(queues))),
+            ) as client:
+                startups.discard(opening)
+                async with trio.open_nursery() as fleet:
+                    for queue in queues:
+                        fleet.start_soon(consume, client, queue, name=f"consume {queue}")
         nursery.cancel_scope.cancel()
 
 
@@ -217,6 +264,9 @@ def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     values = resolve(args, [*RUN_SETTINGS, *LOG_SETTINGS, *CONSUMER_SETTINGS], environ)
     if "queue" not in values:
         raise CommandError(f"--queue (or {ENV_PREFIX}QUEUE) is required")
+    duplicates = sorted({q for q in values["queue"] if values["queue"].count(q) > 1})
+    if duplicates:
+        raise CommandError(f"--queue {duplicates[0]} is given more than once")
     options = make_options(values)
     window = values.get("liveness_window", DEFAULT_LIVENESS_WINDOW)
     if window <= options.wait_time:
@@ -235,7 +285,7 @@ def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         trio.run(_run, values, options, handler)
     except Exception as exc:
-        code, message = classify(exc, values["queue"])
+        code, message = classify(exc, ", ".join(values["queue"]))
         raise CommandError(message, code) from None
     except BaseExceptionGroup as group:
         # A handler's sys.exit() (or a KeyboardInterrupt in one): the consumer stopped gracefully

@@ -23,6 +23,7 @@ __all__ = [
     "CONSUMER_SETTINGS",
     "ENV_PREFIX",
     "LOG_SETTINGS",
+    "QUEUE_SETTING",
     "RUN_SETTINGS",
     "CommandError",
     "Setting",
@@ -50,6 +51,8 @@ class Setting:
     help: str
     metavar: str | None = None
     flag_only: bool = False
+    # A flag that may be given several times (and a comma-separated variable): a list.
+    repeat: bool = False
 
     @property
     def flag(self) -> str:
@@ -133,8 +136,17 @@ LOG_SETTINGS = [
     Setting("log_level", _choice(["DEBUG", "INFO", "WARNING", "ERROR"]), "Log level.", "LEVEL"),
     Setting("log_format", _choice(["text", "json"]), "text, or json: one object per line.", "FMT"),
 ]
+QUEUE_SETTING = Setting("queue", str, "Queue name or URL (required).", "NAME_OR_URL")
 RUN_SETTINGS = [
-    Setting("queue", str, "Queue name or URL (required).", "NAME_OR_URL"),
+    Setting(
+        "queue",
+        str,
+        "Queue name or URL (required). Repeat it (or separate with commas) to consume several "
+        "queues in one process, with the same handler and options, one shared client and one "
+        "shutdown.",
+        "NAME_OR_URL",
+        repeat=True,
+    ),
     Setting("batch", _parse_bool, "The handler takes a list of messages."),
     Setting(
         "region", str, "AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, the config file)."
@@ -160,7 +172,15 @@ def add_setting(
 ) -> None:
     """Add the flag of ``setting``; its help names the variable."""
     env = "" if setting.flag_only else f" [env {setting.env}]"
-    if setting.convert is _parse_bool:
+    if setting.repeat:
+        parser.add_argument(
+            setting.flag,
+            type=setting.convert,
+            action="append",
+            metavar=setting.metavar,
+            help=setting.help + env,
+        )
+    elif setting.convert is _parse_bool:
         parser.add_argument(
             setting.flag, action="store_true", default=None, help=setting.help + env
         )
@@ -180,9 +200,15 @@ def resolve(
         raw = environ.get(setting.env, "")
         if value is None and raw.strip() and not setting.flag_only:
             try:
-                value = setting.convert(raw)
+                if setting.repeat:
+                    value = [setting.convert(part) for part in raw.split(",")]
+                else:
+                    value = setting.convert(raw)
             except (argparse.ArgumentTypeError, ValueError) as exc:
                 raise CommandError(f"{setting.env}: {exc}") from None
+        if setting.repeat and value is not None:
+            # Each flag may itself be a comma-separated list; blanks are dropped.
+            value = [p.strip() for v in value for p in str(v).split(",") if p.strip()] or None
         if value is not None:
             values[setting.dest] = value
     return values

@@ -22,7 +22,15 @@ from .._connect import open_client
 from .._exceptions import QueueDoesNotExist
 from .._message import Message, MessageAttributeValue
 from ._common import EXIT_ERROR, EXIT_OK, classify
-from ._settings import ENV_PREFIX, LOG_SETTINGS, RUN_SETTINGS, CommandError, Setting, add_setting
+from ._settings import (
+    ENV_PREFIX,
+    LOG_SETTINGS,
+    QUEUE_SETTING,
+    RUN_SETTINGS,
+    CommandError,
+    Setting,
+    add_setting,
+)
 from ._settings import resolve as resolve_settings
 
 __all__ = ["TOOLS", "add_tool_parsers", "run_tool"]
@@ -31,7 +39,7 @@ TOOLS = ("send", "stats", "peek", "purge")
 
 _BY_NAME = {setting.dest: setting for setting in RUN_SETTINGS}
 TOOL_SETTINGS: list[Setting] = [
-    _BY_NAME["queue"],
+    QUEUE_SETTING,
     _BY_NAME["region"],
     _BY_NAME["endpoint_url"],
     _BY_NAME["profile"],
