@@ -1,0 +1,564 @@
+"""The queue tools (``trio-sqs send``, ``stats``, ``peek``, ``purge``) run in-process through
+``trio_sqs._cli.main`` (which calls ``trio.run`` itself) against two SQS servers over real HTTP:
+trio_sqs's in-memory SQS, served from a thread for this module, and moto's server (session-wide,
+global state: every test makes its own queues, ``queue_name``).
+
+test_cli_tools.py runs the real executable; this module checks that the tools do the same against
+both servers. Every test checks what the tool did on the server's side through a client of its
+own, not only what it printed. Where moto differs from real SQS the test says what SQS does and
+its moto case is a strict xfail naming the difference (``moto_differs``, as in
+test_conformance.py).
+
+Real clock and sockets: nothing here waits (peeks of an empty queue use ``--wait 0``).
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import trio
+
+import trio_sqs
+from trio_sqs import Message, MessageAttributeValue, SQSClient
+from trio_sqs._cli import main
+from trio_sqs._cli._logsetup import _CHATTY as CHATTY_LOGGERS
+from trio_sqs.testing import FakeSQS, serve_fake_sqs
+
+T = TypeVar("T")
+
+BACKENDS = ["fake-http", "moto"]
+
+PURGE_WAIT = (
+    "purge's answer to PurgeQueueInProgress never says to wait, and reads as a crash: "
+    "'trio-sqs: error: ServiceError: AWS.SimpleQueueService.PurgeQueueInProgress: Only one "
+    "PurgeQueue operation on Q is allowed every 60 seconds. (HTTP 400, request id ...) "
+    "(--log-level DEBUG shows the traceback)', exit 1 (on moto, which answers HTTP 403: "
+    "'AWS credentials missing or rejected: ...', exit 4)"
+)
+
+
+# -- the two servers ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake_endpoint() -> Iterator[str]:
+    """trio_sqs's in-memory SQS over HTTP on 127.0.0.1 (port 0), in a thread for this module."""
+    started: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.CancelScope]] = queue.Queue()
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            endpoint = await nursery.start(serve_fake_sqs, FakeSQS())
+            started.put((endpoint, trio.lowlevel.current_trio_token(), nursery.cancel_scope))
+
+    thread = threading.Thread(target=trio.run, args=(serve,), name="fake-sqs", daemon=True)
+    thread.start()
+    endpoint, token, scope = started.get(timeout=20)
+    try:
+        yield endpoint
+    finally:
+        trio.from_thread.run_sync(scope.cancel, trio_token=token)
+        thread.join(timeout=10)
+
+
+@dataclass
+class Backend:
+    kind: str
+    endpoint: str
+
+    def sqs(self, operation: Callable[[SQSClient], Awaitable[T]]) -> T:
+        """Run ``operation`` with a client of this test's own (the server's side of things)."""
+
+        async def run() -> T:
+            # Plain HTTP: no CA bundle to load (httpx's default costs ~20 ms per client).
+            transport = httpx.AsyncHTTPTransport(verify=False)
+            async with trio_sqs.open_client(
+                region="us-east-1", endpoint_url=self.endpoint, transport=transport
+            ) as client:
+                return await operation(client)
+
+        return trio.run(run)
+
+    def create(self, name: str, attributes: dict[str, str] | None = None) -> str:
+        return self.sqs(lambda c: c.create_queue(name, attributes=attributes))
+
+    def queue(self, name: str) -> tuple[str, dict[str, str]]:
+        """The URL and every attribute of the queue ``name``."""
+
+        async def op(client: SQSClient) -> tuple[str, dict[str, str]]:
+            url = await client.get_queue_url(name)
+            return url, await client.get_queue_attributes(url)
+
+        return self.sqs(op)
+
+    def counts(self, url: str) -> tuple[int, int, int]:
+        return self.sqs(lambda c: counts(c, url))
+
+    def state(self, url: str) -> tuple[tuple[int, int, int], list[Message]]:
+        """The queue's counts, then every message receivable (each is then hidden for 60 s)."""
+
+        async def op(client: SQSClient) -> tuple[tuple[int, int, int], list[Message]]:
+            return await counts(client, url), await receive_all(client, url)
+
+        return self.sqs(op)
+
+
+async def counts(client: SQSClient, url: str) -> tuple[int, int, int]:
+    """(visible, in flight, delayed), from GetQueueAttributes."""
+    names = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ]
+    attributes = await client.get_queue_attributes(url, names)
+    visible, in_flight, delayed = (int(attributes[name]) for name in names)
+    return visible, in_flight, delayed
+
+
+async def receive_all(client: SQSClient, url: str) -> list[Message]:
+    """Every message receivable now, each hidden for 60 s (so: each once)."""
+    out: list[Message] = []
+    while True:
+        result = await client.receive_messages(url, wait_time=0, visibility_timeout=60)
+        if not result.messages:
+            return out
+        out.extend(result.messages)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    """One of the two servers; the tools find it through ``TRIO_SQS_ENDPOINT_URL``."""
+    endpoint = request.getfixturevalue(
+        "moto_endpoint" if request.param == "moto" else "fake_endpoint"
+    )
+    monkeypatch.setenv("TRIO_SQS_ENDPOINT_URL", endpoint)
+    return Backend(request.param, endpoint)
+
+
+def moto_differs(request: pytest.FixtureRequest, backend: Backend, reason: str) -> None:
+    if backend.kind == "moto":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"moto differs: {reason}"))
+
+
+# -- running a tool in this process ---------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def cli_leaves_no_trace(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``main`` is written for a process of its own: it replaces the root logger's handlers (with
+    one on this test's captured stderr), sets logger levels, and freezes the heap on its way
+    out. Undo all that after each test, and start from no ``TRIO_SQS_*`` variable."""
+    for name in list(os.environ):
+        if name.startswith("TRIO_SQS_"):
+            monkeypatch.delenv(name)
+    names = {*logging.root.manager.loggerDict, *CHATTY_LOGGERS}
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in names)]
+    saved = [(lg, lg.level, lg.handlers[:]) for lg in loggers if isinstance(lg, logging.Logger)]
+    frozen = gc.get_freeze_count()
+    yield
+    for lg, level, handlers in saved:
+        lg.setLevel(level)
+        lg.handlers[:] = handlers
+    if frozen == 0:
+        gc.unfreeze()
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def ok(self) -> Result:
+        assert self.code == 0, self.err
+        return self
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.out.splitlines()]
+
+    def error_line(self) -> str:
+        lines = self.err.strip().splitlines()
+        assert len(lines) == 1, self.err
+        assert lines[0].startswith("trio-sqs: error: "), lines
+        return lines[0]
+
+
+Tool = Callable[..., Result]
+
+
+@pytest.fixture
+def tool(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Tool:
+    """``tool("send", "--queue", q, ..., stdin="...")``: ``trio-sqs ...`` in this process, with
+    ``stdin`` as its standard input (not a terminal)."""
+
+    def run(*args: str, stdin: str = "") -> Result:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of entries of every SendMessageBatch any client sends during the test."""
+    sizes: list[int] = []
+    original = SQSClient.send_message_batch
+
+    async def spy(self: SQSClient, queue_url: str, entries: Any) -> Any:
+        sizes.append(len(entries))
+        return await original(self, queue_url, entries)
+
+    monkeypatch.setattr(SQSClient, "send_message_batch", spy)
+    return sizes
+
+
+# -- send -----------------------------------------------------------------------------------------
+
+
+def test_send_create_a_body_and_stdin_lines(
+    backend: Backend, tool: Tool, queue_name: str, batch_sizes: list[int]
+) -> None:
+    one = tool("send", "--queue", queue_name, "--create", "hello").ok()
+    assert one.err == ""
+    ids = one.out.split()
+    assert len(ids) == 1
+    url, attributes = backend.queue(queue_name)
+    assert "FifoQueue" not in attributes  # a standard queue
+
+    piped = tool("send", "--queue", queue_name, "-", stdin="x\n\n  \ny\r\n").ok()
+    ids += piped.out.split()
+    assert len(ids) == 3 == len(set(ids))
+    assert batch_sizes == [1, 2]  # blank lines skipped; one request per batch
+
+    held, messages = backend.state(url)
+    assert held == (3, 0, 0)
+    assert {m.message_id: m.body for m in messages} == dict(
+        zip(ids, ["hello", "x", "y"], strict=True)
+    )
+
+
+def test_send_23_lines_of_a_file_in_batches_of_10_as_json_then_stats(
+    backend: Backend, tool: Tool, queue_name: str, batch_sizes: list[int], tmp_path: Path
+) -> None:
+    url = backend.create(queue_name)
+    bodies = [f"body {i}" for i in range(23)]
+    path = tmp_path / "bodies.txt"
+    path.write_text("\n".join(bodies[:12]) + "\n\n" + "\n".join(bodies[12:]) + "\n")
+
+    sent = tool("send", "--queue", queue_name, "--file", str(path), "--json").ok()
+    records = sent.json_lines()
+    assert batch_sizes == [10, 10, 3]
+    assert [sorted(r) for r in records] == [["id", "line"]] * 23  # no sequence number: standard
+    assert sorted(r["line"] for r in records) == list(range(1, 24))  # counted without blanks
+
+    # The counts right after the sends.
+    text = tool("stats", "--queue", queue_name).ok()
+    assert text.out == f"{queue_name}: 23 visible, 0 in flight, 0 delayed\n"
+    stats = tool("stats", "--queue", queue_name, "--json").ok().json_lines()
+    assert stats == [
+        {
+            "queue": queue_name,
+            "url": url,
+            "visible": 23,
+            "in_flight": 0,
+            "delayed": 0,
+            "dead_letter_queue": None,
+        }
+    ]
+
+    held, messages = backend.state(url)
+    assert held == (23, 0, 0)
+    assert {m.message_id: m.body for m in messages} == {
+        r["id"]: bodies[r["line"] - 1] for r in records
+    }
+
+
+def test_send_attributes_and_delay(backend: Backend, tool: Tool, queue_name: str) -> None:
+    url = backend.create(queue_name)
+    late = tool("send", "--queue", queue_name, "late", "--delay", "600").ok().out.split()
+    tagged = tool(
+        "send", "--queue", url, "tagged", "--attribute", "kind=order", "--attribute", "source=cli=1"
+    ).ok()  # by URL; the value keeps its "="
+    assert len(late) == 1
+
+    (stats,) = tool("stats", "--queue", url, "--json").ok().json_lines()
+    assert (stats["visible"], stats["in_flight"], stats["delayed"]) == (1, 0, 1)
+    text = tool("stats", "--queue", url).ok()
+    assert text.out == f"{url}: 1 visible, 0 in flight, 1 delayed\n"
+
+    held, messages = backend.state(url)
+    assert held == (1, 0, 1)
+    (message,) = messages  # the delayed one is not receivable yet
+    assert message.message_id == tagged.out.strip()
+    assert message.body == "tagged"
+    assert {k: (v.data_type, v.string_value) for k, v in message.message_attributes.items()} == {
+        "kind": ("String", "order"),
+        "source": ("String", "cli=1"),
+    }
+
+
+def test_send_create_fifo_with_group_and_dedup_ids(
+    backend: Backend, tool: Tool, queue_name: str
+) -> None:
+    name = queue_name + ".fifo"
+    args = ["send", "--queue", name, "--group-id", "g1"]
+    sent = tool(*args, "--dedup-id", "d", "--create", "--json", "-", stdin="one\ntwo\nthree\n")
+    records = sent.ok().json_lines()
+    assert [r["line"] for r in records] == [1, 2, 3]
+    assert all(str(r["sequence_number"]).isdigit() for r in records)
+    url, attributes = backend.queue(name)
+    assert attributes["FifoQueue"] == "true"
+    assert attributes.get("ContentBasedDeduplication", "false") == "false"
+
+    # The Nth of several got ID-N: a single message with "d-2" is a duplicate, dropped by SQS.
+    again = tool(*args, "--dedup-id", "d-2", "two").ok()
+    assert len(again.out.split()) == 1
+
+    held, messages = backend.state(url)
+    assert held == (3, 0, 0)
+    assert [m.body for m in messages] == ["one", "two", "three"]
+    assert [m.message_id for m in messages] == [r["id"] for r in records]
+    assert {m.message_group_id for m in messages} == {"g1"}
+    assert [m.message_deduplication_id for m in messages] == ["d-1", "d-2", "d-3"]
+    assert [m.sequence_number for m in messages] == [r["sequence_number"] for r in records]
+
+
+def test_a_deduplicated_send_prints_the_id_of_the_message_sqs_kept(
+    backend: Backend, tool: Tool, queue_name: str, request: pytest.FixtureRequest
+) -> None:
+    moto_differs(
+        request,
+        backend,
+        "it answers a deduplicated send with a fresh MessageId; SQS answers the id of the "
+        "message it kept",
+    )
+    name = queue_name + ".fifo"
+    args = ["send", "--queue", name, "--group-id", "g", "--dedup-id", "same", "body"]
+    first = tool(*args, "--create").ok().out.strip()
+    again = tool(*args).ok().out.strip()
+    url, _ = backend.queue(name)
+    held, (kept,) = backend.state(url)
+    assert (held, kept.body) == ((1, 0, 0), "body")
+    assert kept.message_id == first
+    assert again == first
+
+
+# -- stats ----------------------------------------------------------------------------------------
+
+
+async def with_dead_letter_queue(
+    client: SQSClient, name: str, max_receives: int
+) -> tuple[str, str]:
+    """Create ``name``-dlq and ``name`` redriving to it; return (main URL, DLQ URL)."""
+    dlq = await client.create_queue(name + "-dlq")
+    arn = (await client.get_queue_attributes(dlq, ["QueueArn"]))["QueueArn"]
+    policy = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": max_receives})
+    return await client.create_queue(name, attributes={"RedrivePolicy": policy}), dlq
+
+
+def test_stats_shows_the_dead_letter_queue_counts(
+    backend: Backend, tool: Tool, queue_name: str
+) -> None:
+    async def setup(client: SQSClient) -> tuple[str, str]:
+        url, dlq = await with_dead_letter_queue(client, queue_name, 3)
+        await client.send_message(url, "m")
+        for body in ("d1", "d2", "d3"):
+            await client.send_message(dlq, body)
+        # One of the DLQ's messages in flight.
+        received = await client.receive_messages(dlq, max_messages=1, visibility_timeout=60)
+        assert len(received.messages) == 1
+        assert await counts(client, dlq) == (2, 1, 0)
+        return url, dlq
+
+    url, dlq = backend.sqs(setup)
+    dlq_name = queue_name + "-dlq"
+    assert tool("stats", "--queue", queue_name).ok().out.splitlines() == [
+        f"{queue_name}: 1 visible, 0 in flight, 0 delayed",
+        f"  dead-letter queue {dlq_name}: 2 visible, 1 in flight, 0 delayed",
+    ]
+    (stats,) = tool("stats", "--queue", queue_name, "--json").ok().json_lines()
+    assert stats == {
+        "queue": queue_name,
+        "url": url,
+        "visible": 1,
+        "in_flight": 0,
+        "delayed": 0,
+        "dead_letter_queue": {
+            "queue": dlq_name,
+            "url": dlq,
+            "visible": 2,
+            "in_flight": 1,
+            "delayed": 0,
+        },
+    }
+
+
+# -- peek -----------------------------------------------------------------------------------------
+
+
+def test_peek_json_leaves_messages_visible_with_receive_count_plus_1(
+    backend: Backend, tool: Tool, queue_name: str
+) -> None:
+    async def setup(client: SQSClient) -> str:
+        url = await client.create_queue(queue_name)
+        tag = {"k": MessageAttributeValue.string("v")}
+        await client.send_message(url, "first", message_attributes=tag)
+        await client.send_message(url, "second")
+        return url
+
+    url = backend.sqs(setup)
+    peeked = tool("peek", "--queue", queue_name, "-n", "10", "--json").ok()
+    records = peeked.json_lines()
+    assert "receive count went up by 1" in peeked.err  # the note goes to stderr under --json
+    assert [sorted(r) for r in records] == [
+        ["attributes", "body", "id", "receive_count", "system_attributes"]
+    ] * 2
+    by_body = {r["body"]: r for r in records}
+    assert sorted(by_body) == ["first", "second"]
+    assert by_body["first"]["attributes"] == {"k": "v"}
+    assert by_body["second"]["attributes"] == {}
+    for record in records:
+        assert record["receive_count"] == 1
+        system = record["system_attributes"]
+        assert system["ApproximateReceiveCount"] == "1"
+        assert "SentTimestamp" in system and "ApproximateFirstReceiveTimestamp" in system
+
+    # Released at once: visible, not in flight; the next receive is each one's second.
+    held, messages = backend.state(url)
+    assert held == (2, 0, 0)
+    assert {m.message_id: m.receive_count for m in messages} == {r["id"]: 2 for r in records}
+
+
+def test_peek_text_and_an_empty_queue(backend: Backend, tool: Tool, queue_name: str) -> None:
+    url = backend.create(queue_name)
+    empty = tool("peek", "--queue", queue_name, "--wait", "0").ok()
+    assert (empty.out, empty.err) == ("", "no message received\n")
+
+    long_body = "x" * 200
+    (message_id,) = tool("send", "--queue", url, long_body, "--attribute", "b=2").ok().out.split()
+    short = tool("peek", "--queue", queue_name).ok()
+    lines = short.out.splitlines()
+    assert lines[:3] == [
+        f"{message_id}  receive count 1",
+        "  body: " + "x" * 80 + "... (200 characters; --full shows all)",
+        "  attributes: b=2",
+    ]
+    assert "receive count went up by 1" in lines[3]  # on stdout without --json
+    full = tool("peek", "--queue", queue_name, "--full").ok()
+    assert f"  body: {long_body}\n" in full.out
+    assert f"{message_id}  receive count 2" in full.out
+    assert backend.counts(url) == (1, 0, 0)
+
+
+def test_peeking_counts_towards_max_receive_count(
+    backend: Backend, tool: Tool, queue_name: str
+) -> None:
+    """As peek's help says: with maxReceiveCount 1, one peek is the message's one receive, and
+    the next receive moves it to the dead-letter queue."""
+
+    async def setup(client: SQSClient) -> tuple[str, str]:
+        url, dlq = await with_dead_letter_queue(client, queue_name, 1)
+        await client.send_message(url, "m")
+        return url, dlq
+
+    url, dlq = backend.sqs(setup)
+    (peeked,) = tool("peek", "--queue", queue_name, "--json").ok().json_lines()
+    assert peeked["receive_count"] == 1
+    assert backend.state(url) == ((1, 0, 0), [])  # the next receive moves it, not delivers it
+    (stats,) = tool("stats", "--queue", queue_name, "--json").ok().json_lines()
+    assert (stats["visible"], stats["in_flight"], stats["delayed"]) == (0, 0, 0)
+    assert stats["dead_letter_queue"]["visible"] == 1
+    held, (moved,) = backend.state(dlq)
+    assert held == (1, 0, 0)
+    assert (moved.message_id, moved.body) == (peeked["id"], "m")
+
+
+# -- purge ----------------------------------------------------------------------------------------
+
+
+def test_purge_yes_empties_the_queue_without_yes_it_refuses(
+    backend: Backend, tool: Tool, queue_name: str
+) -> None:
+    async def setup(client: SQSClient) -> str:
+        url = await client.create_queue(queue_name)
+        for body in ("a", "b", "c"):
+            await client.send_message(url, body)
+        await client.send_message(url, "late", delay_seconds=600)
+        await client.receive_messages(url, max_messages=1, visibility_timeout=60)
+        assert await counts(client, url) == (2, 1, 1)
+        return url
+
+    url = backend.sqs(setup)
+    refused = tool("purge", "--queue", queue_name)  # stdin is not a terminal
+    assert refused.code == 2
+    assert "pass --yes" in refused.error_line()
+    assert refused.out == ""
+    assert backend.counts(url) == (2, 1, 1)
+
+    done = tool("purge", "--queue", queue_name, "--yes").ok()
+    assert done.out == f"purged {queue_name} (4 messages)\n"  # in flight and delayed too
+    assert backend.state(url) == ((0, 0, 0), [])
+    assert tool("stats", "--queue", queue_name).ok().out.startswith(f"{queue_name}: 0 visible")
+
+
+def test_a_second_purge_within_60_s_fails_in_one_line_leaving_the_queue(
+    backend: Backend, tool: Tool, queue_name: str, request: pytest.FixtureRequest
+) -> None:
+    moto_differs(
+        request,
+        backend,
+        "it answers PurgeQueueInProgress with HTTP 403 (SQS: 400), which the tool then reports "
+        "as 'AWS credentials missing or rejected' with exit code 4",
+    )
+    url = backend.create(queue_name)
+    tool("purge", "--queue", queue_name, "--yes").ok()
+    backend.sqs(lambda c: c.send_message(url, "after"))
+    again = tool("purge", "--queue", queue_name, "--yes")
+    assert again.code == 1, again.err
+    assert again.out == ""
+    line = again.error_line()
+    assert "PurgeQueueInProgress" in line and "60 seconds" in line
+    assert "Traceback" not in again.err
+    assert backend.counts(url) == (1, 0, 0)  # refused: the new message stays
+
+
+@pytest.mark.xfail(strict=True, reason=PURGE_WAIT)
+def test_a_second_purge_within_60_s_says_to_wait(
+    backend: Backend, tool: Tool, queue_name: str
+) -> None:
+    backend.create(queue_name)
+    tool("purge", "--queue", queue_name, "--yes").ok()
+    again = tool("purge", "--queue", queue_name, "--yes")
+    assert again.code == 1, again.err
+    line = again.error_line()
+    assert "wait" in line.lower(), line
+    assert "traceback" not in line.lower(), line  # an expected refusal, not a crash
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def test_a_missing_queue_is_exit_3_in_one_line(
+    backend: Backend, tool: Tool, queue_name: str
+) -> None:
+    for name, extra in [("send", ["hello"]), ("stats", []), ("peek", []), ("purge", ["--yes"])]:
+        result = tool(name, "--queue", queue_name, *extra)
+        assert result.code == 3, (name, result.err)
+        assert f"queue {queue_name!r} does not exist" in result.error_line(), name
+        assert result.out == "", name
+    assert backend.sqs(lambda c: c.list_queues(queue_name)) == []  # and no tool created it
