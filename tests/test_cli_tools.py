@@ -1,4 +1,4 @@
-"""The queue tools (``trio-sqs send``, ``stats``, ``peek``, ``purge``), run for real as
+"""The queue tools (``trio-sqs send``, ``stats``, ``peek``, ``purge``, ``redrive``), run for real as
 subprocesses against trio_sqs's in-memory SQS served over HTTP (test_cli.py's server fixture).
 
 Each test makes its own queue (``queue_name``) and checks what the tool did on the server's side
@@ -33,6 +33,7 @@ from tests.test_cli import (
     wait_for,
     workdir,
 )
+from trio_sqs import SendEntry
 
 # Real processes, one after another in a worker of their own (--dist loadgroup); none of them
 # asserts wall-clock bounds, so they may run beside test_cli.py's group.
@@ -40,7 +41,7 @@ pytestmark = pytest.mark.xdist_group("cli_tools")
 
 __all__ = ["endpoint", "workdir"]  # fixtures, imported to be used here
 
-TOOLS = ["send", "stats", "peek", "purge"]
+TOOLS = ["send", "stats", "peek", "purge", "redrive"]
 
 
 def tool(
@@ -94,6 +95,10 @@ def test_every_tool_has_help_with_the_aws_options_and_exit_codes(workdir: Path) 
         assert "TRIO_SQS_QUEUE" in text
         assert "3 the queue does not exist" in text
     assert "receive count goes up by 1" in texts["peek"]
+    for needle in ("--to NAME_OR_URL", "--rate N", "--cancel", "--no-wait", "--json"):
+        assert needle in texts["redrive"]
+    assert "5 redrive: no move task started or cancelled" in texts["redrive"]
+    assert "130 redrive: stopped watching" in texts["redrive"]
 
 
 @pytest.mark.parametrize("name", TOOLS)
@@ -411,3 +416,125 @@ def test_purge_asks_on_a_terminal(workdir: Path, endpoint: str, queue_name: str)
     assert code == 0, output
     assert f"purged {queue_name} (2 messages)" in output
     assert held(endpoint, queue_name) == (0, 0, 0)
+
+
+# -- redrive --------------------------------------------------------------------------------------
+
+
+def _dead_lettered(endpoint: str, source: str, count: int) -> tuple[str, str]:
+    """A queue ``source`` whose dead-letter queue ``source-dlq`` holds ``count`` messages that
+    the server dead-lettered from it; returns their URLs."""
+    dlq_name = source[:60] + "-dlq"
+
+    async def op(client: trio_sqs.SQSClient) -> tuple[str, str]:
+        dlq = await client.create_queue(dlq_name)
+        arn = (await client.get_queue_attributes(dlq, ["QueueArn"]))["QueueArn"]
+        policy = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": 1})
+        url = await client.create_queue(source, attributes={"RedrivePolicy": policy})
+        entries = [SendEntry(id=str(i), body=f"m{i}") for i in range(count)]
+        for start in range(0, count, 10):
+            await client.send_message_batch(url, entries[start : start + 10])
+        for _ in range(count + 1):  # received once, then moved at the next receive
+            await client.receive_messages(url, max_messages=10, wait_time=0, visibility_timeout=0)
+        return url, dlq
+
+    urls = sqs(endpoint, op)
+    assert held(endpoint, dlq_name) == (count, 0, 0)
+    assert held(endpoint, source) == (0, 0, 0)
+    return urls
+
+
+def test_redrive_moves_the_messages_back_and_shows_progress(
+    workdir: Path, endpoint: str, queue_name: str
+) -> None:
+    _dead_lettered(endpoint, queue_name, 12)
+    dlq = queue_name[:60] + "-dlq"
+    # At 500 messages/s the server (on the real clock) is done in 24 ms.
+    result = ok(tool(workdir, endpoint, "redrive", "--queue", dlq, "--rate", "500",
+                     "--interval", "0.05"))  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"started moving 12 messages from {dlq} to the queues they came from"
+    assert lines[-2].startswith(f"{dlq}: COMPLETED 12/12 moved (100%)")
+    assert lines[-1] == f"done: moved 12 of 12 messages from {dlq} to the queues they came from"
+    assert held(endpoint, queue_name) == (12, 0, 0)
+    assert held(endpoint, dlq) == (0, 0, 0)
+    assert queue_stats(endpoint, dlq)["requests"]["StartMessageMoveTask"] == 1
+
+
+def test_redrive_json_to_another_queue(workdir: Path, endpoint: str, queue_name: str) -> None:
+    _dead_lettered(endpoint, queue_name, 5)
+    dlq, other = queue_name[:60] + "-dlq", queue_name[:60] + "-other"
+    make_queue(endpoint, other, [])
+    result = ok(tool(workdir, endpoint, "redrive", "--queue", dlq, "--to", other, "--json",
+                     "--rate", "500", "--interval", "0.05"))  # fmt: skip
+    records = json_lines(result.stdout)
+    assert all(r["queue"] == dlq and r["to_move"] == 5 for r in records)
+    assert str(records[-1]["destination"]).endswith(f":{other}")
+    assert (records[-1]["status"], records[-1]["moved"]) == ("COMPLETED", 5)
+    assert "task_handle" not in records[-1]  # only while running
+    assert held(endpoint, other) == (5, 0, 0)
+    assert held(endpoint, queue_name) == (0, 0, 0)
+
+
+def test_redrive_cancel(workdir: Path, endpoint: str, queue_name: str) -> None:
+    _dead_lettered(endpoint, queue_name, 10)
+    dlq = queue_name[:60] + "-dlq"
+    started = ok(tool(workdir, endpoint, "redrive", "--queue", dlq, "--rate", "1", "--no-wait"))
+    assert f"to cancel it: trio-sqs redrive --queue {dlq} --cancel" in started.stdout
+    result = ok(tool(workdir, endpoint, "redrive", "--queue", dlq, "--cancel",
+                     "--interval", "0.05"))  # fmt: skip
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith("cancelled: ") and last.endswith(" of 10 messages had moved"), last
+    moved = int(last.split()[1])
+    assert moved < 10
+    assert held(endpoint, queue_name) == (moved, 0, 0)
+    assert held(endpoint, dlq) == (10 - moved, 0, 0)  # what had not moved stays
+
+
+def test_redrive_of_a_queue_that_is_not_a_dlq_is_exit_5(
+    workdir: Path, endpoint: str, queue_name: str
+) -> None:
+    make_queue(endpoint, queue_name, ["a"])
+    result = tool(workdir, endpoint, "redrive", "--queue", queue_name)
+    assert result.returncode == 5, result.stderr
+    assert f"{queue_name} is not a dead-letter queue" in one_error_line(result)
+    assert result.stdout == ""
+    assert held(endpoint, queue_name) == (1, 0, 0)
+
+
+def test_redrive_on_moto_which_has_no_move_tasks_is_exit_5(
+    workdir: Path, moto_endpoint: str, queue_name: str
+) -> None:
+    # moto 5 answers StartMessageMoveTask with an HTTP 500 HTML page (not implemented).
+    make_queue(moto_endpoint, queue_name, [])
+    result = tool(workdir, moto_endpoint, "redrive", "--queue", queue_name)
+    assert result.returncode == 5, result.stderr
+    line = one_error_line(result)
+    assert "does not implement message move tasks" in line
+    assert "StartMessageMoveTask answered HTTP 500 without an SQS error" in line
+
+
+def test_redrive_sigterm_stops_watching_but_not_the_task(
+    workdir: Path, endpoint: str, queue_name: str
+) -> None:
+    _dead_lettered(endpoint, queue_name, 10)
+    dlq = queue_name[:60] + "-dlq"
+    out = workdir / "stdout.log"
+    command = f"redrive --queue {dlq} --rate 1 --interval 0.05 --endpoint-url {endpoint}"
+    with running(workdir, command) as proc:
+        wait_for(lambda: "RUNNING" in out.read_text(), 15, "a progress line")
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.wait_exit(10) == 130, proc.log()
+        note = proc.log().strip().splitlines()
+    assert note == [
+        "trio-sqs: stopped watching; the move task goes on in SQS. To cancel it: "
+        f"trio-sqs redrive --queue {dlq} --cancel --endpoint-url {endpoint}"
+    ]
+
+    async def status(client: trio_sqs.SQSClient) -> str:
+        url = await client.get_queue_url(dlq)
+        arn = (await client.get_queue_attributes(url, ["QueueArn"]))["QueueArn"]
+        result = await client.call("ListMessageMoveTasks", {"SourceArn": arn})
+        return str(result["Results"][0]["Status"])
+
+    assert sqs(endpoint, status) == "RUNNING"  # (it ends with this module's server)

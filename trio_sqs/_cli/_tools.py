@@ -1,14 +1,16 @@
-"""Queue tools: ``trio-sqs send``, ``stats``, ``peek`` and ``purge``.
+"""Queue tools: ``trio-sqs send``, ``stats``, ``peek``, ``purge`` and ``redrive``.
 
 Each takes ``--queue`` (a name or URL), ``--region``, ``--endpoint-url`` and ``--profile`` like
 ``run`` (the same flags and ``TRIO_SQS_*`` variables), and reports errors as one line on stderr
-with ``run``'s exit codes (3: no such queue, 4: credentials).
+with ``run``'s exit codes (3: no such queue, 4: credentials) and their own (see
+``TOOL_EXIT_CODES``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -19,9 +21,9 @@ import trio
 
 from .._client import SendEntry, SQSClient
 from .._connect import open_client
-from .._exceptions import QueueDoesNotExist
+from .._exceptions import QueueDoesNotExist, ServiceError
 from .._message import Message, MessageAttributeValue
-from ._common import EXIT_ERROR, EXIT_OK, classify
+from ._common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NO_QUEUE, EXIT_OK, classify
 from ._settings import (
     ENV_PREFIX,
     LOG_SETTINGS,
@@ -35,7 +37,7 @@ from ._settings import resolve as resolve_settings
 
 __all__ = ["TOOLS", "add_tool_parsers", "run_tool"]
 
-TOOLS = ("send", "stats", "peek", "purge")
+TOOLS = ("send", "stats", "peek", "purge", "redrive")
 
 _BY_NAME = {setting.dest: setting for setting in RUN_SETTINGS}
 TOOL_SETTINGS: list[Setting] = [
@@ -47,13 +49,21 @@ TOOL_SETTINGS: list[Setting] = [
 ]
 
 TOOL_EXIT_CODES = """exit codes:
-  0    done (stats --watch: stopped with Ctrl-C)
+  0    done (stats --watch: stopped with Ctrl-C; redrive: the move task completed, or
+       was cancelled by --cancel)
   1    unexpected error (e.g. SQS unreachable after retries), a message not sent or not
-       released, purge answered with no
+       released, purge answered with no or refused (one purge per minute); redrive: the move task failed (its
+       FailureReason is shown) or someone else cancelled it
   2    usage: bad flag or value; purge without --yes and without a terminal
   3    the queue does not exist
   4    AWS credentials missing or rejected
+  5    redrive: no move task started or cancelled: the queue is not a dead-letter queue,
+       a task is already running on it (--cancel: none is), SQS refused the request,
+       or the endpoint does not implement message move tasks
+  130  redrive: stopped watching (Ctrl-C or SIGTERM); the move task goes on in SQS
 """
+
+EXIT_REFUSED = 5
 
 BODY_PREVIEW = 80
 _COUNTS = {
@@ -90,6 +100,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
+MAX_MOVE_RATE = 500
+
+
+def _move_rate(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= value <= MAX_MOVE_RATE:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_MOVE_RATE}, got {value}")
+    return value
+
+
 def _attribute(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
@@ -98,7 +121,7 @@ def _attribute(text: str) -> tuple[str, str]:
 
 
 def add_tool_parsers(commands: Any, fmt: type[argparse.HelpFormatter]) -> None:
-    """Add ``send``, ``stats``, ``peek`` and ``purge`` to the ``trio-sqs`` subcommands."""
+    """Add the queue tools (:data:`TOOLS`) to the ``trio-sqs`` subcommands."""
     # argparse's sub-parsers take the class of their parent (trio-sqs's one-line errors).
     env_note = f"--queue and the AWS options can also be set with {ENV_PREFIX}<OPTION>; flags win."
 
@@ -192,6 +215,45 @@ def add_tool_parsers(commands: Any, fmt: type[argparse.HelpFormatter]) -> None:
     )
     purge.add_argument("--yes", "-y", action="store_true", help="do not ask")
 
+    redrive = add(
+        "redrive",
+        "move messages from a dead-letter queue back to their source queues",
+        "Start an SQS message move task (StartMessageMoveTask) that moves the messages of the "
+        "dead-letter queue --queue back to the queues they were dead-lettered from (or to --to), "
+        "and show its progress until it ends. The task runs in SQS: Ctrl-C (or SIGTERM) stops "
+        "watching, not the task, and prints the command that cancels it. --cancel cancels the "
+        "task running on --queue. Messages sent to the dead-letter queue directly have no "
+        "source queue: the task fails on them (CouldNotDetermineMessageSource) unless --to is "
+        "given.",
+    )
+    redrive.add_argument(
+        "--to",
+        metavar="NAME_OR_URL",
+        help="move every message to this queue (default: each back to the queue it came from)",
+    )
+    redrive.add_argument(
+        "--rate",
+        type=_move_rate,
+        metavar="N",
+        help=f"move at most N messages per second, 1-{MAX_MOVE_RATE} (default: SQS picks)",
+    )
+    redrive.add_argument(
+        "--cancel", action="store_true", help="cancel the move task running on --queue"
+    )
+    redrive.add_argument(
+        "--no-wait", action="store_true", help="start (or cancel) the task and return at once"
+    )
+    redrive.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="refresh the progress every SECONDS (default: 1)",
+    )
+    redrive.add_argument(
+        "--json", action="store_true", help="one JSON object per refresh (the task's state)"
+    )
+
 
 # -- running --------------------------------------------------------------------------------------
 
@@ -212,6 +274,10 @@ def run_tool(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         tool = _stats
     elif args.command == "peek":
         tool = _peek
+    elif args.command == "redrive":
+        if args.cancel and (args.to is not None or args.rate is not None):
+            raise CommandError("--cancel takes no --to or --rate")
+        tool = _redrive
     else:
         if not args.yes and not sys.stdin.isatty():
             raise CommandError(
@@ -336,8 +402,26 @@ async def _send(args: argparse.Namespace, values: dict[str, Any]) -> int:
 # -- stats ----------------------------------------------------------------------------------------
 
 
+def _answer_int(value: object, what: str) -> int:
+    """A count in SQS's answer (a number, or digits in a string as GetQueueAttributes gives
+    them); anything else is one clear error line, not a traceback."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise CommandError(f"SQS answered an unreadable {what}: {value!r}", EXIT_ERROR)
+
+
+def _answer_text(answer: Mapping[str, Any], key: str, operation: str) -> str:
+    """A string SQS's answer must carry; its absence is one clear error line."""
+    value = answer.get(key)
+    if not isinstance(value, str) or not value:
+        raise CommandError(f"SQS's answer to {operation} has no {key}: {answer!r}", EXIT_ERROR)
+    return value
+
+
 def _counts(attributes: Mapping[str, str]) -> dict[str, int]:
-    return {key: int(attributes.get(name, "0")) for key, name in _COUNTS.items()}
+    return {key: _answer_int(attributes.get(name, "0"), name) for key, name in _COUNTS.items()}
 
 
 async def _dead_letter(client: SQSClient, policy: str | None) -> dict[str, Any] | None:
@@ -489,7 +573,17 @@ async def _purge(args: argparse.Namespace, values: dict[str, Any]) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 _emit("trio-sqs: not purged", sys.stderr)
                 return EXIT_ERROR
-        await client.purge_queue(url)
+        try:
+            await client.purge_queue(url)
+        except ServiceError as exc:
+            # (moto answers it with HTTP 403, which maps to AccessDenied: the code decides.)
+            if "PurgeQueueInProgress" not in exc.code:
+                raise
+            raise CommandError(
+                f"{queue} was purged less than 60 seconds ago and SQS allows one purge per "
+                f"queue every 60 seconds: wait a minute and try again ({exc.message})",
+                EXIT_ERROR,
+            ) from None
         _emit(f"purged {queue} ({total} messages)")
     return EXIT_OK
 
@@ -499,3 +593,362 @@ def _ask(prompt: str) -> str:
         return input(prompt)
     except EOFError:
         return ""
+
+
+# -- redrive --------------------------------------------------------------------------------------
+
+_FINAL = ("COMPLETED", "CANCELLED", "FAILED")
+_BAR = 30
+_NOT_IMPLEMENTED = (
+    "UnsupportedOperation",
+    "AWS.SimpleQueueService.UnsupportedOperation",
+    "InvalidAction",
+    "UnknownOperationException",
+)
+_SOURCE_HINT = {
+    "CouldNotDetermineMessageSource": (
+        " (a message in the dead-letter queue was not dead-lettered from a queue, e.g. it was "
+        "sent there directly: give --to QUEUE)"
+    ),
+    "AWS.SimpleQueueService.NonExistentQueue": (
+        " (the dead-letter queue or a destination queue no longer exists)"
+    ),
+}
+
+
+def _endpoint_refusal(exc: ServiceError, operation: str) -> CommandError | None:
+    """The error for an endpoint without message move tasks (an emulator), or None."""
+    if exc.code in _NOT_IMPLEMENTED:
+        detail = f"{exc.code}: {exc.message}"
+    elif exc.status_code in (404, 500, 501) and exc.code == str(exc.status_code):
+        # An answer that is no SQS error at all (moto: HTTP 500 with an HTML page).
+        detail = f"HTTP {exc.status_code} without an SQS error"
+    else:
+        return None
+    return CommandError(
+        f"this SQS endpoint does not implement message move tasks ({operation} answered "
+        f"{detail}); redrive needs them (Amazon SQS has them; some emulators do not)",
+        EXIT_REFUSED,
+    )
+
+
+def _cancel_command(values: Mapping[str, Any]) -> str:
+    words = ["trio-sqs", "redrive", "--queue", values["queue"], "--cancel"]
+    for dest, flag in (
+        ("endpoint_url", "--endpoint-url"),
+        ("region", "--region"),
+        ("profile", "--profile"),
+    ):
+        if values.get(dest):
+            words += [flag, str(values[dest])]
+    return shlex.join(words)
+
+
+class _MoveTask:
+    """The move task this command started or cancels, found again in ListMessageMoveTasks: by
+    its handle while it runs (only running tasks show one), then by its start time."""
+
+    def __init__(self, handle: str | None, started: int | None = None) -> None:
+        self.handle = handle
+        self.started = started
+
+    def pick(self, results: list[dict[str, Any]]) -> dict[str, Any] | None:
+        for entry in results:
+            if self.handle is not None and entry.get("TaskHandle") == self.handle:
+                self.started = entry.get("StartedTimestamp")
+                return entry
+        for entry in results:
+            if self.started is not None and entry.get("StartedTimestamp") == self.started:
+                return entry
+        if self.started is None and results and "TaskHandle" not in results[0]:
+            # Ended before we first looked: the newest task is ours.
+            self.started = results[0].get("StartedTimestamp")
+            return results[0]
+        return None
+
+
+async def _move_tasks(client: SQSClient, source_arn: str) -> list[dict[str, Any]]:
+    try:
+        result = await client.call(
+            "ListMessageMoveTasks", {"SourceArn": source_arn, "MaxResults": 10}
+        )
+    except ServiceError as exc:
+        raise _endpoint_refusal(exc, "ListMessageMoveTasks") or exc from None
+    results = result.get("Results") or []
+    return [entry for entry in results if isinstance(entry, dict)]
+
+
+class _Progress:
+    """Shows a move task's state: a bar rewritten in place on a terminal, else one line (or
+    one JSON object) per refresh."""
+
+    def __init__(self, queue: str, destination: str, *, as_json: bool) -> None:
+        self.queue = queue
+        self.destination = destination
+        self.as_json = as_json
+        self.in_place = not as_json and sys.stdout.isatty()
+        self.first: tuple[float, int] | None = None
+        self.pending_newline = False
+
+    def rate(self, moved: int) -> float:
+        now = trio.current_time()
+        if self.first is None:
+            self.first = (now, moved)
+        elapsed = now - self.first[0]
+        return (moved - self.first[1]) / elapsed if elapsed > 0 else 0.0
+
+    def show(self, task: Mapping[str, Any]) -> None:
+        status = str(task.get("Status", "?"))
+        moved = _answer_int(task.get("ApproximateNumberOfMessagesMoved") or 0, "messages moved")
+        total = task.get("ApproximateNumberOfMessagesToMove")
+        if total is not None:
+            total = _answer_int(total, "messages to move")
+        rate = self.rate(moved)
+        if self.as_json:
+            record: dict[str, Any] = {
+                "queue": self.queue,
+                "status": status,
+                "moved": moved,
+                "to_move": total,
+                "rate": round(rate, 1),
+                "destination": task.get("DestinationArn"),
+            }
+            for key, name in (("TaskHandle", "task_handle"), ("FailureReason", "failure_reason")):
+                if key in task:
+                    record[name] = task[key]
+            _emit(json.dumps(record))
+            return
+        done = f"{moved}/{total}" if total is not None else f"{moved}"
+        percent = f" ({100 * moved // total}%)" if total else ""
+        line = f"{self.queue}: {status} {done} moved{percent}, {rate:.1f} messages/s"
+        if self.in_place:
+            filled = _BAR * moved // total if total else (_BAR if status == "COMPLETED" else 0)
+            bar = "#" * filled + "." * (_BAR - filled)
+            sys.stdout.write(f"\r\x1b[K[{bar}] {line}")
+            sys.stdout.flush()
+            self.pending_newline = True
+        else:
+            _emit(line)
+
+    def end_line(self) -> None:
+        if self.pending_newline:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self.pending_newline = False
+
+    def say(self, text: str) -> None:
+        self.end_line()
+        if not self.as_json:
+            _emit(text)
+
+
+class _Stop:
+    """SIGINT or SIGTERM: stop what we are doing, except a start or cancel request in flight
+    (it may have reached SQS: we finish it, to say what happened)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.interruptible = True
+        self.scope = trio.CancelScope()
+        #: What this command did in SQS before it was stopped: "started", "cancelled" or None.
+        self.done: str | None = None
+
+    async def listen(self, signals: AsyncIterator[int]) -> None:
+        async for _ in signals:
+            self.requested = True
+            if self.interruptible:
+                self.scope.cancel()
+
+    def check(self) -> None:
+        self.interruptible = True
+        if self.requested:
+            self.scope.cancel()
+
+
+async def _redrive(args: argparse.Namespace, values: dict[str, Any]) -> int:
+    # SIGINT and SIGTERM are read as signals (not a KeyboardInterrupt that may land anywhere,
+    # and not at all in a background process started with SIGINT ignored): see stats --watch.
+    stop = _Stop()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop.listen, signals)
+            try:
+                return await _redrive_until_stopped(args, values, stop)
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+async def _redrive_until_stopped(
+    args: argparse.Namespace, values: dict[str, Any], stop: _Stop
+) -> int:
+    queue = values["queue"]
+    destination = args.to or "the queues they came from"
+    progress = _Progress(queue, destination, as_json=args.json)
+    with stop.scope:
+        async with _client(values) as client:
+            url = await _queue_url(client, queue)
+            attributes = await client.get_queue_attributes(url, ["QueueArn"])
+            source_arn = _answer_text(attributes, "QueueArn", "GetQueueAttributes")
+            if args.cancel:
+                task = await _cancel_task(client, queue, source_arn, progress, stop)
+            else:
+                task = await _start_task(
+                    client, args, queue, source_arn, progress, stop, _cancel_command(values)
+                )
+            if args.no_wait:
+                if args.json:
+                    entry = task.pick(await _move_tasks(client, source_arn))
+                    if entry is not None:
+                        progress.show(entry)
+                elif not args.cancel:
+                    progress.say(f"to cancel it: {_cancel_command(values)}")
+                return EXIT_OK
+            return await _watch(client, source_arn, task, progress, args, values)
+    # Cancelled by SIGINT or SIGTERM.
+    progress.end_line()
+    if stop.done == "started":
+        note = "the move task goes on in SQS. To cancel it: " + _cancel_command(values)
+    elif stop.done == "cancelled":
+        note = "the move task is cancelled and stops in SQS"
+    else:
+        print("trio-sqs: interrupted; no move task was started or cancelled", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"trio-sqs: stopped watching; {note}", file=sys.stderr, flush=True)
+    return EXIT_INTERRUPTED
+
+
+async def _start_task(
+    client: SQSClient,
+    args: argparse.Namespace,
+    queue: str,
+    source_arn: str,
+    progress: _Progress,
+    stop: _Stop,
+    cancel_command: str,
+) -> _MoveTask:
+    params: dict[str, Any] = {"SourceArn": source_arn}
+    if args.to is not None:
+        try:
+            to_url = await _queue_url(client, args.to)
+        except QueueDoesNotExist:
+            raise CommandError(f"queue {args.to!r} (--to) does not exist", EXIT_NO_QUEUE) from None
+        attributes = await client.get_queue_attributes(to_url, ["QueueArn"])
+        params["DestinationArn"] = _answer_text(attributes, "QueueArn", "GetQueueAttributes")
+    if args.rate is not None:
+        params["MaxNumberOfMessagesPerSecond"] = args.rate
+    stop.interruptible = False
+    try:
+        result = await client.call("StartMessageMoveTask", params)
+        stop.done = "started"
+    except ServiceError as exc:
+        raise _start_refusal(exc, queue, cancel_command) from None
+    finally:
+        stop.check()
+    task = _MoveTask(_answer_text(result, "TaskHandle", "StartMessageMoveTask"))
+    progress.rate(0)  # the rate counts from the start
+    entry = task.pick(await _move_tasks(client, source_arn))
+    total = entry.get("ApproximateNumberOfMessagesToMove") if entry else None
+    progress.say(
+        f"started moving {'?' if total is None else total} messages from {queue} to "
+        f"{progress.destination}"
+    )
+    return task
+
+
+def _start_refusal(exc: ServiceError, queue: str, cancel_command: str) -> Exception:
+    unsupported = _endpoint_refusal(exc, "StartMessageMoveTask")
+    if unsupported is not None:
+        return unsupported
+    if exc.code == "InvalidParameterValue" and "Dead Letter Queue" in exc.message:
+        return CommandError(
+            f"{queue} is not a dead-letter queue: no queue's RedrivePolicy names it "
+            f"(SQS: {exc.message})",
+            EXIT_REFUSED,
+        )
+    if exc.code == "InvalidParameterValue" and "already a task running" in exc.message:
+        return CommandError(
+            f"a move task is already running on {queue} (only one at a time); to cancel it: "
+            + cancel_command,
+            EXIT_REFUSED,
+        )
+    if exc.code == "ResourceNotFoundException":
+        return CommandError(f"SQS: {exc.message}", EXIT_NO_QUEUE)
+    if exc.code == "InvalidParameterValue":
+        return CommandError(f"SQS refused the move task: {exc.message}", EXIT_REFUSED)
+    return exc
+
+
+async def _cancel_task(
+    client: SQSClient, queue: str, source_arn: str, progress: _Progress, stop: _Stop
+) -> _MoveTask:
+    results = await _move_tasks(client, source_arn)
+    running = [t for t in results if t.get("Status") == "RUNNING" and t.get("TaskHandle")]
+    if not running:
+        cancelling = [t for t in results if t.get("Status") == "CANCELLING"]
+        if cancelling:
+            progress.say(f"the move task on {queue} is already being cancelled")
+            return _MoveTask(None, cancelling[0].get("StartedTimestamp"))
+        raise CommandError(f"no move task is running on {queue}: nothing to cancel", EXIT_REFUSED)
+    entry = running[0]
+    task = _MoveTask(str(entry["TaskHandle"]), entry.get("StartedTimestamp"))
+    stop.interruptible = False
+    try:
+        answer = await client.call("CancelMessageMoveTask", {"TaskHandle": task.handle})
+        stop.done = "cancelled"
+    except ServiceError as exc:
+        unsupported = _endpoint_refusal(exc, "CancelMessageMoveTask")
+        if unsupported is not None:
+            raise unsupported from None
+        raise CommandError(
+            f"SQS refused to cancel the move task on {queue} (it may have just ended): "
+            f"{exc.code}: {exc.message}",
+            EXIT_REFUSED,
+        ) from None
+    finally:
+        stop.check()
+    moved = answer.get("ApproximateNumberOfMessagesMoved")
+    progress.say(f"cancelling the move task on {queue} ({moved} messages moved so far)")
+    return task
+
+
+async def _watch(
+    client: SQSClient,
+    source_arn: str,
+    task: _MoveTask,
+    progress: _Progress,
+    args: argparse.Namespace,
+    values: Mapping[str, Any],
+) -> int:
+    queue = values["queue"]
+    while True:
+        entry = task.pick(await _move_tasks(client, source_arn))
+        if entry is None:
+            raise CommandError(f"the move task on {queue} is no longer listed by SQS")
+        progress.show(entry)
+        status = entry.get("Status")
+        if status in _FINAL:
+            break
+        await trio.sleep(args.interval)
+    progress.end_line()
+    moved = entry.get("ApproximateNumberOfMessagesMoved", 0)
+    total = entry.get("ApproximateNumberOfMessagesToMove", "?")
+    if status == "COMPLETED":
+        progress.say(
+            f"done: moved {moved} of {total} messages from {queue} to {progress.destination}"
+        )
+        return EXIT_OK
+    if status == "CANCELLED" and args.cancel:
+        progress.say(f"cancelled: {moved} of {total} messages had moved")
+        return EXIT_OK
+    if status == "CANCELLED":
+        raise CommandError(
+            f"the move task on {queue} was cancelled (not by this command) after moving {moved} "
+            f"of {total} messages",
+            EXIT_ERROR,
+        )
+    reason = str(entry.get("FailureReason", "no reason given"))
+    raise CommandError(
+        f"the move task on {queue} failed: {reason} after moving {moved} of {total} messages"
+        + _SOURCE_HINT.get(reason, ""),
+        EXIT_ERROR,
+    )

@@ -66,6 +66,10 @@ class QueueHost(Protocol):
 
     def next_seq(self) -> int: ...
 
+    def run_moves(self, now: float) -> None: ...
+
+    def next_move(self, queue: FakeQueue) -> float: ...
+
 
 @dataclass(frozen=True, slots=True)
 class QueueCounts:
@@ -196,8 +200,8 @@ class FakeQueue:
         #: ``stall`` or ``drop(after=True)``, or dropped by the client once the transport had
         #: returned them.
         self.orphaned_deliveries = 0
-        #: Requests that named this queue (``QueueUrl``, or ``QueueName`` once it existed), by
-        #: operation, counted at arrival like :attr:`FakeSQS.call_counts`.
+        #: Requests that named this queue (``QueueUrl``, ``QueueName`` once it existed, or
+        #: ``SourceArn``), by operation, counted at arrival like :attr:`FakeSQS.call_counts`.
         self.call_counts: collections.Counter[str] = collections.Counter()
         #: Every delivery, whoever took it.
         self.deliveries = 0
@@ -306,11 +310,22 @@ class FakeQueue:
             heapq.heappush(self._ready, (group[0].seq, name))
 
     def next_timer(self) -> float:
-        return self._timers[0][0] if self._timers else math.inf
+        """When this queue changes next by itself: a delay or visibility timeout ending, or a
+        message move task moving a message out of or into it."""
+        own = self._timers[0][0] if self._timers else math.inf
+        return min(own, self._service.next_move(self))
+
+    def wake_polls_by(self, at: float) -> None:
+        """Long polls asleep past ``at`` wake then (a move task will move a message at ``at``)."""
+        for poll in self._polls:
+            if poll.wake is not None and at < poll.wake.deadline:
+                poll.wake.deadline = at
 
     def advance(self, now: float) -> None:
         """Apply every timer due by ``now`` in time order, handing what becomes receivable to
-        the long polls that were waiting at that moment."""
+        the long polls that were waiting at that moment. Message move tasks' moves due by ``now``
+        are applied first (each one at its own time, see ``FakeSQS.run_moves``)."""
+        self._service.run_moves(now)
         timers = self._timers
         while timers and timers[0][0] <= now:
             due, _, version, message = heapq.heappop(timers)
@@ -531,6 +546,53 @@ class FakeQueue:
             group=group,
         )
         self._insert(message, delay, now)
+
+    # -- message move tasks (StartMessageMoveTask) ---------------------------------------------
+
+    def oldest_visible(self) -> _Message | None:
+        """The oldest visible message (the next one a move task moves), or None."""
+        if not self.fifo:
+            visible = self._visible
+            while visible:
+                _, version, message = visible[0]
+                if message.version == version and message.state == VISIBLE:
+                    return message
+                heapq.heappop(visible)
+            return None
+        candidates = [m for m in self._messages.values() if m.state == VISIBLE]
+        return min(candidates, key=lambda m: m.seq) if candidates else None
+
+    def move_out(self, message: _Message, at: float) -> None:
+        """A move task took ``message`` (visible) out of this queue at ``at``."""
+        self._remove(message)
+        self.advance(at)  # a FIFO group may be open again
+
+    def move_in(self, message: _Message, at: float, message_id: str, sequence: str | None) -> None:
+        """A move task put ``message`` into this queue at ``at``: as SQS does, a new message
+        (new id, sent now, never received) with the body and attributes of the old one; a FIFO
+        queue keeps its group and gives it a new sequence number."""
+        system = {
+            k: v
+            for k, v in message.system.items()
+            if k not in ("DeadLetterQueueSourceArn", "SequenceNumber")
+        }
+        if self.fifo and sequence is not None:
+            system["SequenceNumber"] = sequence
+        elif not self.fifo:
+            system.pop("MessageGroupId", None)
+            system.pop("MessageDeduplicationId", None)
+        moved = _Message(
+            message_id=message_id,
+            body=message.body,
+            md5_of_body=message.md5_of_body,
+            attributes=message.attributes,
+            md5_of_attributes=message.md5_of_attributes,
+            system=system,
+            seq=self._service.next_seq(),
+            sent_ms=self._service.epoch_ms(at),
+            group=message.group if self.fifo else None,
+        )
+        self._insert(moved, 0, at)
 
     # -- acting on received messages -----------------------------------------------------------
 
