@@ -638,8 +638,9 @@ def test_message_cancelled_at_grace_is_receivable_after_exit(
 def test_run_on_two_queues_with_health_and_metrics(
     workdir: Path, endpoint: str, queue_name: str
 ) -> None:
-    """``--queue`` twice: one consumer per queue in one process, their health and metrics (each
-    series labelled with its queue), their log lines naming their queue, one shutdown."""
+    """``--queue`` twice (a URL and a name): one consumer per queue in one process, their health
+    and metrics (each series labelled with its queue's name), their log lines naming their
+    queue, one shutdown."""
     other = queue_name + "-b"
     url = make_queue(endpoint, queue_name, ["a", "b", "c"])
     make_queue(endpoint, other, ["d"])
@@ -664,19 +665,20 @@ def test_run_on_two_queues_with_health_and_metrics(
         assert health.status_code == 200 and health.json()["status"] == "ok", health.text
         assert set(health.json()["queues"]) == {url, other}
         deleted = "trio_sqs_messages_deleted_total"
-        wait_for(lambda: metric(deleted, url) == 3 and metric(deleted, other) == 1, 10, "deletes")
+        first = queue_name  # the label is the queue's name, whether --queue gave it or its URL
+        wait_for(lambda: metric(deleted, first) == 3 and metric(deleted, other) == 1, 10, "deletes")
         text = get("/metrics").text
         for line in (
-            f'trio_sqs_consumer_info{{queue="{url}"}} 1.0',
+            f'trio_sqs_consumer_info{{queue="{first}"}} 1.0',
             f'trio_sqs_consumer_info{{queue="{other}"}} 1.0',
-            f'trio_sqs_messages_received_total{{queue="{url}"}} 3.0',
+            f'trio_sqs_messages_received_total{{queue="{first}"}} 3.0',
             f'trio_sqs_messages_received_total{{queue="{other}"}} 1.0',
-            f'trio_sqs_messages_completed_total{{queue="{url}"}} 3.0',
+            f'trio_sqs_messages_completed_total{{queue="{first}"}} 3.0',
             f'trio_sqs_messages_failed_total{{queue="{other}"}} 0.0',
-            f'trio_sqs_in_flight{{queue="{url}"}} 0.0',
+            f'trio_sqs_in_flight{{queue="{first}"}} 0.0',
             f'trio_sqs_buffered{{queue="{other}"}} 0.0',
-            f'trio_sqs_state{{queue="{url}",state="running"}} 1.0',
-            f'trio_sqs_handler_duration_seconds_count{{outcome="ok",queue="{url}"}} 3.0',
+            f'trio_sqs_state{{queue="{first}",state="running"}} 1.0',
+            f'trio_sqs_handler_duration_seconds_count{{outcome="ok",queue="{first}"}} 3.0',
             f'trio_sqs_handler_duration_seconds_count{{outcome="ok",queue="{other}"}} 1.0',
             f'trio_sqs_last_poll_timestamp_seconds{{queue="{other}"}}',
             "trio_sqs_aborted_polls_total",
@@ -687,12 +689,12 @@ def test_run_on_two_queues_with_health_and_metrics(
         # While stopping (a handler inside its grace period, held there until the test opens
         # its gate): not ready, still alive, on both queues (one shutdown).
         send(endpoint, url, "gate:open")
-        wait_for(lambda: metric("trio_sqs_in_flight", url) == 1, 10, "a handler in flight")
+        wait_for(lambda: metric("trio_sqs_in_flight", first) == 1, 10, "a handler in flight")
         proc.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: get("/readyz").status_code == 503, 5, "/readyz to answer 503")
         health = get("/healthz")
         assert health.status_code == 200 and health.json()["status"] == "stopping", health.text
-        assert metric("trio_sqs_in_flight", url) == 1
+        assert metric("trio_sqs_in_flight", first) == 1
         (workdir / "open").touch()  # the handler finishes inside its grace period
         assert proc.wait_exit(timeout=10) == 0, proc.log()
     # All five handled once and deleted, on both queues.
@@ -747,7 +749,9 @@ def test_run_on_queues_where_one_does_not_exist_is_exit_3_naming_it(
         .startswith(f"trio-sqs: error: queue '{missing}' does not exist")
     ), result.stderr
     assert "Traceback" not in result.stderr
-    # The same queue twice is a usage error.
-    again = _cli(workdir, "run", "handlers:handle", "--queue", queue_name, "--queue", queue_name)
-    assert again.returncode == 2
-    assert f"--queue {queue_name} is given more than once" in again.stderr
+    # The same queue twice (by name, or by name and URL) is a usage error.
+    url = f"{endpoint}/000000000000/{queue_name}"
+    for twice in ([queue_name, queue_name], [url, queue_name]):
+        again = _cli(workdir, "run", "handlers:handle", "--queue", twice[0], "--queue", twice[1])
+        assert again.returncode == 2
+        assert f"--queue {queue_name} is given more than once" in again.stderr

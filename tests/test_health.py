@@ -131,7 +131,7 @@ def test_metrics_carry_a_queue_label_per_consumer() -> None:
     options = ConsumerOptions(concurrency=10)
     probe.attach("a", FakeConsumer(options, stats(received=3, deleted=2, last_poll_at=1.5)))  # type: ignore[arg-type]
     metrics = Metrics(probe)
-    metrics.observe_handler(0.02, "ok", queue="a")
+    metrics.handler_durations.histogram.labels(queue="a", outcome="ok").observe(0.02)
     text = metrics.render().decode()
     for line in (
         'trio_sqs_consumer_info{queue="a"} 1.0',

@@ -30,6 +30,7 @@ from ._message import (
     ReceiveResult,
     SendResult,
 )
+from ._middleware import Invocation, Middleware, Outcome
 from ._open import open_consumer, run_consumer
 from ._stats import ConsumerStatistics
 
@@ -50,10 +51,13 @@ __all__ = [
     "CredentialsError",
     "Handler",
     "InvalidReceiptHandle",
+    "Invocation",
     "Limits",
     "Message",
     "MessageAttributeValue",
     "MessageCorruptError",
+    "Middleware",
+    "Outcome",
     "QueueDoesNotExist",
     "ReceiveResult",
     "Retry",

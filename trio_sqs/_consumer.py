@@ -42,6 +42,7 @@ from ._exceptions import ConfigurationError
 from ._handler import BatchHandler, Handler, Retry, check_handler, check_queue, failed_ids
 from ._leases import Leases
 from ._message import Message
+from ._middleware import Invocation, Middleware, Outcome, check_middleware, compose
 from ._polling import Polling
 from ._stats import ConsumerState, ConsumerStatistics, Counters
 
@@ -69,6 +70,7 @@ class Consumer:
         *,
         batch: bool,
         fifo: bool,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         # Refused here, before any task starts, as open_consumer refuses them (see check_handler).
         if not isinstance(options, ConsumerOptions):
@@ -77,6 +79,7 @@ class Consumer:
             )
         check_queue(queue_url, "queue_url")
         check_handler(handler, batch=batch)
+        self._middleware = check_middleware(middleware)
         self.queue_url = queue_url
         self.options = options
         self.fifo = fifo
@@ -365,7 +368,9 @@ class Consumer:
             with scope:
                 self._handler_scopes.add(scope)
                 try:
-                    if self._batch:
+                    if self._middleware:
+                        failed = await self._call_through_middleware(messages, scope)
+                    elif self._batch:
                         handler_b: BatchHandler = self._handler  # type: ignore[assignment]
                         failed = failed_ids(await handler_b(list(messages)), messages)
                     else:
@@ -401,11 +406,46 @@ class Consumer:
         self._in_flight -= len(messages)
         self._settle_all(messages, finished, failed, retry_delay)
 
+    async def _call_through_middleware(
+        self, messages: list[Message], scope: trio.CancelScope
+    ) -> set[str]:
+        """The handler call wrapped in the middleware chain; the ids that failed without an
+        exception (a batch handler's report, as the middleware left it)."""
+        invocation = Invocation(
+            messages=list(messages),
+            batch=self._batch,
+            queue_url=self.queue_url,
+            started_at=trio.current_time(),
+        )
+
+        async def call_handler() -> None:
+            if self._batch:
+                handler_b: BatchHandler = self._handler  # type: ignore[assignment]
+                failed = failed_ids(await handler_b(list(messages)), messages)
+                invocation.failed = frozenset(failed)
+                invocation.outcome = "failed" if failed else "ok"
+            else:
+                handler: Handler = self._handler  # type: ignore[assignment]
+                await handler(messages[0])
+                invocation.outcome = "ok"
+            if scope.cancel_called:
+                invocation.outcome = self._cut_short()  # it swallowed its cancellation
+
+        await compose(self._middleware, invocation, call_handler, self._cut_short)()
+        return set(invocation.failed)
+
+    def _cut_short(self) -> Outcome:
+        """Why a handler was cancelled: the end of the grace period, or its own time-out."""
+        stopping = self._stop_requested.is_set()
+        return (
+            "cancelled" if stopping and trio.current_time() >= self._grace_deadline else "timed_out"
+        )
+
     def _settle_all(
         self, messages: list[Message], finished: bool, failed: set[str], retry_delay: float | None
     ) -> None:
         if not finished:
-            at_grace = self._stop_requested.is_set() and trio.current_time() >= self._grace_deadline
+            at_grace = self._cut_short() == "cancelled"
             for message in messages:
                 if at_grace:
                     self._counters.cancelled_at_grace += 1

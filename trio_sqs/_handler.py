@@ -14,7 +14,16 @@ from ._config import MAX_VISIBILITY
 from ._exceptions import ConfigurationError
 from ._message import Message
 
-__all__ = ["BatchHandler", "Handler", "Retry", "check_handler", "check_queue", "failed_ids"]
+__all__ = [
+    "BatchHandler",
+    "Handler",
+    "Retry",
+    "check_handler",
+    "check_queue",
+    "describe_callable",
+    "failed_ids",
+    "is_async_callable",
+]
 
 Handler = Callable[[Message], Awaitable[None]]
 BatchHandler = Callable[[list[Message]], Awaitable[Union[Iterable[Union[Message, str]], None]]]  # noqa: UP007
@@ -61,9 +70,9 @@ def check_handler(handler: object, *, batch: object) -> None:
     expected = (
         "async def handler(messages: list[Message])" if batch else "async def handler(message)"
     )
-    if not _is_async_callable(handler):
+    if not is_async_callable(handler):
         raise ConfigurationError(
-            f"handler must be an async callable ({expected}), got {_describe(handler)}",
+            f"handler must be an async callable ({expected}), got {describe_callable(handler)}",
             code="InvalidOption",
         )
     signatures = _signatures(handler)
@@ -75,7 +84,7 @@ def check_handler(handler: object, *, batch: object) -> None:
     except TypeError:
         raise ConfigurationError(
             f"handler must take exactly one positional argument ({expected}), but "
-            f"{_describe(handler)} has the signature {written}",
+            f"{describe_callable(handler)} has the signature {written}",
             code="InvalidOption",
         ) from None
     first = next(iter(evaluated.parameters.values()), None)
@@ -85,19 +94,19 @@ def check_handler(handler: object, *, batch: object) -> None:
     annotated = _annotation_text(written.parameters[first.name].annotation)
     if takes == "list" and not batch:
         raise ConfigurationError(
-            f"handler {_describe(handler)} takes a list of messages (its argument is annotated "
+            f"handler {describe_callable(handler)} takes a list of messages (its argument is annotated "
             f"{annotated}): pass batch=True for a batch handler",
             code="InvalidOption",
         )
     if takes == "message" and batch:
         raise ConfigurationError(
             f"batch=True needs a handler that takes a list of messages ({expected}), but "
-            f"{_describe(handler)} takes one (its argument is annotated {annotated})",
+            f"{describe_callable(handler)} takes one (its argument is annotated {annotated})",
             code="InvalidOption",
         )
 
 
-def _is_async_callable(obj: object) -> bool:
+def is_async_callable(obj: object) -> bool:
     while isinstance(obj, functools.partial):
         obj = obj.func
     if inspect.iscoroutinefunction(obj):
@@ -168,10 +177,10 @@ def _annotation_text(annotation: object) -> str:
     return repr(annotation).replace("trio_sqs._message.", "")
 
 
-def _describe(obj: object) -> str:
+def describe_callable(obj: object) -> str:
     name = getattr(obj, "__qualname__", None)
     if isinstance(obj, functools.partial):
-        return f"functools.partial({_describe(obj.func)}, ...)"
+        return f"functools.partial({describe_callable(obj.func)}, ...)"
     if inspect.isroutine(obj) and isinstance(name, str):
         kind = "async function" if inspect.iscoroutinefunction(obj) else "function"
         return f"{kind} {name}"

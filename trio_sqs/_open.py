@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Literal, overload
 
@@ -19,6 +19,7 @@ from ._connect import open_client
 from ._consumer import Consumer
 from ._exceptions import ConfigurationError
 from ._handler import BatchHandler, Handler, check_handler, check_queue
+from ._middleware import Middleware, check_middleware
 from ._util import raise_unwrapped
 
 __all__ = ["open_consumer", "run_consumer"]
@@ -53,6 +54,7 @@ def open_consumer(
     endpoint_url: str | None = ...,
     profile: str | None = ...,
     options: ConsumerOptions | None = ...,
+    middleware: Sequence[Middleware] | None = ...,
     **option_kwargs: Any,
 ) -> AbstractAsyncContextManager[Consumer]: ...
 
@@ -68,6 +70,7 @@ def open_consumer(
     endpoint_url: str | None = ...,
     profile: str | None = ...,
     options: ConsumerOptions | None = ...,
+    middleware: Sequence[Middleware] | None = ...,
     **option_kwargs: Any,
 ) -> AbstractAsyncContextManager[Consumer]: ...
 
@@ -82,6 +85,7 @@ def open_consumer(
     endpoint_url: str | None = None,
     profile: str | None = None,
     options: ConsumerOptions | None = None,
+    middleware: Sequence[Middleware] | None = None,
     **option_kwargs: Any,
 ) -> AbstractAsyncContextManager[Consumer]:
     """Consume ``queue`` with ``handler`` while the block runs; stop gracefully when it ends.
@@ -103,6 +107,10 @@ def open_consumer(
             ``region``, ``endpoint_url`` and ``profile``.
         options: A :class:`ConsumerOptions`, or pass its fields as keywords (``random_seed``
             seeds the consumer's own random generator).
+        middleware: Code wrapped around every handler invocation, outermost first: async
+            functions ``async def mw(invocation, call_next)`` or functions returning an async
+            context manager ``mw(invocation)`` (see :class:`Invocation`; README, "Middleware").
+            An exception a middleware raises is handled like one from the handler.
 
     Raises:
         ConfigurationError: for an invalid queue, handler or option, naming the argument and
@@ -117,7 +125,8 @@ def open_consumer(
     opts = _make_options(options, option_kwargs)
     check_queue(queue)
     check_handler(handler, batch=batch)
-    return _open_consumer(queue, handler, opts, batch, client, region, endpoint_url, profile)
+    chain = check_middleware(middleware)
+    return _open_consumer(queue, handler, opts, batch, client, region, endpoint_url, profile, chain)
 
 
 @asynccontextmanager
@@ -130,6 +139,7 @@ async def _open_consumer(
     region: str | None,
     endpoint_url: str | None,
     profile: str | None,
+    middleware: Sequence[Middleware],
 ) -> AsyncIterator[Consumer]:
     async with AsyncExitStack() as stack:
         if client is None:
@@ -142,7 +152,9 @@ async def _open_consumer(
                 )
             )
         queue_url, fifo = await _resolve_queue(client, queue)
-        consumer = Consumer(client, queue_url, handler, opts, batch=batch, fifo=fifo)
+        consumer = Consumer(
+            client, queue_url, handler, opts, batch=batch, fifo=fifo, middleware=middleware
+        )
         try:
             with client.reserve_polls(opts.effective_pollers(batch)):
                 async with trio.open_nursery() as nursery:
@@ -178,6 +190,7 @@ async def run_consumer(
     endpoint_url: str | None = ...,
     profile: str | None = ...,
     options: ConsumerOptions | None = ...,
+    middleware: Sequence[Middleware] | None = ...,
     **option_kwargs: Any,
 ) -> None: ...
 
@@ -194,6 +207,7 @@ async def run_consumer(
     endpoint_url: str | None = ...,
     profile: str | None = ...,
     options: ConsumerOptions | None = ...,
+    middleware: Sequence[Middleware] | None = ...,
     **option_kwargs: Any,
 ) -> None: ...
 
@@ -209,6 +223,7 @@ async def run_consumer(
     endpoint_url: str | None = None,
     profile: str | None = None,
     options: ConsumerOptions | None = None,
+    middleware: Sequence[Middleware] | None = None,
     **option_kwargs: Any,
 ) -> None:
     """Run a consumer in a nursery you own, until it is stopped or the nursery is cancelled.
@@ -223,8 +238,9 @@ async def run_consumer(
     opts = _make_options(options, option_kwargs)
     check_queue(queue)
     check_handler(handler, batch=batch)
+    chain = check_middleware(middleware)
     async with _open_consumer(
-        queue, handler, opts, batch, client, region, endpoint_url, profile
+        queue, handler, opts, batch, client, region, endpoint_url, profile, chain
     ) as consumer:
         task_status.started(consumer)
         await consumer.wait_stopped()

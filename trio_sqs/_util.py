@@ -10,7 +10,7 @@ import trio
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["leaves", "only_cancelled", "raise_as_is", "raise_unwrapped"]
+__all__ = ["leaves", "only_cancelled", "queue_name", "raise_as_is", "raise_unwrapped"]
 
 
 def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -68,3 +68,8 @@ def raise_unwrapped(group: BaseExceptionGroup[BaseException]) -> NoReturn:
     else:
         raise group
     raise_as_is(chosen)
+
+
+def queue_name(queue_url: str) -> str:
+    """A queue's name: the last part of its URL (a name stays itself)."""
+    return queue_url.rstrip("/").rsplit("/", 1)[-1]

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from functools import partial
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics_core import Metric
@@ -31,6 +31,8 @@ from prometheus_client.registry import Collector
 
 from .._consumer import Consumer
 from .._stats import ConsumerStatistics
+from .._util import queue_name
+from ..prometheus import HandlerDurations
 
 __all__ = ["Metrics", "Probe", "serve_health"]
 
@@ -68,7 +70,8 @@ class Probe:
     Args:
         liveness_window: Seconds without a successful poll after which ``/healthz`` fails.
         batch: Whether the consumers' handler takes batches (for the saturation check).
-        queues: The queues, as given on the command line (the ``queue`` label of the metrics).
+        queues: The queues, as given on the command line (their names are the ``queue`` label
+            of the metrics).
     """
 
     def __init__(
@@ -168,7 +171,8 @@ class _StatisticsCollector(Collector):
             "Unix time of the last successful poll.",
             labels=["queue"],
         )
-        for queue, stats in self._probe.statistics().items():
+        for given, stats in self._probe.statistics().items():
+            queue = queue_name(given)
             info.add_metric([queue], {"queue": queue})
             if stats is None:
                 continue
@@ -187,8 +191,8 @@ class _StatisticsCollector(Collector):
 
 class Metrics:
     """A private Prometheus registry: consumer statistics (read at scrape time, labelled with
-    their ``queue``), a handler duration histogram fed by :meth:`observe_handler`, and process,
-    platform and GC metrics."""
+    their ``queue``'s name), a handler duration histogram fed by the middleware
+    :attr:`handler_durations`, and process, platform and GC metrics."""
 
     def __init__(self, probe: Probe) -> None:
         self.registry = CollectorRegistry()
@@ -196,16 +200,8 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self._durations = Histogram(
-            "trio_sqs_handler_duration_seconds",
-            "Handler call duration, by queue and outcome (ok, error, retry, cancelled).",
-            ["queue", "outcome"],
-            registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
-        )
-
-    def observe_handler(self, seconds: float, outcome: str, *, queue: str) -> None:
-        self._durations.labels(queue=queue, outcome=outcome).observe(seconds)
+        #: The middleware that feeds the handler histogram (the library's own).
+        self.handler_durations = HandlerDurations(registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,17 +13,13 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any
 
-import trio
+from .._middleware import Invocation
 
-from .._handler import BatchHandler, Handler, Retry
-from .._message import Message
-
-__all__ = ["JsonFormatter", "TextFormatter", "bind_log_context", "instrument", "setup_logging"]
+__all__ = ["JsonFormatter", "TextFormatter", "bind_log_context", "log_context", "setup_logging"]
 
 log = logging.getLogger("trio_sqs.handler")
 
@@ -39,8 +35,6 @@ _STANDARD = {
 
 # The libraries below trio_sqs log every request at INFO/DEBUG: keep them at WARNING or above.
 _CHATTY = ("httpx", "httpcore", "botocore", "urllib3", "werkzeug")
-
-Observer = Callable[[float, str], None]
 
 
 def bind_log_context(**fields: object) -> None:
@@ -108,44 +102,19 @@ def setup_logging(level: str, fmt: str) -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
-def instrument(
-    handler: Callable[..., Awaitable[Any]], *, batch: bool, observe: Observer | None = None
-) -> Handler | BatchHandler:
-    """Wrap a handler so that its log records carry ``message_id`` (``message_ids`` for a batch)
-    and ``observe(seconds, outcome)`` is called after each call, ``outcome`` being ``ok``,
-    ``error``, ``retry`` or ``cancelled``.
-
-    Cancellation: a cancelled handler is reported as ``cancelled``; the cancellation propagates.
-    """
-
-    async def call(context: dict[str, object], *args: Any) -> Any:
-        token = _CONTEXT.set({**(_CONTEXT.get() or {}), **context})
-        start = time.perf_counter()
-        outcome = "error"
-        try:
-            result = await handler(*args)
-            outcome = "ok"
-            return result
-        except Retry:
-            outcome = "retry"
-            raise
-        except trio.Cancelled:
-            outcome = "cancelled"
-            raise
-        finally:
-            seconds = time.perf_counter() - start
-            if observe is not None:
-                observe(seconds, outcome)
-            log.debug("handler %s in %.1f ms", outcome, seconds * 1000)
-            _CONTEXT.reset(token)
-
-    async def single(message: Message) -> None:
-        await call({"message_id": message.message_id}, message)
-
-    async def many(messages: list[Message]) -> Iterable[Message | str] | None:
-        result: Iterable[Message | str] | None = await call(
-            {"message_ids": [m.message_id for m in messages]}, messages
-        )
-        return result
-
-    return many if batch else single
+async def log_context(invocation: Invocation, call_next: Callable[[], Awaitable[None]]) -> None:
+    """Middleware: every record logged while a handler runs (in its task, the handler's own
+    included) carries ``message_id`` (``message_ids`` for a batch); each call's outcome and
+    duration are logged at DEBUG."""
+    if invocation.batch:
+        context: dict[str, object] = {"message_ids": [m.message_id for m in invocation.messages]}
+    else:
+        context = {"message_id": invocation.message.message_id}
+    token = _CONTEXT.set({**(_CONTEXT.get() or {}), **context})
+    start = time.perf_counter()
+    try:
+        await call_next()
+    finally:
+        took = (time.perf_counter() - start) * 1000
+        log.debug("handler %s in %.1f ms", invocation.outcome or "failed", took)
+        _CONTEXT.reset(token)

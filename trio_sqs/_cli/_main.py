@@ -19,7 +19,6 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
@@ -36,8 +35,9 @@ from .._config import ConsumerOptions, Limits
 from .._connect import open_client
 from .._consumer import Consumer
 from .._exceptions import QueueDoesNotExist
+from .._middleware import Middleware
 from .._open import open_consumer
-from .._util import leaves
+from .._util import leaves, queue_name
 from ._common import (
     EXIT_INTERRUPTED,
     EXIT_NO_QUEUE,
@@ -47,7 +47,7 @@ from ._common import (
     classify,
 )
 from ._demo import add_demo_parser, cmd_demo
-from ._logsetup import bind_log_context, instrument, setup_logging
+from ._logsetup import bind_log_context, log_context, setup_logging
 from ._settings import (
     CONSUMER_SETTINGS,
     ENV_PREFIX,
@@ -196,7 +196,9 @@ async def _run(
         if len(queues) > 1:
             # Every record of this consumer's tasks (they inherit it) names its queue.
             bind_log_context(queue=queue)
-        observe = partial(metrics.observe_handler, queue=queue) if metrics else None
+        middleware: list[Middleware] = [log_context]
+        if metrics is not None:
+            middleware.insert(0, metrics.handler_durations)
         startup = trio.CancelScope()
         startups.add(startup)
         if signals.received_at is not None:
@@ -206,10 +208,11 @@ async def _run(
                 # batch is known at run time only: open_consumer checks the handler.
                 async with open_consumer(  # type: ignore[call-overload]
                     queue,
-                    instrument(handler, batch=batch, observe=observe),
+                    handler,
                     batch=batch,
                     client=client,
                     options=options,
+                    middleware=middleware,
                 ) as consumer:
                     # Running: a signal stops it with stop() from now on (a cancel that came
                     # in between is its graceful stop too).
@@ -264,7 +267,10 @@ def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     values = resolve(args, [*RUN_SETTINGS, *LOG_SETTINGS, *CONSUMER_SETTINGS], environ)
     if "queue" not in values:
         raise CommandError(f"--queue (or {ENV_PREFIX}QUEUE) is required")
-    duplicates = sorted({q for q in values["queue"] if values["queue"].count(q) > 1})
+    # By name: a name and a URL of the same queue, or two queues of one name (in two accounts
+    # or regions), would share their metrics' label.
+    names = [queue_name(q) for q in values["queue"]]
+    duplicates = sorted({q for q in names if names.count(q) > 1})
     if duplicates:
         raise CommandError(f"--queue {duplicates[0]} is given more than once")
     options = make_options(values)
