@@ -389,3 +389,24 @@ async def test_bad_middleware_is_refused_before_any_io(
     with pytest.raises(ConfigurationError, match=message):
         await run_consumer("q", handler, middleware=middleware)  # type: ignore[arg-type]
     assert fake_sqs.calls == []
+
+
+async def test_a_middleware_cannot_turn_a_time_out_into_a_success(
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs_client: trio_sqs.SQSClient,
+    fake_queue_url: str,
+) -> None:
+    async def swallow_cancel(invocation: Invocation, call_next: CallNext) -> None:
+        try:
+            await call_next()
+        except trio.Cancelled:
+            return
+
+    async def slow(message: Message) -> None:
+        await trio.sleep(60)
+
+    recorder, stats = await consume_one(
+        fake_sqs_client, fake_queue_url, slow, [swallow_cancel], handler_timeout=2
+    )
+    assert recorder.events == ["outer in", "outer out timed_out"]
+    assert (stats.timed_out, stats.completed, stats.deleted) == (1, 0, 0)
