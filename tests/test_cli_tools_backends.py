@@ -1,15 +1,20 @@
-"""The queue tools (``trio-sqs send``, ``stats``, ``peek``, ``purge``) run in-process through
-``trio_sqs._cli.main`` (which calls ``trio.run`` itself) against two SQS servers over real HTTP:
-trio_sqs's in-memory SQS, served from a thread for this module, and moto's server (session-wide,
-global state: every test makes its own queues, ``queue_name``).
+"""The queue tools (``trio-sqs send``, ``stats``, ``peek``, ``purge``, ``redrive``) run in-process
+through ``trio_sqs._cli.main`` (which calls ``trio.run`` itself) against two SQS servers over real
+HTTP: trio_sqs's in-memory SQS, served from a thread for this module, and moto's server
+(session-wide, global state: every test makes its own queues, ``queue_name``).
 
-test_cli_tools.py runs the real executable; this module checks that the tools do the same against
-both servers. Every test checks what the tool did on the server's side through a client of its
-own, not only what it printed. Where moto differs from real SQS the test says what SQS does and
-its moto case is a strict xfail naming the difference (``moto_differs``, as in
-test_conformance.py).
+This is where the tools' behaviour is checked: their output, exit codes, usage errors, and what
+they did to the queues. test_cli_tools.py runs the real executable only where the process is the
+subject (help as the script prints it, a real stdin pipe, a prompt on a terminal, signals).
+Every test checks what the tool did on the server's side through a client of its own, and which
+requests the tool sent (``Result.requests``), not only what it printed. Where moto differs from
+real SQS the test says what SQS does and its moto case is a strict xfail naming the difference
+(``moto_differs``, as in test_conformance.py). moto has no message move tasks: the redrive tests
+run on the in-memory SQS only (``FAKE_ONLY``), except the one checking what redrive says to an
+endpoint without them (``MOTO_ONLY``).
 
-Real clock and sockets: nothing here waits (peeks of an empty queue use ``--wait 0``).
+Real clock and sockets: nothing here waits long (peeks of an empty queue use ``--wait 0``;
+redrive's move tasks run at up to 500 messages/s on the server's real clock).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import queue
 import sys
 import threading
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +38,19 @@ import pytest
 import trio
 
 import trio_sqs
-from trio_sqs import Message, MessageAttributeValue, SQSClient
+from trio_sqs import Message, MessageAttributeValue, SendEntry, SQSClient
 from trio_sqs._cli import main
 from trio_sqs._cli._logsetup import _CHATTY as CHATTY_LOGGERS
+from trio_sqs._cli._tools import TOOLS
 from trio_sqs.testing import FakeSQS, serve_fake_sqs
 
 T = TypeVar("T")
 
 BACKENDS = ["fake-http", "moto"]
+# moto 5 has no message move tasks (StartMessageMoveTask answers HTTP 500): redrive's tests run on
+# the in-memory SQS, and what redrive says to moto is checked on moto alone.
+FAKE_ONLY = pytest.mark.parametrize("backend", ["fake-http"], indirect=True)
+MOTO_ONLY = pytest.mark.parametrize("backend", ["moto"], indirect=True)
 
 # -- the two servers ------------------------------------------------------------------------------
 
@@ -84,6 +95,17 @@ class Backend:
 
     def create(self, name: str, attributes: dict[str, str] | None = None) -> str:
         return self.sqs(lambda c: c.create_queue(name, attributes=attributes))
+
+    def make(self, name: str, bodies: list[str]) -> str:
+        """Create the queue ``name`` holding ``bodies``; return its URL."""
+
+        async def op(client: SQSClient) -> str:
+            url = await client.create_queue(name)
+            for body in bodies:
+                await client.send_message(url, body)
+            return url
+
+        return self.sqs(op)
 
     def queue(self, name: str) -> tuple[str, dict[str, str]]:
         """The URL and every attribute of the queue ``name``."""
@@ -171,6 +193,8 @@ class Result:
     code: int
     out: str
     err: str
+    #: The operation of every HTTP request the tool sent (X-Amz-Target), retries included.
+    requests: Counter[str]
 
     def ok(self) -> Result:
         assert self.code == 0, self.err
@@ -183,23 +207,47 @@ class Result:
         lines = self.err.strip().splitlines()
         assert len(lines) == 1, self.err
         assert lines[0].startswith("trio-sqs: error: "), lines
+        assert "Traceback" not in self.err
         return lines[0]
 
 
 Tool = Callable[..., Result]
 
 
+class TerminalInput(io.StringIO):
+    """Standard input that says it is a terminal (so purge asks)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 @pytest.fixture
 def tool(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Tool:
     """``tool("send", "--queue", q, ..., stdin="...")``: ``trio-sqs ...`` in this process, with
-    ``stdin`` as its standard input (not a terminal)."""
+    ``stdin`` as its standard input (not a terminal unless ``terminal=True``). argparse's exits
+    (``--help``, a bad flag or value) are its exit code, as for the process."""
+    send = httpx.AsyncHTTPTransport.handle_async_request
 
-    def run(*args: str, stdin: str = "") -> Result:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    def run(*args: str, stdin: str = "", terminal: bool = False) -> Result:
+        requests: Counter[str] = Counter()
+
+        async def recorded(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> Any:
+            requests[request.headers.get("X-Amz-Target", "?").removeprefix("AmazonSQS.")] += 1
+            return await send(self, request)
+
+        monkeypatch.setattr(sys, "stdin", (TerminalInput if terminal else io.StringIO)(stdin))
+        # moto's server runs in this process: its log (a traceback for an operation it does not
+        # implement) would land on the tool's stderr, through the handler ``main`` installs.
+        monkeypatch.setattr(logging.getLogger("werkzeug"), "disabled", True)
         capsys.readouterr()
-        code = main(list(args))
+        with monkeypatch.context() as patch:
+            patch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", recorded)
+            try:
+                code = main(list(args))
+            except SystemExit as exc:
+                code = 0 if exc.code is None else int(exc.code)
         captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
+        return Result(code, captured.out, captured.err, requests)
 
     return run
 
@@ -218,6 +266,28 @@ def batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
+# -- help -----------------------------------------------------------------------------------------
+
+
+def test_every_tool_s_help_names_the_aws_options_and_the_exit_codes(tool: Tool) -> None:
+    # (test_cli_tools.py checks that the installed script lists the tools and prints this help.)
+    texts = {}
+    for name in TOOLS:
+        result = tool(name, "--help")
+        assert result.code == 0, result.err
+        texts[name] = text = " ".join(result.out.split())
+        for flag in ("--queue", "--region", "--endpoint-url", "--profile", "--log-level"):
+            assert flag in text, (name, flag)
+        assert "TRIO_SQS_QUEUE" in text, name
+        assert "3 the queue does not exist" in text, name
+        assert result.requests == Counter(), name
+    assert "receive count goes up by 1" in texts["peek"]
+    for needle in ("--to NAME_OR_URL", "--rate N", "--cancel", "--no-wait", "--json"):
+        assert needle in texts["redrive"]
+    assert "5 redrive: no move task started or cancelled" in texts["redrive"]
+    assert "130 redrive: stopped watching" in texts["redrive"]
+
+
 # -- send -----------------------------------------------------------------------------------------
 
 
@@ -230,11 +300,16 @@ def test_send_create_a_body_and_stdin_lines(
     assert len(ids) == 1
     url, attributes = backend.queue(queue_name)
     assert "FifoQueue" not in attributes  # a standard queue
+    assert one.requests["CreateQueue"] == 1
 
     piped = tool("send", "--queue", queue_name, "-", stdin="x\n\n  \ny\r\n").ok()
     ids += piped.out.split()
     assert len(ids) == 3 == len(set(ids))
     assert batch_sizes == [1, 2]  # blank lines skipped; one request per batch
+    for sent in (one, piped):  # never one request per message
+        assert sent.requests["SendMessageBatch"] == 1
+        assert "SendMessage" not in sent.requests
+    assert "CreateQueue" not in piped.requests  # it exists now
 
     held, messages = backend.state(url)
     assert held == (3, 0, 0)
@@ -254,8 +329,10 @@ def test_send_23_lines_of_a_file_in_batches_of_10_as_json_then_stats(
     sent = tool("send", "--queue", queue_name, "--file", str(path), "--json").ok()
     records = sent.json_lines()
     assert batch_sizes == [10, 10, 3]
+    assert sent.requests["SendMessageBatch"] == 3
+    assert "SendMessage" not in sent.requests
     assert [sorted(r) for r in records] == [["id", "line"]] * 23  # no sequence number: standard
-    assert sorted(r["line"] for r in records) == list(range(1, 24))  # counted without blanks
+    assert [r["line"] for r in records] == list(range(1, 24))  # in order, counted without blanks
 
     # The counts right after the sends.
     text = tool("stats", "--queue", queue_name).ok()
@@ -310,8 +387,9 @@ def test_send_create_fifo_with_group_and_dedup_ids(
     args = ["send", "--queue", name, "--group-id", "g1"]
     sent = tool(*args, "--dedup-id", "d", "--create", "--json", "-", stdin="one\ntwo\nthree\n")
     records = sent.ok().json_lines()
-    assert [r["line"] for r in records] == [1, 2, 3]
+    assert [r["line"] for r in records] == [1, 2, 3]  # not deduplicated into one
     assert all(str(r["sequence_number"]).isdigit() for r in records)
+    assert sent.requests["CreateQueue"] == 1
     url, attributes = backend.queue(name)
     assert attributes["FifoQueue"] == "true"
     assert attributes.get("ContentBasedDeduplication", "false") == "false"
@@ -319,14 +397,17 @@ def test_send_create_fifo_with_group_and_dedup_ids(
     # The Nth of several got ID-N: a single message with "d-2" is a duplicate, dropped by SQS.
     again = tool(*args, "--dedup-id", "d-2", "two").ok()
     assert len(again.out.split()) == 1
+    # A single message gets the ID itself: "d" is new.
+    (single,) = tool(*args, "--dedup-id", "d", "one").ok().out.split()
+    assert "CreateQueue" not in again.requests
 
     held, messages = backend.state(url)
-    assert held == (3, 0, 0)
-    assert [m.body for m in messages] == ["one", "two", "three"]
-    assert [m.message_id for m in messages] == [r["id"] for r in records]
+    assert held == (4, 0, 0)
+    assert [m.body for m in messages] == ["one", "two", "three", "one"]
+    assert [m.message_id for m in messages] == [*(r["id"] for r in records), single]
     assert {m.message_group_id for m in messages} == {"g1"}
-    assert [m.message_deduplication_id for m in messages] == ["d-1", "d-2", "d-3"]
-    assert [m.sequence_number for m in messages] == [r["sequence_number"] for r in records]
+    assert [m.message_deduplication_id for m in messages] == ["d-1", "d-2", "d-3", "d"]
+    assert [m.sequence_number for m in messages[:3]] == [r["sequence_number"] for r in records]
 
 
 def test_a_deduplicated_send_prints_the_id_of_the_message_sqs_kept(
@@ -429,10 +510,19 @@ def test_peek_json_leaves_messages_visible_with_receive_count_plus_1(
         assert system["ApproximateReceiveCount"] == "1"
         assert "SentTimestamp" in system and "ApproximateFirstReceiveTimestamp" in system
 
-    # Released at once: visible, not in flight; the next receive is each one's second.
+    # Released at once: visible, not in flight, never deleted; the next peek is each one's second.
+    assert backend.counts(url) == (2, 0, 0)
+    again = tool("peek", "--queue", queue_name, "-n", "10", "--json").ok()
+    assert {r["id"]: r["receive_count"] for r in again.json_lines()} == {
+        r["id"]: 2 for r in records
+    }
+    for result in (peeked, again):
+        assert result.requests["ChangeMessageVisibilityBatch"] == 1
+        assert "DeleteMessage" not in result.requests
+        assert "DeleteMessageBatch" not in result.requests
     held, messages = backend.state(url)
     assert held == (2, 0, 0)
-    assert {m.message_id: m.receive_count for m in messages} == {r["id"]: 2 for r in records}
+    assert {m.message_id: m.receive_count for m in messages} == {r["id"]: 3 for r in records}
 
 
 def test_peek_text_and_an_empty_queue(backend: Backend, tool: Tool, queue_name: str) -> None:
@@ -443,6 +533,7 @@ def test_peek_text_and_an_empty_queue(backend: Backend, tool: Tool, queue_name: 
     long_body = "x" * 200
     (message_id,) = tool("send", "--queue", url, long_body, "--attribute", "b=2").ok().out.split()
     short = tool("peek", "--queue", queue_name).ok()
+    assert long_body not in short.out
     lines = short.out.splitlines()
     assert lines[:3] == [
         f"{message_id}  receive count 1",
@@ -499,12 +590,30 @@ def test_purge_yes_empties_the_queue_without_yes_it_refuses(
     assert refused.code == 2
     assert "pass --yes" in refused.error_line()
     assert refused.out == ""
+    assert refused.requests == Counter()  # refused before asking SQS anything
     assert backend.counts(url) == (2, 1, 1)
 
     done = tool("purge", "--queue", queue_name, "--yes").ok()
     assert done.out == f"purged {queue_name} (4 messages)\n"  # in flight and delayed too
+    assert done.requests["PurgeQueue"] == 1
     assert backend.state(url) == ((0, 0, 0), [])
     assert tool("stats", "--queue", queue_name).ok().out.startswith(f"{queue_name}: 0 visible")
+
+
+def test_purge_on_a_terminal_asks_first(backend: Backend, tool: Tool, queue_name: str) -> None:
+    # (test_cli_tools.py answers the question on a real pseudo-terminal.)
+    url = backend.make(queue_name, ["a", "b"])
+    question = f"purge 2 messages from {queue_name}? [y/N] "
+    no = tool("purge", "--queue", queue_name, stdin="n\n", terminal=True)
+    assert no.code == 1, no.err
+    assert (no.out, no.err) == (question, "trio-sqs: not purged\n")
+    assert "PurgeQueue" not in no.requests
+    assert backend.counts(url) == (2, 0, 0)
+
+    yes = tool("purge", "--queue", queue_name, stdin="y\n", terminal=True).ok()
+    assert yes.out == f"{question}purged {queue_name} (2 messages)\n"
+    assert yes.requests["PurgeQueue"] == 1
+    assert backend.state(url) == ((0, 0, 0), [])
 
 
 def test_a_second_purge_within_60_s_says_to_wait_in_one_line_leaving_the_queue(
@@ -526,18 +635,175 @@ def test_a_second_purge_within_60_s_says_to_wait_in_one_line_leaving_the_queue(
     assert backend.counts(url) == (1, 0, 0)  # refused: the new message stays
 
 
+# -- redrive --------------------------------------------------------------------------------------
+
+
+def dead_lettered(backend: Backend, source: str, count: int) -> tuple[str, str]:
+    """The queue ``source`` and its dead-letter queue ``source``-dlq, which holds ``count``
+    messages that the server dead-lettered from it; returns their URLs."""
+
+    async def op(client: SQSClient) -> tuple[str, str]:
+        url, dlq = await with_dead_letter_queue(client, source, 1)
+        entries = [SendEntry(id=str(i), body=f"m{i}") for i in range(count)]
+        for start in range(0, count, 10):
+            await client.send_message_batch(url, entries[start : start + 10])
+        for _ in range(count + 1):  # received once, then moved at the next receive
+            received = await client.receive_messages(
+                url, max_messages=10, wait_time=0, visibility_timeout=0
+            )
+            if not received.messages:
+                break
+        assert await counts(client, dlq) == (count, 0, 0)
+        assert await counts(client, url) == (0, 0, 0)
+        return url, dlq
+
+    return backend.sqs(op)
+
+
+@FAKE_ONLY
+def test_redrive_moves_the_messages_back_and_shows_progress(
+    backend: Backend, tool: Tool, queue_name: str
+) -> None:
+    url, dlq_url = dead_lettered(backend, queue_name, 12)
+    dlq = queue_name + "-dlq"
+    # At 500 messages/s the server (on the real clock) is done in 24 ms.
+    result = tool("redrive", "--queue", dlq, "--rate", "500", "--interval", "0.05").ok()
+    lines = result.out.splitlines()
+    assert lines[0] == f"started moving 12 messages from {dlq} to the queues they came from"
+    assert lines[-2].startswith(f"{dlq}: COMPLETED 12/12 moved (100%)")
+    assert lines[-1] == f"done: moved 12 of 12 messages from {dlq} to the queues they came from"
+    assert result.requests["StartMessageMoveTask"] == 1
+    assert backend.counts(url) == (12, 0, 0)
+    assert backend.counts(dlq_url) == (0, 0, 0)
+
+
+@FAKE_ONLY
+def test_redrive_json_to_another_queue(backend: Backend, tool: Tool, queue_name: str) -> None:
+    url, dlq_url = dead_lettered(backend, queue_name, 5)
+    dlq, other = queue_name + "-dlq", queue_name + "-other"
+    other_url = backend.create(other)
+    result = tool(
+        "redrive", "--queue", dlq, "--to", other, "--json", "--rate", "500", "--interval", "0.05"
+    ).ok()
+    records = result.json_lines()
+    assert all(r["queue"] == dlq and r["to_move"] == 5 for r in records)
+    assert str(records[-1]["destination"]).endswith(f":{other}")
+    assert (records[-1]["status"], records[-1]["moved"]) == ("COMPLETED", 5)
+    assert "task_handle" not in records[-1]  # only while running
+    assert backend.counts(other_url) == (5, 0, 0)
+    assert backend.counts(url) == (0, 0, 0)
+    assert backend.counts(dlq_url) == (0, 0, 0)
+
+
+@FAKE_ONLY
+def test_redrive_cancel(backend: Backend, tool: Tool, queue_name: str) -> None:
+    # 100 messages at 10/s: the task runs for 10 s unless cancelled, and a cancelled one ends
+    # at its next move (0.1 s), on the server's real clock.
+    url, dlq_url = dead_lettered(backend, queue_name, 100)
+    dlq = queue_name + "-dlq"
+    started = tool("redrive", "--queue", dlq, "--rate", "10", "--no-wait").ok()
+    assert f"to cancel it: trio-sqs redrive --queue {dlq} --cancel" in started.out
+    result = tool("redrive", "--queue", dlq, "--cancel", "--interval", "0.05").ok()
+    assert result.requests["CancelMessageMoveTask"] == 1
+    last = result.out.splitlines()[-1]
+    assert last.startswith("cancelled: ") and last.endswith(" of 100 messages had moved"), last
+    moved = int(last.split()[1])
+    assert moved < 100
+    assert backend.counts(url) == (moved, 0, 0)
+    assert backend.counts(dlq_url) == (100 - moved, 0, 0)  # what had not moved stays
+
+
+@FAKE_ONLY
+def test_redrive_of_a_queue_that_is_not_a_dlq_is_exit_5(
+    backend: Backend, tool: Tool, queue_name: str
+) -> None:
+    url = backend.make(queue_name, ["a"])
+    result = tool("redrive", "--queue", queue_name)
+    assert result.code == 5, result.err
+    assert f"{queue_name} is not a dead-letter queue" in result.error_line()
+    assert result.out == ""
+    assert backend.counts(url) == (1, 0, 0)
+
+
+@MOTO_ONLY
+def test_redrive_on_moto_which_has_no_move_tasks_is_exit_5(
+    backend: Backend, tool: Tool, queue_name: str
+) -> None:
+    # moto 5 answers the move task operations with an HTTP 500 HTML page (not implemented).
+    backend.create(queue_name)
+    result = tool("redrive", "--queue", queue_name)
+    assert result.code == 5, result.err
+    line = result.error_line()
+    assert "does not implement message move tasks" in line
+    assert "ListMessageMoveTasks answered HTTP 500 without an SQS error" in line
+    assert result.out == ""
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 
 def test_a_missing_queue_is_exit_3_in_one_line(
     backend: Backend, tool: Tool, queue_name: str
 ) -> None:
-    for name, extra in [("send", ["hello"]), ("stats", []), ("peek", []), ("purge", ["--yes"])]:
-        result = tool(name, "--queue", queue_name, *extra)
+    extras = {"send": ["hello"], "purge": ["--yes"]}
+    for name in TOOLS:
+        result = tool(name, "--queue", queue_name, *extras.get(name, []))
         assert result.code == 3, (name, result.err)
         assert f"queue {queue_name!r} does not exist" in result.error_line(), name
         assert result.out == "", name
     assert backend.sqs(lambda c: c.list_queues(queue_name)) == []  # and no tool created it
+
+
+def test_missing_credentials_is_exit_4(
+    backend: Backend, tool: Tool, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.make(queue_name, ["a"])
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)  # (and conftest's AWS config files are empty)
+    result = tool("stats", "--queue", queue_name)
+    assert result.code == 4, result.err
+    assert "credentials" in result.error_line()
+    assert result.out == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ([], "nothing to send"),
+        (["x", "--delay", "901"], "--delay=901 is out of range"),
+        (["x", "--attribute", "novalue"], "expected NAME=VALUE"),  # argparse's exit 2
+        (["--file", "no-such-file.txt"], "cannot read --file"),
+    ],
+)
+def test_send_usage_errors_are_exit_2_in_one_line(
+    backend: Backend,
+    tool: Tool,
+    queue_name: str,
+    args: list[str],
+    needle: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # (no-such-file.txt)
+    url = backend.create(queue_name)
+    result = tool("send", "--queue", queue_name, *args)
+    assert result.code == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert needle in lines[0]
+    assert result.out == ""
+    assert result.requests == Counter()  # refused before asking SQS anything
+    assert backend.counts(url) == (0, 0, 0)
+
+
+def test_the_queue_can_come_from_the_environment(
+    backend: Backend, tool: Tool, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (The endpoint comes from TRIO_SQS_ENDPOINT_URL in every test here: ``backend``.)
+    backend.make(queue_name, ["a", "b"])
+    monkeypatch.setenv("TRIO_SQS_QUEUE", queue_name)
+    (stats,) = tool("stats", "--json").ok().json_lines()
+    assert (stats["queue"], stats["visible"]) == (queue_name, 2)
 
 
 # -- malformed answers ----------------------------------------------------------------------------

@@ -13,13 +13,21 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
 
 from .._middleware import Invocation
 
-__all__ = ["JsonFormatter", "TextFormatter", "bind_log_context", "log_context", "setup_logging"]
+__all__ = [
+    "JsonFormatter",
+    "TextFormatter",
+    "bind_log_context",
+    "log_context",
+    "log_fields",
+    "setup_logging",
+]
 
 log = logging.getLogger("trio_sqs.handler")
 
@@ -35,6 +43,16 @@ _STANDARD = {
 
 # The libraries below trio_sqs log every request at INFO/DEBUG: keep them at WARNING or above.
 _CHATTY = ("httpx", "httpcore", "botocore", "urllib3", "werkzeug")
+
+
+@contextmanager
+def log_fields(**fields: object) -> Iterator[None]:
+    """Attach ``fields`` to every record logged by the calling task inside the block."""
+    token = _CONTEXT.set({**(_CONTEXT.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
 
 
 def bind_log_context(**fields: object) -> None:

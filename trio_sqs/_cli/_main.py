@@ -47,7 +47,7 @@ from ._common import (
     classify,
 )
 from ._demo import add_demo_parser, cmd_demo
-from ._logsetup import bind_log_context, log_context, setup_logging
+from ._logsetup import bind_log_context, log_context, log_fields, setup_logging
 from ._settings import (
     CONSUMER_SETTINGS,
     ENV_PREFIX,
@@ -180,15 +180,17 @@ async def _run(
     """
     queues: list[str] = values["queue"]
     signals = ShutdownSignals()
-    consumers: list[Consumer] = []
+    consumers: list[tuple[str, Consumer]] = []
     startups: set[trio.CancelScope] = set()
     batch = bool(values.get("batch"))
     probe: Probe | None = None
     metrics: Metrics | None = None
 
     def on_first() -> None:
-        for consumer in consumers:
-            consumer.stop()
+        for queue, consumer in consumers:
+            # stop() logs what is still running: name the queue as the consumer's own records do.
+            with log_fields(**({"queue": queue} if len(queues) > 1 else {})):
+                consumer.stop()
         for startup in startups:
             startup.cancel()  # still starting: nothing to drain
 
@@ -217,7 +219,7 @@ async def _run(
                     # Running: a signal stops it with stop() from now on (a cancel that came
                     # in between is its graceful stop too).
                     startups.discard(startup)
-                    consumers.append(consumer)
+                    consumers.append((queue, consumer))
                     if probe is not None:
                         probe.attach(queue, consumer)
                     await consumer.wait_stopped()

@@ -136,7 +136,16 @@ LOG_SETTINGS = [
     Setting("log_level", _choice(["DEBUG", "INFO", "WARNING", "ERROR"]), "Log level.", "LEVEL"),
     Setting("log_format", _choice(["text", "json"]), "text, or json: one object per line.", "FMT"),
 ]
-QUEUE_SETTING = Setting("queue", str, "Queue name or URL (required).", "NAME_OR_URL")
+
+
+def _parse_queue(text: str) -> str:
+    name = text.strip()
+    if not name:
+        raise argparse.ArgumentTypeError(f"expected a queue name or URL, got {text!r}")
+    return name
+
+
+QUEUE_SETTING = Setting("queue", _parse_queue, "Queue name or URL (required).", "NAME_OR_URL")
 RUN_SETTINGS = [
     Setting(
         "queue",

@@ -21,8 +21,9 @@ import trio
 
 from .._client import SendEntry, SQSClient
 from .._connect import open_client
-from .._exceptions import QueueDoesNotExist, ServiceError
+from .._exceptions import QueueDoesNotExist, ServiceError, TransportError
 from .._message import Message, MessageAttributeValue
+from .._protocol import is_retryable_error
 from ._common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NO_QUEUE, EXIT_OK, classify
 from ._settings import (
     ENV_PREFIX,
@@ -667,12 +668,16 @@ class _MoveTask:
         return None
 
 
-async def _move_tasks(client: SQSClient, source_arn: str) -> list[dict[str, Any]]:
+async def _move_tasks(client: SQSClient, queue: str, source_arn: str) -> list[dict[str, Any]]:
     try:
         result = await client.call(
             "ListMessageMoveTasks", {"SourceArn": source_arn, "MaxResults": 10}
         )
     except ServiceError as exc:
+        if exc.code == "ResourceNotFoundException":
+            raise CommandError(
+                f"the dead-letter queue {queue} no longer exists ({exc.message})", EXIT_NO_QUEUE
+            ) from None
         raise _endpoint_refusal(exc, "ListMessageMoveTasks") or exc from None
     results = result.get("Results") or []
     return [entry for entry in results if isinstance(entry, dict)]
@@ -744,7 +749,8 @@ class _Progress:
 
 class _Stop:
     """SIGINT or SIGTERM: stop what we are doing, except a start or cancel request in flight
-    (it may have reached SQS: we finish it, to say what happened)."""
+    (it may have reached SQS: we finish it, to say what happened, for at most its own bound of
+    REQUEST_BOUND seconds); a second signal stops that wait too."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -752,11 +758,17 @@ class _Stop:
         self.scope = trio.CancelScope()
         #: What this command did in SQS before it was stopped: "started", "cancelled" or None.
         self.done: str | None = None
+        #: The request on the wire now ("StartMessageMoveTask"...), if any.
+        self.in_flight: str | None = None
+        #: The request whose answer we did not wait for (a second signal), if any.
+        self.abandoned: str | None = None
 
     async def listen(self, signals: AsyncIterator[int]) -> None:
         async for _ in signals:
+            if self.requested and not self.interruptible:
+                self.abandoned = self.in_flight
             self.requested = True
-            if self.interruptible:
+            if self.interruptible or self.abandoned is not None:
                 self.scope.cancel()
 
     def check(self) -> None:
@@ -789,23 +801,47 @@ async def _redrive_until_stopped(
             url = await _queue_url(client, queue)
             attributes = await client.get_queue_attributes(url, ["QueueArn"])
             source_arn = _answer_text(attributes, "QueueArn", "GetQueueAttributes")
-            if args.cancel:
-                task = await _cancel_task(client, queue, source_arn, progress, stop)
-            else:
-                task = await _start_task(
-                    client, args, queue, source_arn, progress, stop, _cancel_command(values)
+            try:
+                if args.cancel:
+                    task = await _cancel_task(client, queue, source_arn, progress, stop)
+                else:
+                    task = await _start_task(
+                        client, args, queue, source_arn, progress, stop, _cancel_command(values)
+                    )
+                if args.no_wait:
+                    if args.json:
+                        entry = task.pick(await _move_tasks(client, queue, source_arn))
+                        if entry is not None:
+                            progress.show(entry)
+                    elif not args.cancel:
+                        progress.say(f"to cancel it: {_cancel_command(values)}")
+                    return EXIT_OK
+                return await _watch(
+                    client, queue, source_arn, task, progress, args, _cancel_command(values)
                 )
-            if args.no_wait:
-                if args.json:
-                    entry = task.pick(await _move_tasks(client, source_arn))
-                    if entry is not None:
-                        progress.show(entry)
-                elif not args.cancel:
-                    progress.say(f"to cancel it: {_cancel_command(values)}")
-                return EXIT_OK
-            return await _watch(client, source_arn, task, progress, args, values)
+            except _TaskEnded:
+                raise
+            except Exception as exc:
+                if stop.done is None:
+                    raise  # nothing started or cancelled: the error says it all
+                # The task runs on in SQS whatever went wrong here: say so, and how to stop it.
+                progress.end_line()
+                code, message = classify(exc, queue)
+                if stop.done == "started":
+                    note = "the move task goes on in SQS. To cancel it: " + _cancel_command(values)
+                else:
+                    note = "the move task was cancelled and stops in SQS"
+                raise CommandError(f"{message}; {note}", code) from None
     # Cancelled by SIGINT or SIGTERM.
     progress.end_line()
+    if stop.abandoned is not None:
+        print(
+            f"trio-sqs: stopped waiting for the answer to {stop.abandoned}: it may have taken "
+            "effect. To cancel a move task that started: " + _cancel_command(values),
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_INTERRUPTED
     if stop.done == "started":
         note = "the move task goes on in SQS. To cancel it: " + _cancel_command(values)
     elif stop.done == "cancelled":
@@ -815,6 +851,37 @@ async def _redrive_until_stopped(
         return EXIT_INTERRUPTED
     print(f"trio-sqs: stopped watching; {note}", file=sys.stderr, flush=True)
     return EXIT_INTERRUPTED
+
+
+# The longest a start or cancel request may take (each attempt), and attempts in all.
+REQUEST_BOUND = 10.0
+REQUEST_ATTEMPTS = 3
+
+
+class _TaskEnded(CommandError):
+    """The end of watching a move task whose message says all there is to say about the task
+    (it failed, was cancelled by someone else, or is no longer listed)."""
+
+
+async def _once(
+    client: SQSClient, operation: str, params: Mapping[str, Any], stop: _Stop
+) -> dict[str, Any] | None:
+    """Send a start or cancel request exactly once (its effect is not idempotent: a retry after
+    a lost answer would be refused); ``None`` when its answer was lost (a transport error or a
+    5xx/throttle: it may or may not have taken effect). A first signal waits for the answer, a
+    second one does not (see :class:`_Stop`)."""
+    stop.interruptible, stop.in_flight = False, operation
+    try:
+        return await client.call(operation, params, read_timeout=REQUEST_BOUND, retry=False)
+    except TransportError:
+        return None
+    except ServiceError as exc:
+        if is_retryable_error(exc) and _endpoint_refusal(exc, operation) is None:
+            return None
+        raise
+    finally:
+        stop.in_flight = None
+        stop.check()
 
 
 async def _start_task(
@@ -836,23 +903,51 @@ async def _start_task(
         params["DestinationArn"] = _answer_text(attributes, "QueueArn", "GetQueueAttributes")
     if args.rate is not None:
         params["MaxNumberOfMessagesPerSecond"] = args.rate
-    stop.interruptible = False
-    try:
-        result = await client.call("StartMessageMoveTask", params)
-        stop.done = "started"
-    except ServiceError as exc:
-        raise _start_refusal(exc, queue, cancel_command) from None
-    finally:
-        stop.check()
-    task = _MoveTask(_answer_text(result, "TaskHandle", "StartMessageMoveTask"))
+    if _running(await _move_tasks(client, queue, source_arn)):
+        raise CommandError(
+            f"a move task is already running on {queue} (only one at a time); to cancel it: "
+            + cancel_command,
+            EXIT_REFUSED,
+        )
+    task: _MoveTask | None = None
+    for attempt in range(REQUEST_ATTEMPTS):
+        if attempt:
+            await trio.sleep(attempt)  # 1 s, 2 s: the answer was lost, not refused
+        try:
+            result = await _once(client, "StartMessageMoveTask", params, stop)
+        except ServiceError as exc:
+            refusal = _start_refusal(exc, queue, cancel_command)
+            if attempt and "already running" in str(refusal):
+                result = None  # our lost attempt started it: found below
+            else:
+                raise refusal from None
+        if result is not None:
+            task = _MoveTask(_answer_text(result, "TaskHandle", "StartMessageMoveTask"))
+            break
+        # Lost: the task may have started. There was none before, so a running one is ours.
+        running = _running(await _move_tasks(client, queue, source_arn))
+        if running:
+            task = _MoveTask(str(running[0]["TaskHandle"]), running[0].get("StartedTimestamp"))
+            break
+    if task is None:
+        raise CommandError(
+            f"StartMessageMoveTask got no answer after {REQUEST_ATTEMPTS} attempts and no move "
+            f"task runs on {queue}: nothing was started",
+            EXIT_ERROR,
+        )
+    stop.done = "started"
     progress.rate(0)  # the rate counts from the start
-    entry = task.pick(await _move_tasks(client, source_arn))
+    entry = task.pick(await _move_tasks(client, queue, source_arn))
     total = entry.get("ApproximateNumberOfMessagesToMove") if entry else None
     progress.say(
         f"started moving {'?' if total is None else total} messages from {queue} to "
         f"{progress.destination}"
     )
     return task
+
+
+def _running(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [t for t in results if t.get("Status") == "RUNNING" and t.get("TaskHandle")]
 
 
 def _start_refusal(exc: ServiceError, queue: str, cancel_command: str) -> Exception:
@@ -881,8 +976,8 @@ def _start_refusal(exc: ServiceError, queue: str, cancel_command: str) -> Except
 async def _cancel_task(
     client: SQSClient, queue: str, source_arn: str, progress: _Progress, stop: _Stop
 ) -> _MoveTask:
-    results = await _move_tasks(client, source_arn)
-    running = [t for t in results if t.get("Status") == "RUNNING" and t.get("TaskHandle")]
+    results = await _move_tasks(client, queue, source_arn)
+    running = _running(results)
     if not running:
         cancelling = [t for t in results if t.get("Status") == "CANCELLING"]
         if cancelling:
@@ -891,39 +986,70 @@ async def _cancel_task(
         raise CommandError(f"no move task is running on {queue}: nothing to cancel", EXIT_REFUSED)
     entry = running[0]
     task = _MoveTask(str(entry["TaskHandle"]), entry.get("StartedTimestamp"))
-    stop.interruptible = False
-    try:
-        answer = await client.call("CancelMessageMoveTask", {"TaskHandle": task.handle})
-        stop.done = "cancelled"
-    except ServiceError as exc:
-        unsupported = _endpoint_refusal(exc, "CancelMessageMoveTask")
-        if unsupported is not None:
-            raise unsupported from None
+    answer: dict[str, Any] | None = None
+    for attempt in range(REQUEST_ATTEMPTS):
+        if attempt:
+            await trio.sleep(attempt)
+        try:
+            answer = await _once(client, "CancelMessageMoveTask", {"TaskHandle": task.handle}, stop)
+        except ServiceError as exc:
+            unsupported = _endpoint_refusal(exc, "CancelMessageMoveTask")
+            if unsupported is not None:
+                raise unsupported from None
+            if not attempt:
+                raise CommandError(
+                    f"SQS refused to cancel the move task on {queue} (it may have just ended): "
+                    f"{exc.code}: {exc.message}",
+                    EXIT_REFUSED,
+                ) from None
+            answer = None  # refused after a lost attempt: that attempt may have cancelled it
+        if answer is not None:
+            break
+        # Lost: the cancel may have taken effect; the task's status says.
+        entry_now = task.pick(await _move_tasks(client, queue, source_arn))
+        if entry_now is not None and entry_now.get("Status") in ("CANCELLING", "CANCELLED"):
+            answer = {
+                "ApproximateNumberOfMessagesMoved": entry_now.get(
+                    "ApproximateNumberOfMessagesMoved"
+                )
+            }
+            break
+        if entry_now is None or entry_now.get("Status") != "RUNNING":
+            status = entry_now.get("Status") if entry_now else "no longer listed"
+            raise CommandError(
+                f"the move task on {queue} ended ({status}) before it could be cancelled",
+                EXIT_REFUSED,
+            )
+    if answer is None:
         raise CommandError(
-            f"SQS refused to cancel the move task on {queue} (it may have just ended): "
-            f"{exc.code}: {exc.message}",
-            EXIT_REFUSED,
-        ) from None
-    finally:
-        stop.check()
+            f"CancelMessageMoveTask got no answer after {REQUEST_ATTEMPTS} attempts and the move "
+            f"task on {queue} still runs: it was not cancelled",
+            EXIT_ERROR,
+        )
+    stop.done = "cancelled"
     moved = answer.get("ApproximateNumberOfMessagesMoved")
-    progress.say(f"cancelling the move task on {queue} ({moved} messages moved so far)")
+    so_far = f" ({moved} messages moved so far)" if isinstance(moved, int) else ""
+    progress.say(f"cancelling the move task on {queue}{so_far}")
     return task
 
 
 async def _watch(
     client: SQSClient,
+    queue: str,
     source_arn: str,
     task: _MoveTask,
     progress: _Progress,
     args: argparse.Namespace,
-    values: Mapping[str, Any],
+    cancel_command: str,
 ) -> int:
-    queue = values["queue"]
     while True:
-        entry = task.pick(await _move_tasks(client, source_arn))
+        entry = task.pick(await _move_tasks(client, queue, source_arn))
         if entry is None:
-            raise CommandError(f"the move task on {queue} is no longer listed by SQS")
+            raise _TaskEnded(
+                f"the move task on {queue} is no longer listed by SQS (if it still runs, to "
+                f"cancel it: {cancel_command})",
+                EXIT_ERROR,
+            )
         progress.show(entry)
         status = entry.get("Status")
         if status in _FINAL:
@@ -941,13 +1067,13 @@ async def _watch(
         progress.say(f"cancelled: {moved} of {total} messages had moved")
         return EXIT_OK
     if status == "CANCELLED":
-        raise CommandError(
+        raise _TaskEnded(
             f"the move task on {queue} was cancelled (not by this command) after moving {moved} "
             f"of {total} messages",
             EXIT_ERROR,
         )
     reason = str(entry.get("FailureReason", "no reason given"))
-    raise CommandError(
+    raise _TaskEnded(
         f"the move task on {queue} failed: {reason} after moving {moved} of {total} messages"
         + _SOURCE_HINT.get(reason, ""),
         EXIT_ERROR,

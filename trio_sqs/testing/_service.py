@@ -944,10 +944,12 @@ class FakeSQS:
         for task in self._active_moves:
             if task.next_at >= soonest:
                 continue
-            if queue.arn in (task.source_arn, task.destination_arn) or (
-                task.destination_arn is None
-                and (policy := self.redrive_policy(queue)) is not None
-                and policy[0] == task.source_arn
+            # Without a destination a message goes back to the queue its
+            # DeadLetterQueueSourceArn names, whatever RedrivePolicy says now: any queue may be
+            # the one (a waiter woken for nothing looks again and waits on).
+            if task.destination_arn is None or queue.arn in (
+                task.source_arn,
+                task.destination_arn,
             ):
                 soonest = task.next_at
         return soonest
