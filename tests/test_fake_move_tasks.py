@@ -388,18 +388,20 @@ def handle_for(task_id: str, source_arn: str) -> str:
             "Value for parameter TaskHandle is invalid.",
         ),
         (
-            handle_for(str(uuid.uuid4()), arn_of("no-such-queue")),
+            handle_for("6f1c2a4e-0d1b-4c57-9a57-3b2f1f0c9e11", arn_of("no-such-queue")),
             "ResourceNotFoundException",
             404,
             "The resource that you specified for the SourceArn parameter doesn't exist.",
         ),
         (
-            handle_for(str(uuid.uuid4()), arn_of("cancel-errors-dlq")),
+            handle_for("0b7e4c1d-5a2f-4e8b-8c3d-9f6a2e1b7c40", arn_of("cancel-errors-dlq")),
             "ResourceNotFoundException",
             404,
             "Task does not exist.",
         ),
     ],
+    # Fixed ids (a uuid4 in an id made the workers of -n 2 collect different tests).
+    ids=["garbage", "no-task-id", "unknown-source", "unknown-task"],
 )
 async def test_cancel_errors(
     autojump_clock: Any,
