@@ -32,7 +32,7 @@ from ._message import (
 )
 from ._middleware import Invocation, Middleware, Outcome
 from ._open import open_consumer, run_consumer
-from ._stats import ConsumerStatistics
+from ._stats import ConsumerStatistics, HistogramSnapshot
 
 __version__ = "0.1.0"
 
@@ -50,6 +50,7 @@ __all__ = [
     "CorruptMessage",
     "CredentialsError",
     "Handler",
+    "HistogramSnapshot",
     "InvalidReceiptHandle",
     "Invocation",
     "Limits",

@@ -23,6 +23,7 @@ import trio
 from ._client import SQSClient
 from ._exceptions import SQSError
 from ._message import BatchResult
+from ._stats import Recorder
 
 __all__ = ["Batcher", "Entry"]
 
@@ -50,6 +51,9 @@ class Entry:
     counted: bool = True
     # Releases: when the last attempt was sent (trio clock), with ``visibility`` as sent.
     sent_at: float = 0.0
+    # When the consumer settled the message (trio clock): the start of its ack or release
+    # latency, observed when SQS confirms the entry (counted entries only).
+    created_at: float = 0.0
 
 
 class Batcher:
@@ -68,6 +72,9 @@ class Batcher:
             shielded scope, so a call on the wire finishes when :meth:`run` is cancelled).
         visibility_floor: Releases: read when a batch is sent; no entry goes out with a shorter
             visibility timeout.
+        latency: Observes, per counted entry SQS confirmed, the time since its ``created_at``.
+        call_duration: Observes the duration of each call SQS answered.
+        batch_size: Observes the entries of each call sent.
     """
 
     def __init__(
@@ -83,6 +90,9 @@ class Batcher:
         max_interval: float | None = None,
         shield: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
         visibility_floor: Callable[[], int] | None = None,
+        latency: Recorder | None = None,
+        call_duration: Recorder | None = None,
+        batch_size: Recorder | None = None,
     ) -> None:
         self._client = client
         self._queue_url = queue_url
@@ -95,6 +105,9 @@ class Batcher:
         self.window = interval
         self._shield = shield
         self._visibility_floor = visibility_floor
+        self._latency = latency
+        self._call_duration = call_duration
+        self._batch_size = batch_size
         self._pending: list[Entry] = []
         self._wakeup = trio.Event()
         self._urgent = False
@@ -188,14 +201,17 @@ class Batcher:
         for entry in chunk:
             self.on_the_wire[entry.receipt_handle] = entry
         result: BatchResult | None = None
+        if self._batch_size is not None:
+            self._batch_size.observe(len(chunk))
+        sent_at = answered_at = trio.current_time()
         try:
             handles = {i: e.receipt_handle for i, e in ids.items()}
             with self._shield():
                 if self._kind == "delete":
                     result = await self._client.delete_message_batch(self._queue_url, handles)
+                    answered_at = trio.current_time()
                 else:
                     floor = self._visibility_floor() if self._visibility_floor else 0
-                    sent_at = trio.current_time()
                     for entry in chunk:
                         entry.visibility = max(entry.visibility or 0, floor)
                         entry.sent_at = sent_at
@@ -207,6 +223,7 @@ class Batcher:
                         # client-level retry would resend the visibility read before a stop.
                         retry=False,
                     )
+                    answered_at = trio.current_time()
         except SQSError as exc:
             # The client already retried transient errors; try these entries again later.
             log.warning("%s batch of %d failed: %s", self._kind, len(chunk), exc)
@@ -231,9 +248,14 @@ class Batcher:
         # Each entry once: the client reports an entry SQS's answer left out as failed
         # (MissingFromAnswer); one left out of the result anyway counts as failed the same way,
         # never as dropped.
+        if self._call_duration is not None:
+            self._call_duration.observe(answered_at - sent_at)
+        latency = self._latency
         for entry_id in result.successful:
             confirmed = ids.pop(entry_id, None)
             if confirmed is not None:
+                if latency is not None and confirmed.counted:
+                    latency.observe(answered_at - confirmed.created_at)
                 self._on_success(confirmed)
         for failure in result.failed:
             refused = ids.pop(failure.entry_id, None)

@@ -64,6 +64,8 @@ log = logging.getLogger("trio_sqs.client")
 POLL_READ_MARGIN = 10.0
 DEFAULT_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 2.0
+# Traced by their PRODUCER span: no CLIENT span of their own (open_client's trace_calls).
+_SEND_OPERATIONS = frozenset({"SendMessage", "SendMessageBatch"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -340,6 +342,7 @@ class SQSClient:
         limits: Limits,
         retry: RetryPolicy,
         random_seed: int | None = None,
+        trace_calls: bool = False,
     ) -> None:
         self._protocol = protocol
         self._credentials = credentials
@@ -357,6 +360,12 @@ class SQSClient:
         self._receive_gate = ResizableGate(self._receive_budget())
         self._other_gate = trio.Semaphore(limits.max_other_connections)
         self._closed = False
+        # OpenTelemetry (None without opentelemetry-api: then no tracing work at all).
+        from ._tracing import client_tracing
+
+        self._tracing = client_tracing(
+            protocol.endpoint, protocol.region, trace_calls=bool(trace_calls)
+        )
 
     @property
     def endpoint(self) -> str:
@@ -524,6 +533,26 @@ class SQSClient:
     ) -> T:
         """:meth:`call`, with ``read`` turning the answer into the result. ``read`` runs inside
         the boundary: what it raises on a malformed answer is an ``InvalidResponse``."""
+        tracing = self._tracing
+        if tracing is not None and tracing.trace_calls and operation not in _SEND_OPERATIONS:
+            with tracing.call(operation, params):
+                return await self._call_untraced(
+                    operation, params, read, read_timeout, on_sent, retry, validate
+                )
+        return await self._call_untraced(
+            operation, params, read, read_timeout, on_sent, retry, validate
+        )
+
+    async def _call_untraced(
+        self,
+        operation: str,
+        params: Mapping[str, Any],
+        read: Callable[[httpx.Response], T],
+        read_timeout: float | None,
+        on_sent: Callable[[], None] | None,
+        retry: bool,
+        validate: bool,
+    ) -> T:
         try:
             return await self._attempts(
                 operation, params, read, read_timeout, on_sent, retry, validate
@@ -794,11 +823,15 @@ class SQSClient:
             body, delay_seconds, message_attributes, message_group_id, message_deduplication_id
         )
         params["QueueUrl"] = queue_url
-        return await self._call(
-            "SendMessage",
-            params,
-            self._reader("SendMessage", lambda parsed: _send_result("SendMessage", parsed)),
-        )
+        read = self._reader("SendMessage", lambda parsed: _send_result("SendMessage", parsed))
+        if self._tracing is None:
+            return await self._call("SendMessage", params, read)
+        # A PRODUCER span; its context goes into the message's attributes (README, "Tracing").
+        with self._tracing.producer("SendMessage", queue_url, [params]) as span:
+            result = await self._call("SendMessage", params, read)
+            if span is not None:
+                span.set_attribute("messaging.message.id", result.message_id)
+            return result
 
     async def send_message_batch(
         self, queue_url: str, entries: Sequence[SendEntry]
@@ -818,11 +851,18 @@ class SQSClient:
             params["Id"] = entry.id if entry.id is not None else str(index)
             wire.append(params)
         requested = [str(params["Id"]) for params in wire]
-        return await self._call(
-            "SendMessageBatch",
-            {"QueueUrl": queue_url, "Entries": wire},
-            self._reader("SendMessageBatch", lambda parsed: _send_batch_result(parsed, requested)),
+        read = self._reader(
+            "SendMessageBatch", lambda parsed: _send_batch_result(parsed, requested)
         )
+        call_params = {"QueueUrl": queue_url, "Entries": wire}
+        if self._tracing is None:
+            return await self._call("SendMessageBatch", call_params, read)
+        # One PRODUCER span; its context goes into every entry (README, "Tracing").
+        with self._tracing.producer("SendMessageBatch", queue_url, wire) as span:
+            sent, outcome = await self._call("SendMessageBatch", call_params, read)
+            if span is not None and outcome.failed:
+                self._tracing.entries_failed(span, outcome.failed, len(wire))
+            return sent, outcome
 
 
 def _entries(receipt_handles: Sequence[str] | Mapping[str, str]) -> list[tuple[str, str]]:

@@ -115,6 +115,7 @@ async def open_client(
     verify: bool | str = True,
     transport: httpx.AsyncBaseTransport | None = None,
     random_seed: int | None = None,
+    trace_calls: bool = False,
 ) -> AsyncIterator[SQSClient]:
     """Open an SQS client that owns its HTTP connections and credential refresher.
 
@@ -145,6 +146,10 @@ async def open_client(
         random_seed: Seed of the client's own random generator (``random.Random``), which draws
             the jitter of its retry backoffs. Default: seeded from the operating system. The
             global ``random`` is never used.
+        trace_calls: With ``opentelemetry-api`` installed, also make an OpenTelemetry CLIENT
+            span ``SQS.{Operation}`` for every call other than the sends (each of which always
+            gets its PRODUCER span ``send {queue}``; README, "Tracing"). Off by default: a
+            consumer's long polls, deletes and heartbeats would each be a trace of its own.
 
     Raises:
         ConfigurationError: for an invalid option, before any network I/O.
@@ -173,6 +178,10 @@ async def open_client(
         raise ConfigurationError(
             f"transport must be an httpx.AsyncBaseTransport, got {transport!r}",
             code="InvalidOption",
+        )
+    if not isinstance(trace_calls, bool):
+        raise ConfigurationError(
+            f"trace_calls must be True or False, got {trace_calls!r}", code="InvalidOption"
         )
     if not isinstance(retry, RetryPolicy):
         raise ConfigurationError(
@@ -250,7 +259,13 @@ async def open_client(
         transport=transport,
     )
     client = SQSClient(
-        resolved.protocol, cache, http, limits=limits, retry=retry, random_seed=random_seed
+        resolved.protocol,
+        cache,
+        http,
+        limits=limits,
+        retry=retry,
+        random_seed=random_seed,
+        trace_calls=trace_calls,
     )
     try:
         try:

@@ -42,7 +42,15 @@ from ._exceptions import ConfigurationError
 from ._handler import BatchHandler, Handler, Retry, check_handler, check_queue, failed_ids
 from ._leases import Leases
 from ._message import Message
-from ._middleware import Invocation, Middleware, Outcome, check_middleware, compose
+from ._middleware import (
+    Invocation,
+    Middleware,
+    Outcome,
+    check_middleware,
+    compose,
+    context_managers,
+)
+from ._otel_metrics import attach as attach_otel_metrics
 from ._polling import Polling
 from ._stats import ConsumerState, ConsumerStatistics, Counters
 
@@ -71,6 +79,7 @@ class Consumer:
         batch: bool,
         fifo: bool,
         middleware: Sequence[Middleware] = (),
+        tracing: bool = True,
     ) -> None:
         # Refused here, before any task starts, as open_consumer refuses them (see check_handler).
         if not isinstance(options, ConsumerOptions):
@@ -80,6 +89,18 @@ class Consumer:
         check_queue(queue_url, "queue_url")
         check_handler(handler, batch=batch)
         self._middleware = check_middleware(middleware)
+        if not isinstance(tracing, bool):
+            raise ConfigurationError(
+                f"tracing must be True or False, got {tracing!r}", code="InvalidOption"
+            )
+        if tracing:
+            # OpenTelemetry, outermost, when opentelemetry-api is installed (see _tracing).
+            from ._tracing import consumer_middleware
+
+            traced = consumer_middleware()
+            if traced is not None:
+                self._middleware.insert(0, traced)
+        self._middleware_kinds = context_managers(self._middleware)
         self.queue_url = queue_url
         self.options = options
         self.fifo = fifo
@@ -87,6 +108,7 @@ class Consumer:
         self._batch = batch
         self._batch_size = options.effective_batch_size(batch)
         self._counters = Counters()
+        attach_otel_metrics(self._counters, queue_url)  # a no-op without opentelemetry-api
         self._state: ConsumerState = "starting"
         self._credit = Credit(options.capacity(batch))
         self._dispatcher = Dispatcher(fifo=fifo)
@@ -355,6 +377,9 @@ class Consumer:
         releases the messages, stops the consumer, and is raised out of it after the shutdown.
         """
         self._in_flight += len(messages)
+        started = trio.current_time()
+        if self._batch:
+            self._counters.handler_batch_size.observe(len(messages))
         deadline = math.inf
         if self.options.handler_timeout is not None:
             deadline = trio.current_time() + self.options.handler_timeout
@@ -403,6 +428,7 @@ class Consumer:
             raise
         # A handler that swallowed its cancellation and returned did not finish its work.
         finished = finished and not scope.cancel_called
+        self._counters.handler_duration.observe(trio.current_time() - started)
         self._in_flight -= len(messages)
         self._settle_all(messages, finished, failed, retry_delay)
 
@@ -431,7 +457,9 @@ class Consumer:
             if scope.cancel_called:
                 invocation.outcome = self._cut_short()  # it swallowed its cancellation
 
-        await compose(self._middleware, invocation, call_handler, self._cut_short)()
+        await compose(
+            self._middleware, invocation, call_handler, self._cut_short, self._middleware_kinds
+        )()
         return set(invocation.failed)
 
     def _cut_short(self) -> Outcome:

@@ -69,7 +69,7 @@ class Leases:
         max_ack_interval: Longest wait before a partial batch of deletes is sent (also when it is
             below ``ack_interval``): the wait grows towards it while batches go out partial (a
             low message rate) and shrinks back when they fill up.
-        counters: Where outcomes are counted.
+        counters: Where outcomes are counted, and calls and latencies timed.
     """
 
     def __init__(
@@ -107,6 +107,9 @@ class Leases:
             self._delete_failed,
             max_interval=max_ack_interval,
             shield=self._shielded,
+            latency=counters.ack_latency,
+            call_duration=counters.delete_call_duration,
+            batch_size=counters.delete_batch_size,
         )
         self._releases = Batcher(
             client,
@@ -118,6 +121,9 @@ class Leases:
             self._release_expired,
             shield=self._shielded,
             visibility_floor=self._floor,
+            latency=counters.release_latency,
+            call_duration=counters.release_call_duration,
+            batch_size=counters.release_batch_size,
         )
 
     # -- state ------------------------------------------------------------------------------------
@@ -150,7 +156,9 @@ class Leases:
     def ack(self, message: Message) -> None:
         """Delete ``message`` (in a batch)."""
         self._tracked.pop(message.receipt_handle, None)
-        self._deletes.add(Entry(message.message_id, message.receipt_handle))
+        self._deletes.add(
+            Entry(message.message_id, message.receipt_handle, created_at=trio.current_time())
+        )
 
     def release(self, message: Message, visibility: int) -> None:
         """Make ``message`` visible again after ``visibility`` seconds (in a batch).
@@ -159,15 +167,16 @@ class Leases:
         a heartbeat naming the message is on the wire (the module's rule).
         """
         handle = message.receipt_handle
+        now = trio.current_time()
         tracked = self._tracked.pop(handle, None)
         if tracked is None:  # landed after stop, never tracked: its lease has just begun
-            now = trio.current_time()
             tracked = Tracked(message, now, now)
         entry = Entry(
             message.message_id,
             handle,
             visibility,
             lease_end=tracked.extended_at + self._lease,
+            created_at=now,
         )
         if handle in self._beating:
             self._held[handle] = entry
@@ -304,6 +313,7 @@ class Leases:
                     self._counters.heartbeat_errors += 1
                     log.warning("visibility heartbeat failed: %s", exc)
                     return
+                self._counters.heartbeat_call_duration.observe(trio.current_time() - sent_at)
                 for entry_id in result.successful:
                     chunk[int(entry_id)].extended_at = sent_at
                     self._counters.visibility_extensions += 1

@@ -27,7 +27,14 @@ from ._exceptions import ConfigurationError
 from ._handler import Retry, describe_callable, is_async_callable
 from ._message import Message
 
-__all__ = ["Invocation", "Middleware", "Outcome", "check_middleware", "compose"]
+__all__ = [
+    "Invocation",
+    "Middleware",
+    "Outcome",
+    "check_middleware",
+    "compose",
+    "context_managers",
+]
 
 Outcome = Literal["ok", "failed", "retry", "timed_out", "cancelled"]
 
@@ -106,11 +113,18 @@ def check_middleware(middleware: object) -> list[Middleware]:
     return checked
 
 
+def context_managers(middleware: Sequence[Middleware]) -> list[bool]:
+    """For each middleware, whether it is an async context manager factory (worked out once,
+    when the consumer is built, not per invocation)."""
+    return [not is_async_callable(item) for item in middleware]
+
+
 def compose(
     middleware: Sequence[Middleware],
     invocation: Invocation,
     handler: CallNext,
     cut_short: Callable[[], Outcome],
+    kinds: Sequence[bool] | None = None,
 ) -> CallNext:
     """The chain for one invocation: ``middleware[0]`` outermost, ``handler`` innermost.
 
@@ -118,11 +132,14 @@ def compose(
     returned; ``cut_short()`` says whether a cancellation is a time-out or the end of grace.
     Each layer records an exception passing through it (from the handler or a middleware) as
     the outcome its outer layers see; a layer that swallows one turns the outcome into ``"ok"``
-    (the messages are then handled: deleted).
+    (the messages are then handled: deleted). ``kinds`` is :func:`context_managers` of
+    ``middleware``, if the caller has it.
     """
+    if kinds is None:
+        kinds = context_managers(middleware)
     call = _innermost(invocation, handler, cut_short)
-    for item in reversed(middleware):
-        call = _layer(item, invocation, call, cut_short)
+    for item, context_manager in zip(reversed(middleware), reversed(kinds), strict=True):
+        call = _layer(item, context_manager, invocation, call, cut_short)
     return call
 
 
@@ -153,10 +170,12 @@ def _innermost(
 
 
 def _layer(
-    item: Middleware, invocation: Invocation, inner: CallNext, cut_short: Callable[[], Outcome]
+    item: Middleware,
+    context_manager: bool,
+    invocation: Invocation,
+    inner: CallNext,
+    cut_short: Callable[[], Outcome],
 ) -> CallNext:
-    context_manager = not is_async_callable(item)
-
     async def call() -> None:
         try:
             if context_manager:

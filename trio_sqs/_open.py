@@ -55,6 +55,7 @@ def open_consumer(
     profile: str | None = ...,
     options: ConsumerOptions | None = ...,
     middleware: Sequence[Middleware] | None = ...,
+    tracing: bool = ...,
     **option_kwargs: Any,
 ) -> AbstractAsyncContextManager[Consumer]: ...
 
@@ -71,6 +72,7 @@ def open_consumer(
     profile: str | None = ...,
     options: ConsumerOptions | None = ...,
     middleware: Sequence[Middleware] | None = ...,
+    tracing: bool = ...,
     **option_kwargs: Any,
 ) -> AbstractAsyncContextManager[Consumer]: ...
 
@@ -86,6 +88,7 @@ def open_consumer(
     profile: str | None = None,
     options: ConsumerOptions | None = None,
     middleware: Sequence[Middleware] | None = None,
+    tracing: bool = True,
     **option_kwargs: Any,
 ) -> AbstractAsyncContextManager[Consumer]:
     """Consume ``queue`` with ``handler`` while the block runs; stop gracefully when it ends.
@@ -111,6 +114,10 @@ def open_consumer(
             functions ``async def mw(invocation, call_next)`` or functions returning an async
             context manager ``mw(invocation)`` (see :class:`Invocation`; README, "Middleware").
             An exception a middleware raises is handled like one from the handler.
+        tracing: With ``opentelemetry-api`` installed (``pip install 'trio-sqs[otel]'``), every
+            handler invocation gets an OpenTelemetry CONSUMER span (a child of the trace the
+            message carries), through a middleware put before the others; ``False`` turns it
+            off. Without the package there is no tracing either way (README, "Tracing").
 
     Raises:
         ConfigurationError: for an invalid queue, handler or option, naming the argument and
@@ -126,7 +133,17 @@ def open_consumer(
     check_queue(queue)
     check_handler(handler, batch=batch)
     chain = check_middleware(middleware)
-    return _open_consumer(queue, handler, opts, batch, client, region, endpoint_url, profile, chain)
+    _check_tracing(tracing)
+    return _open_consumer(
+        queue, handler, opts, batch, client, region, endpoint_url, profile, chain, tracing
+    )
+
+
+def _check_tracing(tracing: object) -> None:
+    if not isinstance(tracing, bool):
+        raise ConfigurationError(
+            f"tracing must be True or False, got {tracing!r}", code="InvalidOption"
+        )
 
 
 @asynccontextmanager
@@ -140,6 +157,7 @@ async def _open_consumer(
     endpoint_url: str | None,
     profile: str | None,
     middleware: Sequence[Middleware],
+    tracing: bool = True,
 ) -> AsyncIterator[Consumer]:
     async with AsyncExitStack() as stack:
         if client is None:
@@ -153,7 +171,14 @@ async def _open_consumer(
             )
         queue_url, fifo = await _resolve_queue(client, queue)
         consumer = Consumer(
-            client, queue_url, handler, opts, batch=batch, fifo=fifo, middleware=middleware
+            client,
+            queue_url,
+            handler,
+            opts,
+            batch=batch,
+            fifo=fifo,
+            middleware=middleware,
+            tracing=tracing,
         )
         try:
             with client.reserve_polls(opts.effective_pollers(batch)):
@@ -191,6 +216,7 @@ async def run_consumer(
     profile: str | None = ...,
     options: ConsumerOptions | None = ...,
     middleware: Sequence[Middleware] | None = ...,
+    tracing: bool = ...,
     **option_kwargs: Any,
 ) -> None: ...
 
@@ -208,6 +234,7 @@ async def run_consumer(
     profile: str | None = ...,
     options: ConsumerOptions | None = ...,
     middleware: Sequence[Middleware] | None = ...,
+    tracing: bool = ...,
     **option_kwargs: Any,
 ) -> None: ...
 
@@ -224,6 +251,7 @@ async def run_consumer(
     profile: str | None = None,
     options: ConsumerOptions | None = None,
     middleware: Sequence[Middleware] | None = None,
+    tracing: bool = True,
     **option_kwargs: Any,
 ) -> None:
     """Run a consumer in a nursery you own, until it is stopped or the nursery is cancelled.
@@ -239,8 +267,9 @@ async def run_consumer(
     check_queue(queue)
     check_handler(handler, batch=batch)
     chain = check_middleware(middleware)
+    _check_tracing(tracing)
     async with _open_consumer(
-        queue, handler, opts, batch, client, region, endpoint_url, profile, chain
+        queue, handler, opts, batch, client, region, endpoint_url, profile, chain, tracing
     ) as consumer:
         task_status.started(consumer)
         await consumer.wait_stopped()

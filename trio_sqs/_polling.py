@@ -94,7 +94,7 @@ class Polling:
         accept: Called with each poll's messages and its count of corrupt ones (which it took no
             credit for). Unused credit is returned here, before ``accept`` runs.
         fail: Called with an error that makes polling impossible (the queue is gone...).
-        counters: Where polls are counted.
+        counters: Where polls are counted and timed.
         rng: The consumer's random generator (jitter of the error backoff).
         hand_back: Called with messages of an answer beyond what the poll asked for (no credit
             was reserved for them; SQS never sends them, a broken server might).
@@ -211,10 +211,11 @@ class Polling:
             corrupt = 0
             answered = False
             poll.scope = trio.CancelScope()
-            sent_at = math.inf
+            sent_at = answered_at = math.inf
             try:
                 with poll.scope:
                     result = await self._receive(poll)
+                    answered_at = trio.current_time()
                     answered = True
                     got, corrupt = self._within_ask(result.messages), len(result.corrupt)
             except SQSError as exc:
@@ -241,6 +242,7 @@ class Polling:
                     self._credit.release(self._poll_size)
             if not answered:
                 return  # aborted at stop
+            self._observe(got, corrupt, answered_at - sent_at)
             backoff = self._options.error_backoff
             if got:
                 self._credit.release(self._poll_size - len(got))
@@ -282,6 +284,15 @@ class Polling:
             # This loop does its own backoff.
             retry=False,
         )
+
+    def _observe(self, got: Sequence[Message], corrupt: int, duration: float) -> None:
+        """An answered poll's duration (from the request written to the answer) and size."""
+        c = self._counters
+        if duration < math.inf:  # else the transport never reported the request written
+            (c.poll_duration_messages if got or corrupt else c.poll_duration_empty).observe(
+                duration
+            )
+        c.poll_batch_size.observe(len(got))
 
     def _within_ask(self, messages: Sequence[Message]) -> list[Message]:
         """The messages of an answer, each once and no more than the poll asked for (credit was

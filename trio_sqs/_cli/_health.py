@@ -6,8 +6,10 @@ Endpoints:
   liveness window, and also while the consumer is starting, stopping (its shutdown is bounded by
   grace + flush), or saturated (every slot busy, so no poll is due); 503 otherwise.
 - ``/readyz`` (readiness): 200 while the consumer is running, 503 before and once stopping.
-- ``/metrics``: Prometheus text format, read from :meth:`Consumer.statistics` at scrape time, plus
-  a handler duration histogram and the process metrics.
+- ``/metrics``: Prometheus text format: :class:`trio_sqs.prometheus.ConsumerCollector` (counters,
+  gauges and the poll, ack and release latency and batch size histograms of
+  :meth:`Consumer.statistics`, read at scrape time), the handler duration histogram
+  (:class:`trio_sqs.prometheus.HandlerDurations`), and the process metrics.
 
 One request per connection (``Connection: close``), which is what kubelet probes and Prometheus
 scrapes need; no threads.
@@ -17,50 +19,23 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import partial
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.gc_collector import GCCollector
-from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.registry import Collector
 
 from .._consumer import Consumer
 from .._stats import ConsumerStatistics
-from .._util import queue_name
-from ..prometheus import HandlerDurations
+from ..prometheus import ConsumerCollector, HandlerDurations
 
 __all__ = ["Metrics", "Probe", "serve_health"]
 
 MAX_REQUEST_HEAD = 8192
 REQUEST_TIMEOUT = 10.0
-
-# (metric name without _total, statistics field, help)
-COUNTERS = (
-    ("messages_received", "received", "Valid messages received."),
-    ("messages_completed", "completed", "Handler calls that returned."),
-    ("messages_failed", "failed", "Handler calls that raised."),
-    ("messages_retried", "retried", "Handler calls that raised Retry."),
-    ("messages_timed_out", "timed_out", "Handler calls cancelled by handler_timeout."),
-    ("messages_cancelled_at_grace", "cancelled_at_grace", "Handlers cancelled at end of grace."),
-    ("messages_released", "released", "Messages made visible again early (confirmed)."),
-    ("release_failures", "release_failed", "Releases refused or not sent."),
-    ("releases_expired", "release_expired", "Releases dropped: the lease may have run out."),
-    ("messages_deleted", "deleted", "Messages deleted (confirmed)."),
-    ("delete_failures", "delete_failed", "Deletes refused or not sent."),
-    ("heartbeat_extensions", "visibility_extensions", "Visibility extensions confirmed."),
-    ("heartbeat_errors", "heartbeat_errors", "Visibility heartbeat calls or entries that failed."),
-    ("polls", "polls", "ReceiveMessage calls that returned."),
-    ("empty_polls", "empty_polls", "ReceiveMessage calls that returned no message."),
-    ("aborted_polls", "aborted_polls", "Long polls cancelled after being sent."),
-    ("poll_errors", "poll_errors", "ReceiveMessage calls that failed."),
-    ("corrupt_messages", "corrupt", "Messages that failed their MD5 check."),
-    ("unflushed", "unflushed", "Deletes and releases unsent when the flush timed out."),
-)
 
 
 class Probe:
@@ -147,56 +122,15 @@ class Probe:
         return ready, {"status": status, "queues": states}
 
 
-class _StatisticsCollector(Collector):
-    def __init__(self, probe: Probe) -> None:
-        self._probe = probe
-
-    def collect(self) -> Iterable[Metric]:
-        info = InfoMetricFamily("trio_sqs_consumer", "The consumed queue.", labels=["queue"])
-        counters = {
-            name: CounterMetricFamily(f"trio_sqs_{name}", text, labels=["queue"])
-            for name, _, text in COUNTERS
-        }
-        in_flight = GaugeMetricFamily(
-            "trio_sqs_in_flight", "Handler calls running.", labels=["queue"]
-        )
-        buffered = GaugeMetricFamily(
-            "trio_sqs_buffered", "Messages waiting for a handler.", labels=["queue"]
-        )
-        state = GaugeMetricFamily(
-            "trio_sqs_state", "1 for the current state.", labels=["queue", "state"]
-        )
-        last_poll = GaugeMetricFamily(
-            "trio_sqs_last_poll_timestamp_seconds",
-            "Unix time of the last successful poll.",
-            labels=["queue"],
-        )
-        for given, stats in self._probe.statistics().items():
-            queue = queue_name(given)
-            info.add_metric([queue], {"queue": queue})
-            if stats is None:
-                continue
-            for name, field, _ in COUNTERS:
-                counters[name].add_metric([queue], getattr(stats, field))
-            in_flight.add_metric([queue], stats.in_flight)
-            buffered.add_metric([queue], stats.buffered)
-            for name in ("starting", "running", "stopping", "stopped"):
-                state.add_metric([queue, name], 1.0 if stats.state == name else 0.0)
-            if stats.last_poll_at is not None:
-                last_poll.add_metric([queue], stats.last_poll_at)
-        yield info
-        yield from counters.values()
-        yield from (in_flight, buffered, state, last_poll)
-
-
 class Metrics:
-    """A private Prometheus registry: consumer statistics (read at scrape time, labelled with
-    their ``queue``'s name), a handler duration histogram fed by the middleware
-    :attr:`handler_durations`, and process, platform and GC metrics."""
+    """A private Prometheus registry: consumer statistics (the library's
+    :class:`~trio_sqs.prometheus.ConsumerCollector` over the probe's consumers, read at scrape
+    time, labelled with their ``queue``'s name), a handler duration histogram fed by the
+    middleware :attr:`handler_durations`, and process, platform and GC metrics."""
 
     def __init__(self, probe: Probe) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_StatisticsCollector(probe))
+        ConsumerCollector(probe.statistics, registry=self.registry)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
