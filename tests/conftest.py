@@ -182,3 +182,23 @@ async def worker_thread_finished(limiter: trio.CapacityLimiter) -> None:
     assert limiter.total_tokens == 1, "the one_worker_thread fixture is not in effect"
     async with limiter:
         pass
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Wait until ``predicate()`` holds, checking after every task step (so the test wakes at the
+    virtual instant it came true)."""
+    became_true = trio.Event()
+
+    class Check(trio.abc.Instrument):
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            if predicate():
+                became_true.set()
+
+    if predicate():
+        return
+    check = Check()
+    trio.lowlevel.add_instrument(check)
+    try:
+        await became_true.wait()
+    finally:
+        trio.lowlevel.remove_instrument(check)

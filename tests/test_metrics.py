@@ -9,7 +9,7 @@ arrival on Trio's clock, and its parameters)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +27,8 @@ from trio_sqs._stats import (
 )
 from trio_sqs.testing import FakeSQS, RecordedCall
 
+from .conftest import wait_until
+
 
 def calls(fake: FakeSQS, operation: str) -> list[RecordedCall]:
     return [c for c in fake.calls if c.operation == operation]
@@ -34,26 +36,6 @@ def calls(fake: FakeSQS, operation: str) -> list[RecordedCall]:
 
 def stats_of(consumer: trio_sqs.Consumer) -> ConsumerStatistics:
     return consumer.statistics()
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Wait until ``predicate()`` holds, checked after every task step (so the test wakes at the
-    virtual instant it came true)."""
-    became_true = trio.Event()
-
-    class Check(trio.abc.Instrument):
-        def after_task_step(self, task: trio.lowlevel.Task) -> None:
-            if predicate():
-                became_true.set()
-
-    if predicate():
-        return
-    check = Check()
-    trio.lowlevel.add_instrument(check)
-    try:
-        await became_true.wait()
-    finally:
-        trio.lowlevel.remove_instrument(check)
 
 
 # -- the histogram type ---------------------------------------------------------------------------
@@ -193,7 +175,7 @@ async def test_ack_latency_runs_from_the_handler_s_return_to_the_confirmed_delet
     async with open_consumer(
         fake_queue_url, handler, client=fake_sqs_client, wait_time=20, ack_interval=0.5
     ) as c:
-        await until(lambda: c.statistics().deleted == 4)
+        await wait_until(lambda: c.statistics().deleted == 4)
         stats = stats_of(c)
     assert [t - start for t in returned_at.values()] == [1.0, 1.125, 1.25, 1.375]
     (delete,) = calls(fake_sqs, "DeleteMessageBatch")
@@ -233,7 +215,7 @@ async def test_release_latency_and_call_duration_of_a_retried_message(
     async with open_consumer(
         fake_queue_url, handler, client=fake_sqs_client, wait_time=20, ack_interval=0.5
     ) as c:
-        await until(lambda: c.statistics().released == 2)
+        await wait_until(lambda: c.statistics().released == 2)
         stats = stats_of(c)
     (release,) = calls(fake_sqs, "ChangeMessageVisibilityBatch")
     assert [e["VisibilityTimeout"] for e in release.params["Entries"]] == [300, 300]
@@ -267,7 +249,7 @@ async def test_heartbeat_calls_are_timed(
         visibility_timeout=12,
         heartbeat_interval=4,
     ) as c:
-        await until(lambda: c.statistics().deleted == 1)
+        await wait_until(lambda: c.statistics().deleted == 1)
         stats = stats_of(c)
     beats = [
         call
@@ -306,7 +288,7 @@ async def test_batch_handler_sizes_and_handler_durations(
         fake_queue_url, handler, client=fake_sqs_client, batch=True, wait_time=20
     ) as c:
         await done.wait()
-        await until(lambda: c.statistics().deleted == 7)
+        await wait_until(lambda: c.statistics().deleted == 7)
         stats = stats_of(c)
     assert stats.handler_batch_size.count == len(batches)
     assert stats.handler_batch_size.sum == 7
@@ -330,7 +312,7 @@ async def test_single_handlers_record_durations_but_no_batch_sizes(
         raise ValueError("failed")  # any outcome is observed
 
     async with open_consumer(fake_queue_url, handler, client=fake_sqs_client, wait_time=20) as c:
-        await until(lambda: c.statistics().failed == 1)
+        await wait_until(lambda: c.statistics().failed == 1)
         stats = stats_of(c)
     assert (stats.handler_duration.count, stats.handler_duration.sum) == (1, 0.5)
     assert stats.handler_batch_size.count == 0
@@ -361,7 +343,7 @@ async def test_prometheus_collector_exports_the_histograms_in_text_format(
         url, handler, client=fake_sqs_client, wait_time=20, ack_interval=0.5
     ) as c:
         ConsumerCollector(c, registry=registry)
-        await until(lambda: c.statistics().deleted == 1)
+        await wait_until(lambda: c.statistics().deleted == 1)
         await trio.sleep(25)  # one empty long poll after the message
         text = generate_latest(registry).decode()
     for line in (
@@ -518,7 +500,7 @@ async def test_opentelemetry_metrics_are_recorded_as_measured(
     async with open_consumer(
         url, handler, client=fake_sqs_client, wait_time=20, ack_interval=0.5
     ) as c:
-        await until(lambda: c.statistics().deleted == 2 and c.statistics().released == 1)
+        await wait_until(lambda: c.statistics().deleted == 2 and c.statistics().released == 1)
         await trio.sleep(25)  # one empty long poll
         stats = stats_of(c)
 

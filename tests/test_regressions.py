@@ -23,7 +23,6 @@ import math
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -39,7 +38,7 @@ from trio_sqs._message import CorruptMessage, message_from_wire
 from trio_sqs._polling import EMPTY_SHORT_POLL_PAUSE
 from trio_sqs.testing import FakeSQS, QueueCounts
 
-from .conftest import worker_thread_finished
+from .conftest import wait_until, worker_thread_finished
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -66,26 +65,6 @@ def visible(fake: FakeSQS, url: str) -> list[str]:
 
 def receive_times(fake: FakeSQS) -> list[float]:
     return [c.time for c in fake.calls if c.operation == "ReceiveMessage"]
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Wait until ``predicate()`` holds, checking after every task step (so the test wakes at the
-    virtual instant it came true)."""
-    became_true = trio.Event()
-
-    class Check(trio.abc.Instrument):
-        def after_task_step(self, task: trio.lowlevel.Task) -> None:
-            if predicate():
-                became_true.set()
-
-    if predicate():
-        return
-    check = Check()
-    trio.lowlevel.add_instrument(check)
-    try:
-        await became_true.wait()
-    finally:
-        trio.lowlevel.remove_instrument(check)
 
 
 # -- r2: a BaseException in a handler --------------------------------------------------------------
