@@ -336,8 +336,10 @@ async def test_a_batch_handler_gets_one_span_linked_to_every_message_s_context(
     assert consumer.attributes is not None
     assert consumer.attributes["messaging.batch.message_count"] == 5
     assert "messaging.message.id" not in consumer.attributes
-    # Its parent is the current context (here a span around the consumer), not a message's.
-    assert parent_id(consumer) == outer.get_span_context().span_id
+    # A root: not a child of a message's context (those are links), nor of the span around the
+    # code that opened the consumer (every batch of its life would join that one trace).
+    assert consumer.parent is None
+    assert consumer.context.trace_id != outer.get_span_context().trace_id
     linked = {
         link.attributes["messaging.message.id"]: link.context
         for link in consumer.links
@@ -513,10 +515,12 @@ def test_a_malformed_traceparent_is_ignored_and_logged_at_debug(
     attributes = {"traceparent": traceparent} if traceparent else {"traceparent": " "}
     with caplog.at_level(logging.DEBUG, logger="trio_sqs.tracing"):
         assert not context_of(make_message("x", message_attributes=attributes)).is_valid
+    said = [r for r in caplog.records if r.name == "trio_sqs.tracing"]
+    assert said and all(r.levelno == logging.DEBUG for r in said)
     assert any(
-        r.levelno == logging.DEBUG and "malformed trace context" in r.getMessage()
-        for r in caplog.records
-        if r.name == "trio_sqs.tracing"
+        "malformed trace context" in r.getMessage()  # read, and found wanting
+        or "for its trace context" in r.getMessage()  # too long to be read
+        for r in said
     )
     # ... and the AWSTraceHeader is read instead, when there is one.
     message = make_message("x", message_attributes=attributes, attributes={"AWSTraceHeader": XRAY})

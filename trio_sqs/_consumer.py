@@ -12,8 +12,8 @@ handler; all take the same path):
 3. *Nothing we hand back can come back to us.* SQS keeps running a long poll whose client went
    away, and hands it any message that becomes visible. So every message released from t0 on gets
    a visibility timeout that outlasts every poll of ours SQS may still be running (at most
-   WaitTimeSeconds + 1 s, see ``trio_sqs._polling``), never 0; a message released before t0 whose
-   visibility would end while such a poll runs is hidden again for as long
+   WaitTimeSeconds + 1 s, see ``trio_sqs._polling``; 0 only when none may be); a message released
+   before t0 whose visibility would end while such a poll runs is hidden again for as long
    (:meth:`Leases.rehide`). No poll of ours takes any of them: the stop raises no receive count.
 4. *Teardown is shielded and bounded.* Heartbeats keep running handlers' leases alive; deletes
    and releases are flushed within ``flush_timeout``. Shutdown takes at most grace_period +
@@ -417,15 +417,27 @@ class Consumer:
             else:
                 log.exception("batch handler failed for %s", ids, extra={"message_id": ids})
         except BaseException as exc:
-            # SystemExit, KeyboardInterrupt, or a Cancelled the handler let out of its scope.
+            self._counters.handler_duration.observe(trio.current_time() - started)
             self._in_flight -= len(messages)
+            if isinstance(exc, trio.Cancelled):
+                # The scope absorbs the cancellations it makes and is shielded from every other
+                # one: a Cancelled that leaves it was raised by the handler (or a middleware)
+                # outside the scope that made it. A bug there, handled as a failure (re-raised,
+                # it ended the consumer silently, as if stopped).
+                log.error(
+                    "handler raised a trio.Cancelled that none of its own cancel scopes caught "
+                    "(a bug in the handler or a middleware): handled as a failure",
+                    exc_info=exc,
+                    extra={"message_id": ids},
+                )
+                self._settle_all(messages, True, {m.message_id for m in messages}, None)
+                return
+            # SystemExit or KeyboardInterrupt: hand the messages back, stop the consumer.
             for message in messages:
                 self._settle(message, release=0)
-            if not isinstance(exc, trio.Cancelled):
-                log.error("handler raised %r: stopping the consumer", exc)
-                self._fail(exc)
-                return
-            raise
+            log.error("handler raised %r: stopping the consumer", exc)
+            self._fail(exc)
+            return
         # A handler that swallowed its cancellation and returned did not finish its work.
         finished = finished and not scope.cancel_called
         self._counters.handler_duration.observe(trio.current_time() - started)
@@ -457,8 +469,13 @@ class Consumer:
             if scope.cancel_called:
                 invocation.outcome = self._cut_short()  # it swallowed its cancellation
 
+        def cut_short() -> Outcome:
+            # A Cancelled that our scope did not cause (a middleware's own time-out, say) ended
+            # the call without its messages being handled: a failure.
+            return self._cut_short() if scope.cancel_called else "failed"
+
         await compose(
-            self._middleware, invocation, call_handler, self._cut_short, self._middleware_kinds
+            self._middleware, invocation, call_handler, cut_short, self._middleware_kinds
         )()
         return set(invocation.failed)
 

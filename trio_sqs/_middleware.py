@@ -15,6 +15,7 @@ timeout and, once the consumer stops, the end of the grace period) and shielded 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -92,6 +93,15 @@ def check_middleware(middleware: object) -> list[Middleware]:
             raise ConfigurationError(
                 f"middleware[{index}] must be an async function (invocation, call_next) or a "
                 f"function returning an async context manager, got {describe_callable(item)}",
+                code="InvalidOption",
+            )
+        plain = item
+        while isinstance(plain, functools.partial):
+            plain = plain.func
+        if inspect.isasyncgenfunction(plain):
+            raise ConfigurationError(
+                f"middleware[{index}] {describe_callable(item)} is an async generator function: "
+                "decorate it with @contextlib.asynccontextmanager to use it as a middleware",
                 code="InvalidOption",
             )
         want = 2 if is_async_callable(item) else 1

@@ -63,6 +63,7 @@ except ImportError as exc:  # without the otel extra: no tracing at all
 else:
     AVAILABLE = True
     _PROVIDER_FROM_ENVIRONMENT = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+    _EMPTY = Context()
 
 __all__ = [
     "AVAILABLE",
@@ -167,13 +168,29 @@ def _tracer_of(provider: trace.TracerProvider) -> trace.Tracer | None:
 # -- extraction ----------------------------------------------------------------------------------
 
 
+# The longest value a propagator is handed: W3C's traceparent is 55 characters, tracestate and
+# baggage at most 8192 (W3C Baggage's limit). Anything longer is hostile or broken: dropped
+# here, at DEBUG, before a propagator logs it whole at WARNING for every message.
+_CARRIER_LIMITS = {"traceparent": 512}
+_CARRIER_LIMIT = 8192
+
+
 def _string_attributes(message: Message) -> dict[str, str]:
     """The message's String attributes keyed by lower-case name (propagators ask for
-    ``traceparent``; a sender may have written ``TraceParent``)."""
+    ``traceparent``; a sender may have written ``TraceParent``), without oversized values."""
     carrier: dict[str, str] = {}
     for name, value in message.message_attributes.items():
         if value.string_value is not None and value.data_type.startswith("String"):
-            carrier.setdefault(name.lower(), value.string_value)
+            key = name.lower()
+            if len(value.string_value) > _CARRIER_LIMITS.get(key, _CARRIER_LIMIT):
+                log.debug(
+                    "message %s: ignoring attribute %s (%d characters) for its trace context",
+                    message.message_id,
+                    name,
+                    len(value.string_value),
+                )
+                continue
+            carrier.setdefault(key, value.string_value)
     return carrier
 
 
@@ -334,9 +351,13 @@ class TracingMiddleware:
                 await call_next()
                 return
             token = _handled_message.set(message)  # for ClientTracing.producer (_pass_on)
+            # As the consumer span would with an SDK, hide the context the consumer was opened
+            # in (its tasks inherit it) and undo whatever the handler attaches and leaves.
+            attached = otel_context.attach(_EMPTY)
             try:
                 await call_next()
             finally:
+                otel_context.detach(attached)
                 _handled_message.reset(token)
 
         return tracing
@@ -349,7 +370,9 @@ class TracingMiddleware:
         links: list[Link] = []
         if invocation.batch:
             attributes[MESSAGING_BATCH_MESSAGE_COUNT] = len(messages)
-            parent = otel_context.get_current()
+            # A root: the context the consumer was opened in (its tasks inherit it) is no parent
+            # of a batch's work; the messages' contexts are its links.
+            parent = _EMPTY
             for message in messages:
                 if not _may_carry_context(message):
                     continue
@@ -535,11 +558,34 @@ def _current(span: Span) -> Iterator[Context]:
         span.end()
 
 
+# SQS's largest message: its body and its attributes (names, types and values), in bytes.
+MAX_MESSAGE_SIZE = 1_048_576
+
+
+def _message_size(entry: Mapping[str, Any]) -> int:
+    """An entry's size as SQS counts it (what it can tell from the parameters)."""
+
+    def size(value: object) -> int:
+        if isinstance(value, str):
+            return len(value.encode())
+        if isinstance(value, (bytes, bytearray)):
+            return len(value)
+        return 0
+
+    total = size(entry.get("MessageBody"))
+    for name, value in (entry.get("MessageAttributes") or {}).items():
+        total += size(name)
+        if isinstance(value, Mapping):
+            total += size(value.get("DataType"))
+            total += size(value.get("StringValue")) + size(value.get("BinaryValue"))
+    return total
+
+
 def inject(entries: Sequence[MutableMapping[str, Any]], ctx: Context | None) -> None:
     """Add the context's fields (global propagator) to each entry's ``MessageAttributes`` as
     String attributes. An entry that already has one of those attributes (any case: the
     sender's own context, left as it is) or that would go beyond 10 attributes is left
-    unchanged (logged at DEBUG)."""
+    unchanged (logged at DEBUG), as is one they would push past SQS's size limit."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=ctx)
     fields = {
@@ -552,7 +598,18 @@ def inject(entries: Sequence[MutableMapping[str, Any]], ctx: Context | None) -> 
     }
     if not fields:
         return
+    added = sum(len(n.encode()) + len("String") + len(v.encode()) for n, v in fields.items())
     for entry in entries:
+        size = _message_size(entry)
+        if size + added > MAX_MESSAGE_SIZE:
+            log.debug(
+                "not injecting the trace context: the message is %d bytes, %d more would pass "
+                "SQS's limit of %d",
+                size,
+                added,
+                MAX_MESSAGE_SIZE,
+            )
+            continue
         attributes = entry.get("MessageAttributes")
         if attributes:
             taken = {name.lower() for name in attributes}

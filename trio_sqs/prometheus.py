@@ -171,7 +171,10 @@ _STATES = ("starting", "running", "stopping", "stopped")
 
 #: What :class:`ConsumerCollector` reads: each queue (its name or URL; the ``queue`` label is the
 #: name) with its consumer's statistics, ``None`` while that consumer is not created yet.
-StatisticsSource = Callable[[], Mapping[str, "ConsumerStatistics | None"]]
+StatisticsSource = Callable[
+    [],
+    "Mapping[str, ConsumerStatistics | None] | Iterable[tuple[str, ConsumerStatistics | None]]",
+]
 
 
 def _buckets(snapshot: HistogramSnapshot) -> list[tuple[str, float]]:
@@ -180,6 +183,17 @@ def _buckets(snapshot: HistogramSnapshot) -> list[tuple[str, float]]:
         ("+Inf" if bound == math.inf else repr(float(bound)), float(n))
         for bound, n in snapshot.cumulative()
     ]
+
+
+def _added(snapshots: Sequence[HistogramSnapshot]) -> HistogramSnapshot:
+    """One histogram of several with the same buckets (the consumer's own, always)."""
+    first = snapshots[0]
+    if len(snapshots) == 1:
+        return first
+    counts = [sum(column) for column in zip(*(s.counts for s in snapshots), strict=True)]
+    return HistogramSnapshot(
+        first.buckets, tuple(counts), sum(s.sum for s in snapshots), sum(counts)
+    )
 
 
 class ConsumerCollector(Collector):
@@ -194,7 +208,8 @@ class ConsumerCollector(Collector):
     ``trio_sqs_ack_latency_seconds``, ``trio_sqs_release_latency_seconds``,
     ``trio_sqs_{delete,release,heartbeat}_call_duration_seconds`` and
     ``trio_sqs_{poll,delete,release,handler}_batch_size``. Handler durations by outcome come from
-    the :class:`HandlerDurations` middleware.
+    the :class:`HandlerDurations` middleware. Consumers of queues with the same name are added
+    up under one label (``trio_sqs_state`` then counts the consumers in each state).
 
     Args:
         consumers: A :class:`Consumer`, a collection of them (read at each scrape: consumers
@@ -218,18 +233,19 @@ class ConsumerCollector(Collector):
             self._source = consumers
         else:
             held = consumers if isinstance(consumers, Collection) else list(consumers)
-            self._source = lambda: {c.queue_url: c.statistics() for c in held}
+            self._source = lambda: [(c.queue_url, c.statistics()) for c in held]
         if registry is not None:
             registry.register(self)
 
     def describe(self) -> Iterable[Metric]:
         """The metric families, without samples (no statistics are read to register)."""
-        return self._families({})
+        return self._families([])
 
     def collect(self) -> Iterable[Metric]:
-        return self._families(self._source())
+        source = self._source()
+        return self._families(source.items() if isinstance(source, Mapping) else source)
 
-    def _families(self, each: Mapping[str, ConsumerStatistics | None]) -> Iterator[Metric]:
+    def _families(self, each: Iterable[tuple[str, ConsumerStatistics | None]]) -> Iterator[Metric]:
         info = InfoMetricFamily("trio_sqs_consumer", "The consumed queue.", labels=["queue"])
         counters = {
             name: CounterMetricFamily(f"trio_sqs_{name}", text, labels=["queue"])
@@ -257,22 +273,31 @@ class ConsumerCollector(Collector):
             )
             for name, text, by_label in HISTOGRAMS
         }
-        for given, stats in each.items():
-            queue = queue_name(given)
+        # Consumers whose queues share a name (two consumers of one queue, or queues of one
+        # name in two accounts or regions) share their labels: they are added up (counters,
+        # gauges, histograms; trio_sqs_state counts the consumers in each state), never
+        # exported twice under one label set (Prometheus refuses that).
+        grouped: dict[str, list[ConsumerStatistics]] = {}
+        for given, stats in each:
+            group = grouped.setdefault(queue_name(given), [])
+            if stats is not None:
+                group.append(stats)
+        for queue, group in grouped.items():
             info.add_metric([queue], {"queue": queue})
-            if stats is None:
+            if not group:
                 continue
             for name, field, _ in COUNTERS:
-                counters[name].add_metric([queue], getattr(stats, field))
-            in_flight.add_metric([queue], stats.in_flight)
-            buffered.add_metric([queue], stats.buffered)
+                counters[name].add_metric([queue], sum(getattr(s, field) for s in group))
+            in_flight.add_metric([queue], sum(s.in_flight for s in group))
+            buffered.add_metric([queue], sum(s.buffered for s in group))
             for name in _STATES:
-                state.add_metric([queue, name], 1.0 if stats.state == name else 0.0)
-            if stats.last_poll_at is not None:
-                last_poll.add_metric([queue], stats.last_poll_at)
+                state.add_metric([queue, name], float(sum(s.state == name for s in group)))
+            polled = [s.last_poll_at for s in group if s.last_poll_at is not None]
+            if polled:
+                last_poll.add_metric([queue], max(polled))
             for name, _, by_label in HISTOGRAMS:
                 for label, field in by_label.items():
-                    snapshot: HistogramSnapshot = getattr(stats, field)
+                    snapshot = _added([getattr(s, field) for s in group])
                     labels = [queue, label] if label else [queue]
                     histograms[name].add_metric(labels, _buckets(snapshot), snapshot.sum)
         yield info
