@@ -346,19 +346,25 @@ class TracingMiddleware:
             if tracer is not None:
                 await traced(tracer, invocation, call_next)
                 return
+            # As the consumer span would with an SDK: hide any context current here (the one the
+            # consumer was opened in: its tasks inherit it; almost always there is none, and
+            # nothing to pay for), and undo one the handler attaches and leaves in this worker
+            # task (reading the context twice is cheaper than attaching one every time).
+            before = otel_context.get_current()
+            hidden = otel_context.attach(_EMPTY) if before else None
             message = invocation.messages[0]
-            if invocation.batch or not _may_carry_context(message):
-                await call_next()
-                return
-            token = _handled_message.set(message)  # for ClientTracing.producer (_pass_on)
-            # As the consumer span would with an SDK, hide the context the consumer was opened
-            # in (its tasks inherit it) and undo whatever the handler attaches and leaves.
-            attached = otel_context.attach(_EMPTY)
+            remember = not invocation.batch and _may_carry_context(message)
+            # The message, for ClientTracing.producer (_pass_on) to carry its context on.
+            token = _handled_message.set(message) if remember else None
             try:
                 await call_next()
             finally:
-                otel_context.detach(attached)
-                _handled_message.reset(token)
+                if token is not None:
+                    _handled_message.reset(token)
+                if hidden is not None:
+                    otel_context.detach(hidden)
+                elif otel_context.get_current() is not before:
+                    otel_context.attach(before)
 
         return tracing
 
