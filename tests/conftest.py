@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import inspect
 import os
 import random
+import types
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import botocore.auth
 import pytest
 import trio
 import trio.testing
@@ -202,3 +205,38 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
         await became_true.wait()
     finally:
         trio.lowlevel.remove_instrument(check)
+
+
+def set_signing_clock(
+    monkeypatch: pytest.MonkeyPatch, now: Callable[[], datetime.datetime]
+) -> None:
+    """Make botocore's SigV4 signer (``botocore.auth``) read the time from ``now()``, a naive UTC
+    datetime, on every botocore the project supports (pyproject.toml's floor and up).
+
+    botocore >= 1.40.2 signs with ``botocore.auth.get_current_datetime()`` (from botocore.compat);
+    older ones call ``datetime.datetime.utcnow()`` on the ``datetime`` module ``botocore.auth``
+    imported, which this replaces, for ``botocore.auth`` alone, with a copy whose ``datetime``
+    class answers ``utcnow()`` with ``now()`` (and does the rest, e.g. ``strptime``, as usual).
+    """
+    if hasattr(botocore.auth, "get_current_datetime"):
+
+        def get_current_datetime(remove_tzinfo: bool = True) -> datetime.datetime:
+            current = now()
+            return current if remove_tzinfo else current.replace(tzinfo=datetime.timezone.utc)
+
+        monkeypatch.setattr(botocore.auth, "get_current_datetime", get_current_datetime)
+        return
+
+    # The datetime module, or the copy an earlier call in this test made.
+    imported = botocore.auth.datetime
+    assert imported.__name__ == "datetime", "botocore.auth no longer signs with datetime.utcnow"
+
+    class SigningDatetime(datetime.datetime):
+        @classmethod
+        def utcnow(cls) -> datetime.datetime:
+            return now()
+
+    module = types.ModuleType("datetime")
+    module.__dict__.update(vars(imported))
+    module.datetime = SigningDatetime  # type: ignore[attr-defined]
+    monkeypatch.setattr(botocore.auth, "datetime", module)

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import botocore.auth
 import botocore.session
 import pytest
 from botocore.awsrequest import AWSRequest, AWSResponse
@@ -43,6 +42,8 @@ from trio_sqs._protocol import (
     load_service_data,
     resolve_endpoint,
 )
+
+from .conftest import set_signing_clock
 
 ENDPOINT = "http://127.0.0.1:9324"
 QUEUE_URL = f"{ENDPOINT}/123456789012/orders"
@@ -141,7 +142,7 @@ def protocol(data: ServiceData) -> SQSProtocol:
 
 @pytest.fixture
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> datetime.datetime:
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: FROZEN)
+    set_signing_clock(monkeypatch, lambda: FROZEN)
     return FROZEN
 
 
@@ -189,10 +190,10 @@ def test_build_request_signs_with_the_current_time(
     protocol: SQSProtocol, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     creds = ReadOnlyCredentials(KEY_ID, SECRET, None)
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: FROZEN)
+    set_signing_clock(monkeypatch, lambda: FROZEN)
     first = protocol.build_request("PurgeQueue", OPERATIONS["PurgeQueue"], creds)
     later = FROZEN + datetime.timedelta(seconds=1)
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: later)
+    set_signing_clock(monkeypatch, lambda: later)
     second = protocol.build_request("PurgeQueue", OPERATIONS["PurgeQueue"], creds)
     assert first.headers["X-Amz-Date"] == "20240517T123456Z"
     assert second.headers["X-Amz-Date"] == "20240517T123457Z"

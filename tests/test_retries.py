@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import botocore.auth
 import httpx
 import pytest
 import trio
@@ -35,6 +34,8 @@ from trio_sqs import (
 )
 from trio_sqs._client import DEFAULT_TIMEOUT, POLL_READ_MARGIN
 from trio_sqs.testing import FakeSQS, open_fake_client
+
+from .conftest import set_signing_clock
 
 # Backoff ceilings 1, 2, 3, 3, ... s; with no_jitter each backoff is its ceiling.
 POLICY = RetryPolicy(max_attempts=4, base_delay=1.0, max_delay=3.0)
@@ -132,11 +133,7 @@ def ticking_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each signature sees a clock one second later than the one before."""
     start = datetime.datetime(2024, 5, 17, 12, 0, 0)
     ticks = itertools.count()
-    monkeypatch.setattr(
-        botocore.auth,
-        "get_current_datetime",
-        lambda: start + datetime.timedelta(seconds=next(ticks)),
-    )
+    set_signing_clock(monkeypatch, lambda: start + datetime.timedelta(seconds=next(ticks)))
 
 
 def spaced_by(times: list[float], gaps: list[float]) -> list[float]:

@@ -58,7 +58,7 @@ class _Instruments:
                 return meter.create_histogram(
                     name, unit, description, explicit_bucket_boundaries_advisory=bounds
                 )
-            except TypeError:  # an API older than 1.23 has no advisory boundaries
+            except TypeError:  # an API older than 1.30 has no advisory boundaries
                 return meter.create_histogram(name, unit, description)
 
         durations = list(DURATION_BUCKETS)
