@@ -57,6 +57,23 @@ def _with_deadline(
     return wrapper
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Refuse a pytest-xdist worker where ``--dist loadgroup`` does not group: pytest-xdist marks
+    a grouped test by appending ``@group`` to its node id, which pytest 9.2 ignores. Without the
+    grouping, the tests of the "processes" group (real processes against wall-clock bounds) run
+    beside each other, and the suite's timing guarantees are gone without a word."""
+    config = session.config
+    if not (os.environ.get("PYTEST_XDIST_WORKER") and config.getvalue("loadgroup")):
+        return
+    for item in session.items:
+        if item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid:
+            raise pytest.UsageError(
+                f"pytest-xdist's --dist loadgroup does not group tests with pytest "
+                f"{pytest.__version__}: {item.nodeid} has no @group suffix. Install the "
+                "versions pyproject.toml's test extra asks for."
+            )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Put every Trio test under a ``trio.fail_after`` so a hang fails instead of stalling CI."""
     for item in items:

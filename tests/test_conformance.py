@@ -1,5 +1,9 @@
-"""The same SQS behaviours against three servers: the in-memory fake through its httpx
-transport, the fake over real HTTP (``serve_fake_sqs``), and moto's HTTP server.
+"""The same SQS behaviours against two servers: the in-memory fake over real HTTP
+(``serve_fake_sqs``) and moto's HTTP server.
+
+(The fake through its in-process transport is the same ``FakeSQS``: tests/test_fake_sqs.py runs
+these behaviours and more on it under ``MockClock``, at no wall-clock cost; this module pays the
+real clock only for what needs sockets or moto.)
 
 Where moto differs from real SQS the fake follows SQS, and the moto parameter says so: it is an
 ``xfail(strict=True)`` naming the difference, never a looser assertion for everyone.
@@ -20,9 +24,9 @@ import trio
 
 import trio_sqs
 from trio_sqs import MessageAttributeValue, SendEntry
-from trio_sqs.testing import FakeSQS, open_fake_client, serve_fake_sqs
+from trio_sqs.testing import FakeSQS, serve_fake_sqs
 
-BACKENDS = ["fake", "fake-http", "moto"]
+BACKENDS = ["fake-http", "moto"]
 
 
 @dataclass
@@ -47,11 +51,7 @@ async def backend(
     backend_kind: tuple[str, str | None], nursery: trio.Nursery
 ) -> AsyncIterator[Backend]:
     kind, moto_endpoint = backend_kind
-    if kind == "fake":
-        fake = FakeSQS()
-        async with open_fake_client(fake) as client:
-            yield Backend(kind, client, fake)
-    elif kind == "fake-http":
+    if kind == "fake-http":
         fake = FakeSQS()
         endpoint = await nursery.start(serve_fake_sqs, fake)
         async with trio_sqs.open_client(region="us-east-1", endpoint_url=endpoint) as client:
@@ -348,6 +348,6 @@ async def test_abandoned_long_poll_takes_a_message_sent_later(
     assert backend.fake is not None
     queue = backend.fake.queue(url)
     assert queue.deliveries == 2
-    # In process the cancelled poll is known to be orphaned; over HTTP the server only learns
-    # that the client went away when it writes the answer.
-    assert queue.orphaned_deliveries == (1 if backend.kind == "fake" else 0)
+    # Over HTTP the server only learns that the client went away when it writes the answer (in
+    # process the orphan is known at once: tests/test_fake_sqs.py).
+    assert queue.orphaned_deliveries == 0
