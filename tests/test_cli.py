@@ -723,9 +723,11 @@ def test_queues_from_repeated_flags_commas_or_the_variable() -> None:
     assert queues([], TRIO_SQS_QUEUE="a, b,") == ["a", "b"]
     assert queues(["--queue", "x"], TRIO_SQS_QUEUE="a,b") == ["x"]  # the flag wins
     assert queues([], TRIO_SQS_QUEUE=" ") is None
-    # The tools take one queue.
-    tool = build_parser().parse_args(["stats", "--queue", "a,b"])
-    assert tool.queue == "a,b"
+    # The tools take one queue: a list is a usage error (exit 2).
+    assert build_parser().parse_args(["stats", "--queue", " a "]).queue == "a"
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["stats", "--queue", "a,b"])
+    assert info.value.code == 2
 
 
 def test_run_on_queues_where_one_does_not_exist_is_exit_3_naming_it(

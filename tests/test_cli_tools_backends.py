@@ -836,3 +836,21 @@ def test_an_answer_without_what_it_must_carry_is_one_clear_error(
     with pytest.raises(CommandError, match="answer to GetQueueAttributes has no QueueArn") as info:
         _answer_text(answer, "QueueArn", "GetQueueAttributes")
     assert info.value.code == 1
+
+
+def test_a_tool_refuses_a_list_of_queues_as_usage(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``TRIO_SQS_QUEUE=a,b`` is right for ``run`` (several queues); a tool takes one queue, and
+    acted on one literally named "a,b" (SQS: invalid name, exit 3)."""
+    from trio_sqs._cli import main
+
+    monkeypatch.setenv("TRIO_SQS_QUEUE", "orders,refunds")
+    assert main(["stats"]) == 2
+    err = capsys.readouterr().err
+    assert "TRIO_SQS_QUEUE: expected one queue" in err and "orders,refunds" in err
+    monkeypatch.delenv("TRIO_SQS_QUEUE")
+    with pytest.raises(SystemExit) as info:
+        main(["peek", "--queue", "orders,refunds"])
+    assert info.value.code == 2
+    assert "expected one queue" in capsys.readouterr().err

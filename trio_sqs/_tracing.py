@@ -313,14 +313,15 @@ class TracingMiddleware:
     a ``tracer_provider`` other than the global one (and then pass ``tracing=False``).
 
     A single message's span is a child of the context the message carries (see
-    :func:`extract_context`), so the producer's trace continues in the handler; a batch's span is
-    a child of the current context with a link to each message's context. The span is current
+    :func:`extract_context`; a root if it carries none), so the producer's trace continues in the
+    handler; a batch's span is a root with a link to each message's context. The span is current
     while the handler runs: spans it starts are its children, and messages it sends carry it.
 
-    With no SDK configured no span is made and no context is read: the message is only
-    remembered, so that a message the handler sends with trio_sqs's client carries its context
+    With no SDK configured no span is made and no context is read: a single message is only
+    remembered, so that a message its handler sends with trio_sqs's client carries its context
     on (the API's no-op tracer would make it current for that; reading it for every message
-    would cost 8 µs each).
+    would cost 8 µs each); any context current where the consumer was opened is hidden from
+    handlers, and one a handler attaches and leaves is undone after its invocation.
     """
 
     def __init__(self, *, tracer_provider: trace.TracerProvider | None = None) -> None:

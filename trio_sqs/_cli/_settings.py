@@ -139,9 +139,15 @@ LOG_SETTINGS = [
 
 
 def _parse_queue(text: str) -> str:
+    """One queue (the queue tools'): ``run`` takes a list (``--queue`` repeated or
+    comma-separated), the tools one, and a comma is in no queue name or URL."""
     name = text.strip()
     if not name:
         raise argparse.ArgumentTypeError(f"expected a queue name or URL, got {text!r}")
+    if "," in name:
+        raise argparse.ArgumentTypeError(
+            f"expected one queue (a name or URL: the queue tools take one), got {text!r}"
+        )
     return name
 
 
