@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
+import gc
 import inspect
+import logging
 import os
 import random
 import types
@@ -257,3 +260,28 @@ def set_signing_clock(
     module.__dict__.update(vars(imported))
     module.datetime = SigningDatetime  # type: ignore[attr-defined]
     monkeypatch.setattr(botocore.auth, "datetime", module)
+
+
+@contextlib.contextmanager
+def main_leaves_no_trace(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Around a test that calls ``trio_sqs._cli.main`` in process: ``main`` is written for a
+    process of its own (it replaces the root logger's handlers, sets logger levels and freezes
+    the heap on its way out). Undo all that afterwards, and start from no ``TRIO_SQS_*``
+    variable."""
+    from trio_sqs._cli._logsetup import _CHATTY
+
+    for name in list(os.environ):
+        if name.startswith("TRIO_SQS_"):
+            monkeypatch.delenv(name)
+    names = {*logging.root.manager.loggerDict, *_CHATTY}
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in names)]
+    saved = [(lg, lg.level, lg.handlers[:]) for lg in loggers if isinstance(lg, logging.Logger)]
+    frozen = gc.get_freeze_count()
+    try:
+        yield
+    finally:
+        for lg, level, handlers in saved:
+            lg.setLevel(level)
+            lg.handlers[:] = handlers
+        if frozen == 0:
+            gc.unfreeze()

@@ -14,11 +14,8 @@ A bug in trio_sqs is a strict xfail whose reason gives the reproduction.
 
 from __future__ import annotations
 
-import gc
 import io
 import json
-import logging
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -36,8 +33,9 @@ from trio_sqs import Message, SQSClient
 from trio_sqs._cli import _main as cli_main
 from trio_sqs._cli import _tools as cli_tools
 from trio_sqs._cli import main
-from trio_sqs._cli._logsetup import _CHATTY as CHATTY_LOGGERS
 from trio_sqs.testing import FakeSQS, open_fake_client
+
+from .conftest import main_leaves_no_trace
 
 ACCOUNT = "123456789012"
 Setup = Callable[[SQSClient], Awaitable[None]]
@@ -58,22 +56,13 @@ def url_of(name: str) -> str:
 def cli_leaves_no_trace(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """``main`` is written for a process of its own: undo its logging setup and heap freeze, start
     from no ``TRIO_SQS_*`` variable, and take stray SIGINT/SIGTERM with no-op handlers."""
-    for name in list(os.environ):
-        if name.startswith("TRIO_SQS_"):
-            monkeypatch.delenv(name)
-    names = {*logging.root.manager.loggerDict, *CHATTY_LOGGERS}
-    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in names)]
-    saved = [(lg, lg.level, lg.handlers[:]) for lg in loggers if isinstance(lg, logging.Logger)]
-    frozen = gc.get_freeze_count()
     previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
-    for lg, level, handlers in saved:
-        lg.setLevel(level)
-        lg.handlers[:] = handlers
-    if frozen == 0:
-        gc.unfreeze()
+    try:
+        with main_leaves_no_trace(monkeypatch):
+            yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass

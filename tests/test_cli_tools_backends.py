@@ -19,11 +19,9 @@ redrive's move tasks run at up to 500 messages/s on the server's real clock).
 
 from __future__ import annotations
 
-import gc
 import io
 import json
 import logging
-import os
 import queue
 import sys
 import threading
@@ -40,9 +38,10 @@ import trio
 import trio_sqs
 from trio_sqs import Message, MessageAttributeValue, SendEntry, SQSClient
 from trio_sqs._cli import main
-from trio_sqs._cli._logsetup import _CHATTY as CHATTY_LOGGERS
 from trio_sqs._cli._tools import TOOLS
 from trio_sqs.testing import FakeSQS, serve_fake_sqs
+
+from .conftest import main_leaves_no_trace
 
 T = TypeVar("T")
 
@@ -173,19 +172,8 @@ def cli_leaves_no_trace(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """``main`` is written for a process of its own: it replaces the root logger's handlers (with
     one on this test's captured stderr), sets logger levels, and freezes the heap on its way
     out. Undo all that after each test, and start from no ``TRIO_SQS_*`` variable."""
-    for name in list(os.environ):
-        if name.startswith("TRIO_SQS_"):
-            monkeypatch.delenv(name)
-    names = {*logging.root.manager.loggerDict, *CHATTY_LOGGERS}
-    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in names)]
-    saved = [(lg, lg.level, lg.handlers[:]) for lg in loggers if isinstance(lg, logging.Logger)]
-    frozen = gc.get_freeze_count()
-    yield
-    for lg, level, handlers in saved:
-        lg.setLevel(level)
-        lg.handlers[:] = handlers
-    if frozen == 0:
-        gc.unfreeze()
+    with main_leaves_no_trace(monkeypatch):
+        yield
 
 
 @dataclass

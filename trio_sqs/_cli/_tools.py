@@ -81,14 +81,20 @@ _COUNTS = {
 RELEASE_BOUND = 10.0
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
+def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` (to ``high``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"{low} or more" if high is None else f"{low} to {high}"
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {value}")
+        return value
+
+    return parse
 
 
 def _positive_float(text: str) -> float:
@@ -102,16 +108,6 @@ def _positive_float(text: str) -> float:
 
 
 MAX_MOVE_RATE = 500
-
-
-def _move_rate(text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 1 <= value <= MAX_MOVE_RATE:
-        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_MOVE_RATE}, got {value}")
-    return value
 
 
 def _attribute(text: str) -> tuple[str, str]:
@@ -161,7 +157,7 @@ def add_tool_parsers(commands: Any, fmt: type[argparse.HelpFormatter]) -> None:
         metavar="NAME=VALUE",
         help="a String message attribute (repeatable)",
     )
-    send.add_argument("--delay", type=_non_negative_int, metavar="N", help="DelaySeconds, 0-900")
+    send.add_argument("--delay", type=_int_range(0), metavar="N", help="DelaySeconds, 0-900")
     send.add_argument("--group-id", metavar="ID", help="MessageGroupId (FIFO queues)")
     send.add_argument(
         "--dedup-id",
@@ -234,7 +230,7 @@ def add_tool_parsers(commands: Any, fmt: type[argparse.HelpFormatter]) -> None:
     )
     redrive.add_argument(
         "--rate",
-        type=_move_rate,
+        type=_int_range(1, MAX_MOVE_RATE),
         metavar="N",
         help=f"move at most N messages per second, 1-{MAX_MOVE_RATE} (default: SQS picks)",
     )
