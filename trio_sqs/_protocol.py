@@ -496,7 +496,7 @@ def _schema(shape: Any) -> Any:
     if kind == "structure":
         if shape.is_document_type:
             return None
-        members = {}
+        members: dict[str, Any] = {}
         for name, member in shape.members.items():
             if "name" in member.serialization:
                 members[name] = None
