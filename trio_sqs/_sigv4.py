@@ -134,7 +134,7 @@ class Signer:
         service: The signing service name.
     """
 
-    __slots__ = ("region", "service", "_keys", "_scope_tail")
+    __slots__ = ("_keys", "_scope_tail", "region", "service")
 
     def __init__(self, region: str, service: str = "sqs") -> None:
         self.region = region
