@@ -10,6 +10,7 @@ here are translated into trio_sqs exceptions before they leave it.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import functools
 import json
@@ -39,6 +40,7 @@ from ._exceptions import (
     ServiceError,
     Throttled,
 )
+from ._sigv4 import Signer
 
 __all__ = [
     "HTTPRequest",
@@ -99,6 +101,18 @@ _TRANSIENT = {
     "ServiceUnavailable",
     "PriorRequestNotComplete",
 }
+
+# The operations whose requests may be built without botocore (``SQSProtocol.build_request``).
+FAST_OPERATIONS = frozenset(
+    {
+        "ReceiveMessage",
+        "DeleteMessageBatch",
+        "ChangeMessageVisibilityBatch",
+        "ChangeMessageVisibility",
+        "DeleteMessage",
+        "SendMessage",
+    }
+)
 
 _AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 _HOST_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -225,12 +239,17 @@ class SQSProtocol:
         region: The signing region.
     """
 
-    def __init__(self, data: ServiceData, endpoint: str, region: str) -> None:
+    def __init__(
+        self, data: ServiceData, endpoint: str, region: str, *, fast: bool = False
+    ) -> None:
         self._data = data
         self.endpoint = endpoint
         self.region = region
+        self.fast = fast
         self._url = endpoint + "/"
         self._ops: dict[str, Any] = {}
+        self._signer = Signer(region, SERVICE_NAME)
+        self._fast_ops: dict[str, _FastOperation | None] = {}
 
     def operation_model(self, operation: str) -> Any:
         op = self._ops.get(operation)
@@ -251,15 +270,89 @@ class SQSProtocol:
         credentials: ReadOnlyCredentials,
         *,
         validate: bool = False,
+        now: datetime.datetime | None = None,
     ) -> HTTPRequest:
         """Serialize and sign one request.
+
+        With ``fast`` set, the hot operations (:data:`FAST_OPERATIONS`) without validation are
+        built by :meth:`build_request_fast` when their parameters allow it; everything else
+        goes through botocore's serializer and signer (:meth:`build_request_botocore`).
 
         Args:
             operation: The SQS operation name (``"ReceiveMessage"``).
             params: The operation's parameters, as botocore names them.
             credentials: A frozen credentials snapshot.
             validate: Check params against the model (slower; for untyped callers).
+            now: The signing time for the fast path (UTC; default: the clock). botocore's
+                signer always reads its own clock.
         """
+        if self.fast and not validate:
+            request = self.build_request_fast(operation, params, credentials, now)
+            if request is not None:
+                return request
+        return self.build_request_botocore(operation, params, credentials, validate=validate)
+
+    def build_request_fast(
+        self,
+        operation: str,
+        params: Mapping[str, Any],
+        credentials: ReadOnlyCredentials,
+        now: datetime.datetime | None = None,
+    ) -> HTTPRequest | None:
+        """The request :meth:`build_request_botocore` would build, without botocore, or None.
+
+        None when the operation is not one of :data:`FAST_OPERATIONS` or the parameters hold
+        anything botocore's serializer would transform rather than copy (binary or timestamp
+        values, a member the model does not know, a container that is not a dict, list or
+        tuple): those must go through botocore, errors included.
+        """
+        fast = self._fast_ops.get(operation, _UNSET)
+        if fast is _UNSET:
+            fast = self._fast_operation(operation)
+            self._fast_ops[operation] = fast
+        if fast is None:
+            return None
+        if type(params) is not dict:
+            params = dict(params)
+        if not _plain(params, fast.schema):
+            return None
+        body = json.dumps(params).encode("utf-8")
+        if now is None:
+            now = datetime.datetime.now(datetime.timezone.utc)
+        headers = self._signer.sign(fast.method, self._url, fast.headers, body, credentials, now)
+        return HTTPRequest(method=fast.method, url=self._url, headers=headers, body=body)
+
+    def _fast_operation(self, operation: str) -> _FastOperation | None:
+        if operation not in FAST_OPERATIONS or self._data.model.protocol != "json":
+            return None
+        op = self.operation_model(operation)
+        endpoint = getattr(op, "endpoint", None)
+        if op.input_shape is None or (endpoint and "hostPrefix" in endpoint):
+            return None
+        # The method and headers botocore's serializer gives this operation: the same for any
+        # parameters in the JSON protocol (X-Amz-Target, Content-Type and, for SQS's
+        # awsQueryCompatible trait, x-amzn-query-mode on the botocores that send it).
+        template = self._data.serializer.serialize_to_request({}, op)
+        if template.get("url_path", "/") != "/" or template.get("query_string"):
+            return None
+        if template.get("body") != b"{}" or "host_prefix" in template:
+            return None
+        headers = template["headers"]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            return None
+        return _FastOperation(
+            method=template["method"], headers=dict(headers), schema=_schema(op.input_shape)
+        )
+
+    def build_request_botocore(
+        self,
+        operation: str,
+        params: Mapping[str, Any],
+        credentials: ReadOnlyCredentials,
+        *,
+        validate: bool = False,
+    ) -> HTTPRequest:
+        """Serialize and sign one request with botocore's serializer and ``SigV4Auth``."""
         op = self.operation_model(operation)
         serializer = self._data.validating_serializer if validate else self._data.serializer
         try:
@@ -384,6 +477,75 @@ class SQSProtocol:
             else:
                 out.append(message)
         return out
+
+
+_UNSET: Any = object()
+
+# A compiled input shape: _LEAF for what botocore's JSON serializer copies as it is (strings,
+# integers, booleans), None for what it transforms (blobs to base64, timestamps, floats, documents,
+# renamed members), ("s", {member: schema}) for a structure, ("l", schema) a list, ("m", schema) a
+# map's values.
+_LEAF: Any = "leaf"
+_COPIED = frozenset({"string", "integer", "long", "boolean"})
+
+
+def _schema(shape: Any) -> Any:
+    kind = shape.type_name
+    if kind in _COPIED:
+        return _LEAF
+    if kind == "structure":
+        if shape.is_document_type:
+            return None
+        members: dict[str, Any] = {}
+        for name, member in shape.members.items():
+            if "name" in member.serialization:
+                members[name] = None
+            else:
+                members[name] = _schema(member)
+        return ("s", members)
+    if kind == "list":
+        return ("l", _schema(shape.member))
+    if kind == "map":
+        return ("m", _schema(shape.value))
+    return None
+
+
+def _plain(value: Any, schema: Any) -> bool:
+    """Whether botocore's JSON serializer would reproduce ``value`` as it is (json.dumps-equal)."""
+    if schema is _LEAF:
+        return True
+    if schema is None:
+        return False
+    kind, sub = schema
+    if kind == "s":
+        if type(value) is not dict:
+            return False
+        for key, item in value.items():
+            member = sub.get(key, _UNSET) if type(key) is str else _UNSET
+            if member is _LEAF:
+                continue
+            if member is _UNSET or not _plain(item, member):
+                return False
+        return True
+    if kind == "l":
+        if type(value) is not list and type(value) is not tuple:
+            return False
+        if sub is _LEAF:
+            return True
+        return all(_plain(item, sub) for item in value)
+    # a map
+    if type(value) is not dict:
+        return False
+    if sub is _LEAF:
+        return True
+    return all(_plain(item, sub) for item in value.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _FastOperation:
+    method: str
+    headers: dict[str, str]
+    schema: Any
 
 
 @dataclass(frozen=True, slots=True)
