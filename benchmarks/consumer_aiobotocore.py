@@ -1,4 +1,6 @@
-"""The aiobotocore baseline: the obvious asyncio consumer a user would write.
+"""The aiobotocore baseline, "aiobotocore (naive)" in run_all.py's tables: the obvious asyncio
+consumer a user would write. (``consumer_aiobotocore_graceful.py`` is the same consumer with a
+graceful stop.)
 
 One loop receives up to 10 messages (long poll), takes a slot of an ``asyncio.Semaphore`` per
 message (so at most ``concurrency`` handlers run and at most one received batch waits for slots),

@@ -1,4 +1,4 @@
-"""Every consumer benchmark in one go: trio_sqs against an aiobotocore and a boto3 baseline.
+"""Every consumer benchmark in one go: trio_sqs against aiobotocore and boto3 baselines.
 
 Run: ``python benchmarks/run_all.py [--quick] [--out DIR] [--only SCENARIO ...] [--no-pin]``
 (with the ``bench`` extra installed: ``pip install -e '.[bench]'``). It writes ``results.md``
@@ -10,11 +10,18 @@ One SQS server, trio_sqs's in-memory SQS (``python -m trio_sqs.testing``, see
 Each consumer run is a fresh subprocess (``consumer_<name>.py``) on a fresh queue, so CPU time,
 peak RSS and exit time are per process. The consumers are pinned to CPU 0, the server and this
 script to CPU 1 (``os.sched_setaffinity``), so the server never competes with the consumer it
-serves. Within each scenario the three consumers are interleaved (a b c, b c a, c a b, ...) so
-that drifts of a shared, noisy machine hit all three alike; figures are medians with the range
-over runs, and ratios are paired by round.
+serves. Within each scenario the consumers are interleaved (a b c, b c a, c a b, ...) so
+that drifts of a shared, noisy machine hit all alike; figures are medians with the range over
+runs, and ratios are paired by round.
 
-Scenarios (all three consumers use batch 10, WaitTimeSeconds 20, VisibilityTimeout 30,
+The consumers: trio_sqs (``consumer_trio_sqs.py``); aiobotocore on asyncio twice, the naive
+consumer that cancels everything on SIGTERM (``consumer_aiobotocore.py``, the baseline the
+goals name) and a graceful one that stops receiving, lets its handlers finish and releases what
+it holds (``consumer_aiobotocore_graceful.py``); aiobotocore on Trio through its httpx session,
+graceful too (``consumer_aiobotocore_trio.py``; left out when httpx is not installed); boto3 with
+a thread pool (``consumer_boto3.py``).
+
+Scenarios (every consumer uses batch 10, WaitTimeSeconds 20, VisibilityTimeout 30,
 concurrency 10 and the same handler):
 
 - drain: N preloaded messages (20,000; --quick 5,000), no-op handler. Messages/s and consumer CPU
@@ -25,8 +32,9 @@ concurrency 10 and the same handler):
   1,000 messages: the cost of being idle most of the time.
 - idle shutdown: an empty queue; SIGTERM while the consumer waits in a 20 s long poll; the time
   from ``os.kill`` to the process's exit, measured by this script (pidfd), 20 runs (--quick 5).
-- loaded shutdown: 200 preloaded messages, 2 s handlers (grace 10 s for trio_sqs); SIGTERM while
-  handlers run; time to exit, and the messages the server still holds invisible right after.
+- loaded shutdown: 200 preloaded messages, 2 s handlers (grace 10 s for trio_sqs and the
+  graceful aiobotocore consumers); SIGTERM while handlers run; time to exit, and the messages the
+  server still holds invisible right after.
 """
 
 from __future__ import annotations
@@ -55,29 +63,53 @@ from typing import Any
 from bench_common import BenchError, FakeSQSServer, message_entry
 
 HERE = Path(__file__).resolve().parent
-CONSUMERS = ("trio_sqs", "aiobotocore", "boto3")
+CONSUMERS = ("trio_sqs", "aiobotocore", "aiobotocore_graceful", "aiobotocore_trio", "boto3")
+# What trio_sqs's ratios are computed against, in the tables' order; the goals name the naive
+# aiobotocore consumer ("aiobotocore").
+RATIO_BASES = ("aiobotocore", "aiobotocore_graceful", "aiobotocore_trio", "boto3")
 # The idle-shutdown scenario also runs trio_sqs's consumer with gc.freeze() before the
 # interpreter exits (bench_common.finish): what one line in an application changes.
 FREEZE = "trio_sqs_freeze"
 SCRIPTS = {
     "trio_sqs": ("consumer_trio_sqs.py", ()),
     "aiobotocore": ("consumer_aiobotocore.py", ()),
+    "aiobotocore_graceful": ("consumer_aiobotocore_graceful.py", ()),
+    "aiobotocore_trio": ("consumer_aiobotocore_trio.py", ()),
     "boto3": ("consumer_boto3.py", ()),
     FREEZE: ("consumer_trio_sqs.py", ("--freeze-at-exit",)),
 }
 LABELS = {
     "trio_sqs": "trio_sqs",
-    "aiobotocore": "aiobotocore",
-    "boto3": "boto3 + threads",
+    "aiobotocore": "aiobotocore\n(naive)",
+    "aiobotocore_graceful": "aiobotocore\n(graceful)",
+    "aiobotocore_trio": "aiobotocore\nhttpx, Trio",
+    "boto3": "boto3 +\nthreads",
     FREEZE: "trio_sqs +\ngc.freeze()",
 }
+#: Column headers of the tables.
 DETAILS = {
     "trio_sqs": "trio_sqs open_consumer (Trio, httpx)",
-    "aiobotocore": "aiobotocore, asyncio tasks + semaphore (aiohttp)",
+    "aiobotocore": "aiobotocore (naive): asyncio tasks + semaphore (aiohttp), cancels on stop",
+    "aiobotocore_graceful": "aiobotocore (graceful): the same, graceful stop and release",
+    "aiobotocore_trio": "aiobotocore + httpx session on Trio (graceful)",
     "boto3": "boto3, ThreadPoolExecutor (urllib3)",
     FREEZE: "trio_sqs, gc.freeze() before exit",
 }
-COLORS = {"trio_sqs": "#2a7ab9", "aiobotocore": "#e08a1e", "boto3": "#5a9e4b", FREEZE: "#7fb3de"}
+#: Short names, for the ratio columns.
+SHORT = {
+    "aiobotocore": "aiobotocore (naive)",
+    "aiobotocore_graceful": "aiobotocore (graceful)",
+    "aiobotocore_trio": "aiobotocore on Trio",
+    "boto3": "boto3",
+}
+COLORS = {
+    "trio_sqs": "#2a7ab9",
+    "aiobotocore": "#e08a1e",
+    "aiobotocore_graceful": "#c0392b",
+    "aiobotocore_trio": "#8e5fb0",
+    "boto3": "#5a9e4b",
+    FREEZE: "#7fb3de",
+}
 PRODUCER_OPERATIONS = {"CreateQueue", "SendMessage", "SendMessageBatch"}
 SCENARIOS = ("drain", "steady", "idle", "loaded")
 CONSUMER_CPU, SERVER_CPU = 0, 1
@@ -293,6 +325,8 @@ class Context:
     env: dict[str, str]
     cpu: int | None
     rng: random.Random
+    #: The consumers of this invocation (CONSUMERS less those whose dependencies are missing).
+    consumers: tuple[str, ...] = CONSUMERS
 
 
 def run_drain(ctx: Context, consumer: str) -> dict[str, Any]:
@@ -415,6 +449,9 @@ def run_loaded(ctx: Context, consumer: str) -> dict[str, Any]:
         "completed": report["completed"],
         "cancelled": report["cancelled"],
         "deleted": ctx.server.deleted(name, queue),
+        # Made visible again at the stop (ChangeMessageVisibility 0), as the consumer counted
+        # them; None for the consumers that release nothing.
+        "released": report.get("released"),
     }
 
 
@@ -435,18 +472,18 @@ def runs_of(plan: Plan, scenario: str) -> int:
     }[scenario]
 
 
-def consumers_of(scenario: str) -> tuple[str, ...]:
-    return (*CONSUMERS, FREEZE) if scenario == "idle" else CONSUMERS
+def consumers_of(ctx: Context, scenario: str) -> tuple[str, ...]:
+    return (*ctx.consumers, FREEZE) if scenario == "idle" else ctx.consumers
 
 
 Results = dict[str, dict[str, list[dict[str, Any]]]]
 
 
 def run_scenarios(ctx: Context, scenarios: Sequence[str]) -> Results:
-    results: Results = {s: {c: [] for c in consumers_of(s)} for s in scenarios}
+    results: Results = {s: {c: [] for c in consumers_of(ctx, s)} for s in scenarios}
     for scenario in scenarios:
         runs = runs_of(ctx.plan, scenario)
-        consumers = consumers_of(scenario)
+        consumers = consumers_of(ctx, scenario)
         for round_index in range(runs):
             shift = round_index % len(consumers)
             for consumer in consumers[shift:] + consumers[:shift]:
@@ -474,7 +511,8 @@ def run_scenarios(ctx: Context, scenarios: Sequence[str]) -> Results:
 
 
 def values(runs: list[dict[str, Any]], key: str) -> list[float]:
-    return [float(r[key]) for r in runs if "error" not in r]
+    """The figure ``key`` of every run that did not fail and has it (not None)."""
+    return [float(r[key]) for r in runs if "error" not in r and r.get(key) is not None]
 
 
 def fmt(number: float, digits: int = 0) -> str:
@@ -532,17 +570,31 @@ def goals(results: Results, plan: Plan) -> list[Goal]:
     out: list[Goal] = []
     if "drain" in results:
         drain = results["drain"]
-        ratios = paired_ratios(drain, "cpu_ms_per_1000", "aiobotocore")
-        if ratios:
+        for name, key, target, met in (
+            (
+                "consumer CPU per message at saturation (drain)",
+                "cpu_ms_per_1000",
+                "≤ 0.5x aiobotocore",
+                lambda x: x <= 0.5,
+            ),
+            (
+                "drain throughput, messages/s",
+                "messages_per_s",
+                "≥ 1.3x aiobotocore",
+                lambda x: x >= 1.3,
+            ),
+        ):
+            ratios = paired_ratios(drain, key, "aiobotocore")
+            if not ratios:
+                continue
             median = statistics.median(ratios)
-            out.append(
-                Goal(
-                    "consumer CPU per message vs aiobotocore",
-                    "≤ 0.5x",
-                    f"{median:.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f})",
-                    "yes" if median <= 0.5 else "**no**",
-                )
+            measured = (
+                f"{median:.2f}x aiobotocore (naive; rounds {min(ratios):.2f}-{max(ratios):.2f})"
             )
+            for other in ("aiobotocore_graceful", "aiobotocore_trio"):
+                if other in drain and (others := paired_ratios(drain, key, other)):
+                    measured += f"; {statistics.median(others):.2f}x {SHORT[other]}"
+            out.append(Goal(name, target, measured, "yes" if met(median) else "**no**"))
         requests = values(drain["trio_sqs"], "requests_per_1000")
         if requests:
             median = statistics.median(requests)
@@ -578,13 +630,22 @@ def goals(results: Results, plan: Plan) -> list[Goal]:
                 )
             )
     if "loaded" in results:
-        left = values(results["loaded"]["trio_sqs"], "left_invisible")
+        loaded = results["loaded"]
+        left = values(loaded["trio_sqs"], "left_invisible")
         if left:
+            measured = f"max {max(left):.0f} over {len(left)} runs"
+            others = [
+                f"{SHORT[c]}: max {max(xs):.0f}"
+                for c in RATIO_BASES
+                if c in loaded and (xs := values(loaded[c], "left_invisible"))
+            ]
+            if others:
+                measured += f" ({'; '.join(others)})"
             out.append(
                 Goal(
                     "messages left invisible after a graceful stop (loaded)",
                     "0",
-                    f"max {max(left):.0f} over {len(left)} runs",
+                    measured,
                     "yes" if max(left) == 0 else "**no**",
                 )
             )
@@ -600,7 +661,17 @@ def goals(results: Results, plan: Plan) -> list[Goal]:
 
 
 def versions() -> str:
-    names = ("trio", "httpx", "httpcore", "botocore", "aiobotocore", "aiohttp", "boto3", "urllib3")
+    names = (
+        "trio",
+        "httpx",
+        "httpcore",
+        "anyio",
+        "botocore",
+        "aiobotocore",
+        "aiohttp",
+        "boto3",
+        "urllib3",
+    )
     found = []
     for name in names:
         try:
@@ -635,7 +706,7 @@ def markdown(results: Results, plan: Plan, meta: dict[str, Any]) -> str:
         "- Server: trio_sqs's in-memory SQS (`python -m trio_sqs.testing`), its own process; "
         "requests counted by it, per queue (`GET /stats`).",
         f"- {versions()}.",
-        f"- All three: batch {plan.batch}, WaitTimeSeconds {plan.wait}, VisibilityTimeout "
+        f"- Every consumer: batch {plan.batch}, WaitTimeSeconds {plan.wait}, VisibilityTimeout "
         f"{plan.visibility}, concurrency {plan.concurrency}, the same handler; each run is its "
         "own process on a fresh queue; consumers interleaved round by round. Figures: median "
         "(min-max) over runs; ratios paired by round.",
@@ -646,7 +717,32 @@ def markdown(results: Results, plan: Plan, meta: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     lines += [f"| {g.name} | {g.target} | {g.measured} | {g.met} |" for g in goals(results, plan)]
-    header = "| | " + " | ".join(DETAILS[c] for c in CONSUMERS)
+    lines += [
+        "",
+        "The goals' ratios are against the naive aiobotocore consumer (it cancels everything on "
+        "SIGTERM), the baseline the goals were set against; the tables also give them against "
+        "the graceful one (same consumption, graceful stop and release) and aiobotocore on Trio "
+        "(its httpx session).",
+    ]
+
+    def shown(scenario: str) -> list[str]:
+        return [c for c in CONSUMERS if c in results[scenario]]
+
+    def bases(scenario: str) -> list[str]:
+        return [c for c in RATIO_BASES if c in results[scenario]]
+
+    def head(scenario: str, ratios: bool = True) -> list[str]:
+        columns = [DETAILS[c] for c in shown(scenario)]
+        if ratios:
+            columns += [f"trio_sqs / {SHORT[c]}" for c in bases(scenario)]
+        return ["| | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+
+    def row(scenario: str, title: str, key: str, digits: int = 0) -> str:
+        by_consumer = results[scenario]
+        cells = [spread(values(by_consumer[c], key), digits) for c in shown(scenario)]
+        cells += [ratio_cell(by_consumer, key, c) for c in bases(scenario)]
+        return f"| {title} | " + " | ".join(cells) + " |"
+
     if "drain" in results:
         drain = results["drain"]
         lines += [
@@ -654,8 +750,7 @@ def markdown(results: Results, plan: Plan, meta: dict[str, Any]) -> str:
             f"## Drain: {plan.drain_messages:,} preloaded messages, no-op handler "
             f"({plan.drain_runs} runs each)",
             "",
-            header + " | trio_sqs / aiobotocore | trio_sqs / boto3 |",
-            "|---|---:|---:|---:|---:|---:|",
+            *head("drain"),
         ]
         rows = [
             ("messages/s", "messages_per_s", 0),
@@ -664,14 +759,8 @@ def markdown(results: Results, plan: Plan, meta: dict[str, Any]) -> str:
             ("peak RSS, MiB", "peak_rss_mib", 1),
             ("server CPU per consumer request, µs", "server_us_per_request", 0),
         ]
-        for title, key, digits in rows:
-            cells = [spread(values(drain[c], key), digits) for c in CONSUMERS]
-            lines.append(
-                f"| {title} | "
-                + " | ".join(cells)
-                + f" | {ratio_cell(drain, key, 'aiobotocore')} | {ratio_cell(drain, key, 'boto3')} |"
-            )
-        busy = [v * 100 for c in CONSUMERS for v in values(drain[c], "server_busy")]
+        lines += [row("drain", title, key, digits) for title, key, digits in rows]
+        busy = [v * 100 for c in shown("drain") for v in values(drain[c], "server_busy")]
         if busy:
             verdict = (
                 "it was not the bottleneck"
@@ -684,28 +773,23 @@ def markdown(results: Results, plan: Plan, meta: dict[str, Any]) -> str:
                 f"drains (its own process and CPU): {verdict}.",
             ]
     if "steady" in results:
-        steady = results["steady"]
         lines += [
             "",
             f"## Steady: {plan.steady_rate:.0f} messages/s for {plan.steady_seconds:.0f} s, "
             f"{plan.steady_handler * 1000:.0f} ms handlers ({plan.steady_runs} runs each)",
             "",
-            header + " | trio_sqs / aiobotocore | trio_sqs / boto3 |",
-            "|---|---:|---:|---:|---:|---:|",
+            *head("steady"),
         ]
-        for title, key, digits in (
-            ("SQS requests per 1,000 messages", "requests_per_1000", 0),
-            ("of which ReceiveMessage", "receives_per_1000", 0),
-            ("consumer CPU, ms per 1,000 messages", "cpu_ms_per_1000", 0),
-            ("consumer CPU, % of one core", "cpu_percent", 2),
-            ("peak RSS, MiB", "peak_rss_mib", 1),
-        ):
-            cells = [spread(values(steady[c], key), digits) for c in CONSUMERS]
-            lines.append(
-                f"| {title} | "
-                + " | ".join(cells)
-                + f" | {ratio_cell(steady, key, 'aiobotocore')} | {ratio_cell(steady, key, 'boto3')} |"
+        lines += [
+            row("steady", title, key, digits)
+            for title, key, digits in (
+                ("SQS requests per 1,000 messages", "requests_per_1000", 0),
+                ("of which ReceiveMessage", "receives_per_1000", 0),
+                ("consumer CPU, ms per 1,000 messages", "cpu_ms_per_1000", 0),
+                ("consumer CPU, % of one core", "cpu_percent", 2),
+                ("peak RSS, MiB", "peak_rss_mib", 1),
             )
+        ]
     if "idle" in results:
         idle = results["idle"]
         lines += [
@@ -751,22 +835,25 @@ def markdown(results: Results, plan: Plan, meta: dict[str, Any]) -> str:
             "",
             f"{plan.loaded_preload} preloaded messages; SIGTERM 0.2-1 s after "
             f"{plan.concurrency} handlers are running. trio_sqs: grace {plan.grace:.0f} s. "
-            "aiobotocore: cancels its tasks. boto3: stop flag, waits for its pool. "
-            "*Left invisible*: messages the server still holds in flight right after the "
-            f"process exited; they come back only when their {plan.visibility} s visibility "
-            "timeout ends.",
+            "aiobotocore (naive): cancels its tasks. aiobotocore (graceful) and aiobotocore on "
+            f"Trio: stop receiving, grace {plan.grace:.0f} s for the running handlers, delete "
+            "what finished, release the rest (ChangeMessageVisibilityBatch 0). boto3: stop "
+            "flag, waits for its pool. *Left invisible*: messages the server still holds in "
+            "flight right after the process exited; they come back only when their "
+            f"{plan.visibility} s visibility timeout ends. *Released*: as the consumer "
+            "counted them (n/a: it releases nothing).",
             "",
-            header + " |",
-            "|---|---:|---:|---:|",
+            *head("loaded", ratios=False),
         ]
         for title, key in (
             ("time to exit, ms", "exit_ms"),
             ("of which the consumer's own stop, ms", "stop_ms"),
             ("messages left invisible", "left_invisible"),
+            ("messages released", "released"),
             ("handlers finished", "completed"),
             ("handlers cut off", "cancelled"),
         ):
-            cells = [spread(values(loaded[c], key)) for c in CONSUMERS]
+            cells = [spread(values(loaded[c], key)) for c in shown("loaded")]
             lines.append(f"| {title} | " + " | ".join(cells) + " |")
     notes = errors_note(results)
     if notes:
@@ -803,7 +890,7 @@ def chart(results: Results, plan: Plan, path: Path) -> None:
         ]
     columns = 3
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(15, 4.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(16, 4.4 * rows), squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (scenario, key, title, logscale) in zip(axes.flat, panels, strict=False):
@@ -834,12 +921,12 @@ def chart(results: Results, plan: Plan, path: Path) -> None:
         if logscale:
             ax.set_yscale("log")
             ax.set_ylim(bottom=1)
-        ax.set_xticks(range(len(shown)), [LABELS[c] for c in shown], fontsize=8)
+        ax.set_xticks(range(len(shown)), [LABELS[c] for c in shown], fontsize=7)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(
-        "trio_sqs vs aiobotocore vs boto3 (bars: median; whiskers: min-max; dots: runs)"
-        + (" [quick]" if plan.quick else ""),
+        "trio_sqs vs aiobotocore (naive, graceful, on Trio) vs boto3 "
+        "(bars: median; whiskers: min-max; dots: runs)" + (" [quick]" if plan.quick else ""),
         fontsize=12,
     )
     fig.tight_layout()
@@ -865,7 +952,8 @@ def child_environment() -> dict[str, str]:
     return env
 
 
-def check_dependencies() -> None:
+def check_dependencies() -> tuple[str, ...]:
+    """The consumers this environment can run (exits if a required package is missing)."""
     # find_spec, not import: this process forks every consumer and should stay small.
     names = ("trio_sqs", "aiobotocore", "boto3", "matplotlib")
     missing = [name for name in names if importlib.util.find_spec(name) is None]
@@ -875,6 +963,10 @@ def check_dependencies() -> None:
             "pip install -e '.[bench]' (in a virtualenv of its own if your botocore is newer "
             "than aiobotocore supports)"
         )
+    if importlib.util.find_spec("httpx") is None:
+        log("httpx is not installed: aiobotocore on Trio (its httpx session) is left out")
+        return tuple(c for c in CONSUMERS if c != "aiobotocore_trio")
+    return CONSUMERS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -887,7 +979,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")
     parser.add_argument("--seed", type=int, default=6, help="seed of the signal timings")
     args = parser.parse_args(argv)
-    check_dependencies()
+    consumers = check_dependencies()
     plan = make_plan(args.quick)
     scenarios = [s for s in SCENARIOS if not args.only or s in args.only]
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -906,7 +998,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     server = Server(server_cpu)
     try:
-        ctx = Context(server, plan, child_environment(), consumer_cpu, random.Random(args.seed))
+        ctx = Context(
+            server, plan, child_environment(), consumer_cpu, random.Random(args.seed), consumers
+        )
         results = run_scenarios(ctx, scenarios)
     finally:
         server.close()

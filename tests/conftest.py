@@ -22,6 +22,7 @@ import trio
 import trio.testing
 
 import trio_sqs
+import trio_sqs._sigv4
 from trio_sqs import SQSClient
 from trio_sqs._protocol import load_service_data
 
@@ -238,6 +239,10 @@ def set_signing_clock(
     imported, which this replaces, for ``botocore.auth`` alone, with a copy whose ``datetime``
     class answers ``utcnow()`` with ``now()`` (and does the rest, e.g. ``strptime``, as usual).
     """
+    # trio_sqs's own signer reads the same clock (an aware datetime).
+    monkeypatch.setattr(
+        trio_sqs._sigv4, "utcnow", lambda: now().replace(tzinfo=datetime.timezone.utc)
+    )
     if hasattr(botocore.auth, "get_current_datetime"):
 
         def get_current_datetime(remove_tzinfo: bool = True) -> datetime.datetime:

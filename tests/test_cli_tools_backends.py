@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import queue
+import re
 import sys
 import threading
 from collections import Counter
@@ -39,6 +40,7 @@ import trio_sqs
 from trio_sqs import Message, MessageAttributeValue, SendEntry, SQSClient
 from trio_sqs._cli import main
 from trio_sqs._cli._tools import TOOLS
+from trio_sqs._transport import TrioTransport
 from trio_sqs.testing import FakeSQS, serve_fake_sqs
 
 from .conftest import main_leaves_no_trace
@@ -214,14 +216,16 @@ def tool(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) ->
     """``tool("send", "--queue", q, ..., stdin="...")``: ``trio-sqs ...`` in this process, with
     ``stdin`` as its standard input (not a terminal unless ``terminal=True``). argparse's exits
     (``--help``, a bad flag or value) are its exit code, as for the process."""
-    send = httpx.AsyncHTTPTransport.handle_async_request
+    send = TrioTransport.request
 
     def run(*args: str, stdin: str = "", terminal: bool = False) -> Result:
         requests: Counter[str] = Counter()
 
-        async def recorded(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> Any:
-            requests[request.headers.get("X-Amz-Target", "?").removeprefix("AmazonSQS.")] += 1
-            return await send(self, request)
+        async def recorded(self: TrioTransport, *args: Any, **kwargs: Any) -> Any:
+            head: bytes = args[4]  # method, scheme, host, port, head, ...
+            target = re.search(rb"\r\nX-Amz-Target: AmazonSQS\.(\w+)\r\n", head)
+            requests[target.group(1).decode() if target else "?"] += 1
+            return await send(self, *args, **kwargs)
 
         monkeypatch.setattr(sys, "stdin", (TerminalInput if terminal else io.StringIO)(stdin))
         # moto's server runs in this process: its log (a traceback for an operation it does not
@@ -229,7 +233,7 @@ def tool(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setattr(logging.getLogger("werkzeug"), "disabled", True)
         capsys.readouterr()
         with monkeypatch.context() as patch:
-            patch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", recorded)
+            patch.setattr(TrioTransport, "request", recorded)
             try:
                 code = main(list(args))
             except SystemExit as exc:

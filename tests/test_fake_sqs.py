@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 import trio_sqs
 from trio_sqs import MessageAttributeValue, RetryPolicy, SendEntry
+from trio_sqs._protocol import SQSProtocol
 from trio_sqs.testing import FakeError, FakeSQS, open_fake_client
 from trio_sqs.testing._sigv4 import verify_signature
 
@@ -1291,7 +1292,9 @@ async def test_body_altered_after_signing_is_refused(autojump_clock: Any):
     assert fake.call_counts == {"ListQueues": 1}
 
 
-async def test_clock_ten_minutes_off_is_clock_skew(autojump_clock: Any):
+async def test_clock_ten_minutes_off_is_clock_skew(autojump_clock: Any, monkeypatch: Any):
+    # botocore signs (the client's own signer would correct the skew: tests/test_retries.py)
+    monkeypatch.setattr(SQSProtocol, "check_signer", lambda self, credentials: "botocore signs")
     fake = FakeSQS(verify_signatures=True)
     async with client_on(autojump_clock, fake, retry=NO_RETRY) as client:
         await client.list_queues()
@@ -1301,6 +1304,16 @@ async def test_clock_ten_minutes_off_is_clock_skew(autojump_clock: Any):
     assert info.value.code == "InvalidSignatureException"
     assert "Signature expired" in info.value.message
     assert info.value.skew == pytest.approx(600, abs=5)
+
+
+async def test_the_client_corrects_a_clock_ten_minutes_off(autojump_clock: Any):
+    fake = FakeSQS(verify_signatures=True)
+    async with client_on(autojump_clock, fake, retry=NO_RETRY) as client:
+        await client.list_queues()
+        fake.clock_skew = 600
+        await client.list_queues()  # rejected once, signed again at the server's time
+        await client.list_queues()
+    assert fake.call_counts["ListQueues"] == 3  # the fake counts only requests it accepted
 
 
 async def test_signatures_stay_valid_through_a_long_virtual_time(autojump_clock: Any):

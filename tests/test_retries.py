@@ -10,8 +10,12 @@ the exact second and each attempt is seen to be signed afresh.
 from __future__ import annotations
 
 import datetime
+import email.utils
 import itertools
+import json
+import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,6 +37,7 @@ from trio_sqs import (
     TransportError,
 )
 from trio_sqs._client import DEFAULT_TIMEOUT, POLL_READ_MARGIN
+from trio_sqs._protocol import SQSProtocol
 from trio_sqs.testing import FakeSQS, open_fake_client
 
 from .conftest import set_signing_clock
@@ -162,12 +167,13 @@ async def test_503_then_throttling_then_success(
         assert request.body == requests[0].body
         assert re.fullmatch(r"\d{8}T\d{6}Z", request.headers["x-amz-date"])
         assert request.headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=testing/")
-    # Each attempt was signed afresh: its own timestamp, its own signature.
-    assert [r.headers["x-amz-date"] for r in requests] == [
-        "20240517T120000Z",
-        "20240517T120001Z",
-        "20240517T120002Z",
+    # Each attempt was signed afresh: its own timestamp (the clock ticks a second per reading;
+    # opening the client read it too, to compare our signer with botocore's), its own signature.
+    stamps = [
+        datetime.datetime.strptime(r.headers["x-amz-date"], "%Y%m%dT%H%M%SZ") for r in requests
     ]
+    assert stamps[0] >= datetime.datetime(2024, 5, 17, 12, 0, 0)
+    assert stamps == [stamps[0] + datetime.timedelta(seconds=n) for n in range(3)]
     assert len({r.headers["authorization"] for r in requests}) == 3
 
 
@@ -337,11 +343,78 @@ async def test_a_stalled_long_poll_is_not_retried(
     assert len(recorder.requests) == 1
 
 
-async def test_clock_skew_is_not_retried_and_names_the_skew(
-    autojump_clock: trio.testing.MockClock,
+def _stamp(request: Sent) -> float:
+    when = datetime.datetime.strptime(request.headers["x-amz-date"], "%Y%m%dT%H%M%SZ")
+    return when.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+async def test_clock_skew_is_corrected_from_the_date_header_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The server's clock 15 minutes ahead of ours: SQS (the fake, checking signatures) refuses
-    the signature as expired, and its Date header tells how far off we are."""
+    the signature as expired; its Date header tells how far off we are, and the request is
+    signed again at the server's time at once (no backoff, not counted as an attempt). Later
+    calls are signed at the server's time from the start."""
+    fake = FakeSQS(verify_signatures=True, clock_skew=900)
+    await fake.call("CreateQueue", {"QueueName": "q"})
+    async with serve(fake) as (client, recorder):
+        start = trio.current_time()
+        url = await client.get_queue_url("q")
+        assert trio.current_time() == start  # retried at once
+        assert url.endswith("/q")
+        rejected, accepted = recorder.requests
+        assert rejected.status in (400, 403) and accepted.status == 200
+        # Date headers have whole seconds: corrected by 900 s give or take one.
+        assert 898 <= _stamp(accepted) - _stamp(rejected) <= 902
+        await client.get_queue_url("q")
+        assert len(recorder.requests) == 3 and recorder.requests[2].status == 200
+    [warning] = [r for r in caplog.records if "clock skew" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    named = re.search(r"clock is ([+-]\d+\.\d) s from ours", warning.getMessage())
+    assert named is not None and abs(float(named.group(1)) - 900) < 2
+
+
+def skew_rejection(n: int) -> httpx.Response:
+    """SQS refusing a signature as expired while its Date header says our clock is right (a
+    skew we cannot correct: signing again at the server's time changes nothing)."""
+    return httpx.Response(
+        400,
+        headers={
+            "Content-Type": "application/x-amz-json-1.0",
+            "x-amzn-RequestId": f"req-{n}",
+            "Date": email.utils.formatdate(time.time(), usegmt=True),
+        },
+        content=json.dumps(
+            {
+                "__type": "com.amazon.coral.service#RequestExpired",
+                "message": "Signature expired: is now earlier than (now - 5 min.)",
+            }
+        ).encode(),
+    )
+
+
+async def test_a_skew_that_correction_does_not_fix_raises_clock_skew_error(
+    autojump_clock: trio.testing.MockClock, fake_sqs: FakeSQS
+) -> None:
+    async with serve(fake_sqs) as (client, recorder):
+        recorder.answer_next(skew_rejection, times=3)
+        with pytest.raises(ClockSkewError) as info:
+            await client.get_queue_url("q")
+    # One request, one corrected (by the measured skew, here about 0 s), then final.
+    assert len(recorder.requests) == 2
+    assert len(recorder.canned) == 1
+    error_ = info.value
+    assert error_.status_code == 400 and error_.request_id == "req-2"
+    assert error_.skew is not None and abs(error_.skew) < 2
+    assert "Signature expired" in error_.message
+
+
+async def test_clock_skew_is_not_corrected_when_botocore_signs(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With our signer off (it disagreed with botocore's at start), botocore signs at its own
+    clock: a skew cannot be corrected, ClockSkewError names it after one request."""
+    monkeypatch.setattr(SQSProtocol, "check_signer", lambda self, credentials: "made to differ")
     fake = FakeSQS(verify_signatures=True, clock_skew=900)
     async with serve(fake) as (client, recorder):
         with pytest.raises(ClockSkewError) as info:
@@ -351,7 +424,6 @@ async def test_clock_skew_is_not_retried_and_names_the_skew(
     assert error_.status_code == request.status and error_.status_code in (400, 403)
     assert error_.request_id == request.request_id is not None
     assert "Signature expired" in error_.message
-    # Date headers have whole seconds: the skew is 900 s give or take one.
     assert error_.skew is not None and 898 < error_.skew <= 901
     named = re.search(r"clock is ([+-]\d+\.\d) s from ours", str(error_))
     assert named is not None and abs(float(named.group(1)) - 900) < 2

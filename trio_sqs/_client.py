@@ -16,18 +16,20 @@ from collections.abc import (
 )
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import h11
 import httpcore
 import httpx
 import trio
 
+from . import _sigv4
 from ._config import MIN_RECEIVE_CONNECTIONS, Limits, RetryPolicy, check_int_range
 from ._credentials import CredentialCache
 from ._exceptions import (
     BatchEntryError,
     ClientClosedError,
+    ClockSkewError,
     ConfigurationError,
     ServiceError,
     SQSError,
@@ -45,10 +47,14 @@ from ._message import (
     message_from_wire,
 )
 from ._protocol import (
+    HTTPRequest,
     MalformedEntry,
     SQSProtocol,
+    clock_skew,
     is_retryable_error,
 )
+from ._sigv4 import canonical_url_parts
+from ._transport import Timeouts, TrioTransport, decode_content, head
 from ._util import leaves, only_cancelled, raise_as_is
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -63,6 +69,9 @@ log = logging.getLogger("trio_sqs.client")
 # A long poll may take WaitTimeSeconds; the read timeout leaves this much room on top.
 POLL_READ_MARGIN = 10.0
 DEFAULT_TIMEOUT = 30.0
+# The most one call may take by default, every attempt and backoff included (open_client's
+# ``call_timeout``); a long poll gets its read timeout on top.
+DEFAULT_CALL_TIMEOUT = 60.0
 CLOSE_TIMEOUT = 2.0
 # Traced by their PRODUCER span: no CLIENT span of their own (open_client's trace_calls).
 _SEND_OPERATIONS = frozenset({"SendMessage", "SendMessageBatch"})
@@ -205,9 +214,31 @@ _TRANSIENT_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _response_request_id(response: httpx.Response) -> str | None:
+class Answer(Protocol):
+    """What the client reads of a response: an ``httpx.Response`` or our transport's
+    :class:`~trio_sqs._transport.RawResponse`."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content(self) -> bytes: ...
+
+
+def _response_request_id(response: Answer) -> str | None:
     request_id: str | None = response.headers.get("x-amzn-requestid")
     return request_id
+
+
+class _Failures:
+    """A call's attempts so far and its last failure (for the message of its overall timeout)."""
+
+    __slots__ = ("attempts", "last")
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.last: SQSError | None = None
 
 
 class _Attempt:
@@ -216,7 +247,7 @@ class _Attempt:
     __slots__ = ("response",)
 
     def __init__(self) -> None:
-        self.response: httpx.Response | None = None
+        self.response: Answer | None = None
 
 
 @contextmanager
@@ -343,11 +374,32 @@ class SQSClient:
         retry: RetryPolicy,
         random_seed: int | None = None,
         trace_calls: bool = False,
+        direct: TrioTransport | None = None,
+        call_timeout: float | None = None,
     ) -> None:
         self._protocol = protocol
         self._credentials = credentials
         self._http = http
         self._retry = retry
+        # Our own transport, called directly (no httpx Request/Response objects); None: every
+        # request goes through ``http.send`` (a transport of the user's, a proxy).
+        self._direct = direct
+        url = httpx.URL(protocol.endpoint + "/")
+        self._scheme = url.scheme
+        self._host = url.host
+        self._port = url.port
+        self._target = url.raw_path.decode("ascii")
+        # The Host header: what the signer signed (lowercase, no default port, IPv6 bracketed).
+        self._host_header = canonical_url_parts(protocol.endpoint + "/")[2]
+        self._timeouts_cache: dict[float, Timeouts] = {}
+        from . import __version__
+
+        self._user_agent = f"trio-sqs/{__version__}"
+        # The most one call may take, every attempt and backoff included (a long poll's wait on
+        # top); None: no limit beyond the attempts' own timeouts.
+        self._call_timeout = call_timeout
+        # Server time minus ours, measured from a clock-skew rejection; added to signing times.
+        self._skew = 0.0
         # The client's own generator (open_client's random_seed) for the retry jitter, never the
         # global one.
         self._random = random.Random(random_seed)
@@ -498,25 +550,28 @@ class SQSClient:
         return await self._call(
             operation,
             params,
-            lambda response: self._protocol.parse_response(
-                operation, response.status_code, response.headers, response.content
-            ),
+            self._reader(operation, _as_is),
             read_timeout=read_timeout,
             on_sent=on_sent,
             retry=retry,
             validate=_validate,
         )
 
-    def _reader(
-        self, operation: str, read: Callable[[dict[str, Any]], T]
-    ) -> Callable[[httpx.Response], T]:
+    def _reader(self, operation: str, read: Callable[[dict[str, Any]], T]) -> Callable[[Answer], T]:
         """Parse an answer to ``operation``, then read the members a typed call needs."""
 
-        def parse(response: httpx.Response) -> T:
-            parsed = self._protocol.parse_response(
-                operation, response.status_code, response.headers, response.content
+        protocol = self._protocol
+
+        def parse(response: Answer) -> T:
+            if response.status_code < 300 and protocol.fast:
+                parsed = protocol.parse_response_fast(operation, response.content)
+                if parsed is not None:
+                    return read(parsed)
+            return read(
+                protocol.parse_response(
+                    operation, response.status_code, response.headers, response.content
+                )
             )
-            return read(parsed)
 
         return parse
 
@@ -524,7 +579,7 @@ class SQSClient:
         self,
         operation: str,
         params: Mapping[str, Any],
-        read: Callable[[httpx.Response], T],
+        read: Callable[[Answer], T],
         *,
         read_timeout: float | None = None,
         on_sent: Callable[[], None] | None = None,
@@ -547,7 +602,7 @@ class SQSClient:
         self,
         operation: str,
         params: Mapping[str, Any],
-        read: Callable[[httpx.Response], T],
+        read: Callable[[Answer], T],
         read_timeout: float | None,
         on_sent: Callable[[], None] | None,
         retry: bool,
@@ -568,7 +623,7 @@ class SQSClient:
         self,
         operation: str,
         params: Mapping[str, Any],
-        read: Callable[[httpx.Response], T],
+        read: Callable[[Answer], T],
         read_timeout: float | None,
         on_sent: Callable[[], None] | None,
         retry: bool,
@@ -576,16 +631,85 @@ class SQSClient:
     ) -> T:
         if self._closed:
             raise ClientClosedError("the SQS client is closed")
+        limit = self._call_timeout
+        if limit is None:
+            return await self._attempt_loop(
+                operation, params, read, read_timeout, on_sent, retry, validate, _Failures()
+            )
+        if read_timeout is not None:
+            limit += read_timeout  # a long poll: its wait on top
+        failures = _Failures()
+        with trio.move_on_after(limit):
+            return await self._attempt_loop(
+                operation, params, read, read_timeout, on_sent, retry, validate, failures
+            )
+        last = failures.last
+        raise TransportError(
+            f"{operation} did not complete within {limit:g} s (the client's call_timeout, "
+            f"{self._call_timeout:g} s{' plus the read timeout' if read_timeout else ''}; "
+            f"{failures.attempts} attempt(s)"
+            + (f", the last failed: {last}" if last is not None else "")
+            + ")",
+            code="TransportError",
+        ) from last
+
+    def _timeouts(self, read_timeout: float) -> Timeouts:
+        timeouts = self._timeouts_cache.get(read_timeout)
+        if timeouts is None:
+            timeouts = Timeouts(DEFAULT_TIMEOUT, read_timeout, DEFAULT_TIMEOUT, DEFAULT_TIMEOUT)
+            self._timeouts_cache[read_timeout] = timeouts
+        return timeouts
+
+    async def _send_direct(
+        self,
+        direct: TrioTransport,
+        request: HTTPRequest,
+        timeouts: Timeouts,
+        on_sent: Callable[[], None] | None,
+    ) -> Answer:
+        headers = request.headers
+        headers["User-Agent"] = self._user_agent  # not signed (SigV4 leaves User-Agent out)
+        response = await direct.request(
+            request.method.encode("ascii"),
+            self._scheme,
+            self._host,
+            self._port,
+            head(request.method, self._target, self._host_header, headers, len(request.body)),
+            request.body,
+            timeouts,
+            on_sent,
+        )
+        if "content-encoding" in response.headers:
+            response.content = decode_content(response)
+        return response
+
+    async def _attempt_loop(
+        self,
+        operation: str,
+        params: Mapping[str, Any],
+        read: Callable[[Answer], T],
+        read_timeout: float | None,
+        on_sent: Callable[[], None] | None,
+        retry: bool,
+        validate: bool,
+        failures: _Failures,
+    ) -> T:
         receive = operation == "ReceiveMessage"
         gate = self._receive_gate if receive else self._other_gate
         if read_timeout is None:
             read_timeout = DEFAULT_TIMEOUT
-        timeout = httpx.Timeout(DEFAULT_TIMEOUT, read=read_timeout)
+        direct = self._direct
+        timeouts = self._timeouts(read_timeout)
         attempts = self._retry.max_attempts if retry else 1
-        for attempt in range(1, attempts + 1):
+        protocol = self._protocol
+        corrected = False
+        attempt = 0
+        while True:
+            attempt += 1
+            failures.attempts += 1
             credentials = await self._credentials.get()
-            request = self._protocol.build_request(
-                operation, params, credentials, validate=validate
+            request = protocol.build_request(
+                operation, params, credentials, validate=validate, skew=self._skew
             )
             progress = _Attempt()
             try:
@@ -596,18 +720,43 @@ class SQSClient:
                         await trio.lowlevel.checkpoint_if_cancelled()
                         if self._closed:
                             raise ClientClosedError("the SQS client is closed")
-                        http_request = self._http.build_request(
-                            request.method,
-                            request.url,
-                            headers=request.headers,
-                            content=request.body,
-                            timeout=timeout,
-                        )
-                        http_request.stream = _RequestBody(request.body, on_sent)
-                        progress.response = await self._http.send(http_request)
+                        if direct is not None:
+                            progress.response = await self._send_direct(
+                                direct, request, timeouts, on_sent
+                            )
+                        else:
+                            http_request = self._http.build_request(
+                                request.method,
+                                request.url,
+                                headers=request.headers,
+                                content=request.body,
+                                timeout=httpx.Timeout(DEFAULT_TIMEOUT, read=read_timeout),
+                            )
+                            http_request.stream = _RequestBody(request.body, on_sent)
+                            progress.response = await self._http.send(http_request)
                     return read(progress.response)
+            except ClockSkewError as failure:
+                failures.last = failure
+                skew = None
+                if progress.response is not None:
+                    skew = clock_skew(progress.response.headers, now=_sigv4.utcnow().timestamp())
+                if corrected or not protocol.fast or skew is None:
+                    raise
+                # Sign again at the server's time, at once: this attempt does not count.
+                corrected = True
+                attempt -= 1
+                log.warning(
+                    "%s was rejected for clock skew: the server's clock is %+.1f s from ours; "
+                    "signing with the server's time from now on (fix the machine's clock)",
+                    operation,
+                    skew + self._skew,
+                    extra={"skew": skew + self._skew},
+                )
+                self._skew += skew
+                continue
             except SQSError as failure:
-                if attempt == attempts or not _is_retryable(failure, receive):
+                failures.last = failure
+                if attempt >= attempts or not _is_retryable(failure, receive):
                     raise
                 delay = self._random.uniform(0.0, self._retry.backoff_ceiling(attempt))
                 log.debug(
@@ -619,7 +768,6 @@ class SQSClient:
                     delay,
                 )
             await trio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- typed operations ------------------------------------------------------------------------
 
@@ -721,10 +869,16 @@ class SQSClient:
         if receive_request_attempt_id:
             params["ReceiveRequestAttemptId"] = receive_request_attempt_id
 
-        def read(response: httpx.Response) -> ReceiveResult:
-            entries = self._protocol.parse_receive_response(
-                response.status_code, response.headers, response.content
-            )
+        protocol = self._protocol
+
+        def read(response: Answer) -> ReceiveResult:
+            entries = None
+            if response.status_code < 300 and protocol.fast:
+                entries = protocol.parse_receive_fast(response.content)
+            if entries is None:
+                entries = protocol.parse_receive_response(
+                    response.status_code, response.headers, response.content
+                )
             return _receive_result(entries, queue_url)
 
         return await self._call(
@@ -863,6 +1017,10 @@ class SQSClient:
             if span is not None and outcome.failed:
                 self._tracing.entries_failed(span, outcome.failed, len(wire))
             return sent, outcome
+
+
+def _as_is(parsed: dict[str, Any]) -> dict[str, Any]:
+    return parsed
 
 
 def _entries(receipt_handles: Sequence[str] | Mapping[str, str]) -> list[tuple[str, str]]:

@@ -4,8 +4,11 @@ refresher."""
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 from botocore.credentials import Credentials
 from botocore.session import Session
 
-from ._client import CLOSE_TIMEOUT, DEFAULT_TIMEOUT, SQSClient
+from ._client import CLOSE_TIMEOUT, DEFAULT_CALL_TIMEOUT, DEFAULT_TIMEOUT, SQSClient
 from ._config import Limits, RetryPolicy
 from ._credentials import CredentialCache, CredentialSource, is_refreshable, provider_errors
 from ._exceptions import ConfigurationError, CredentialsError
@@ -30,9 +33,36 @@ from ._protocol import (
     resolve_endpoint,
     service_data_loaded,
 )
+from ._transport import TrioTransport
 from ._util import raise_unwrapped
 
 __all__ = ["open_client"]
+
+log = logging.getLogger("trio_sqs.client")
+
+
+def proxy_for(endpoint: str) -> str | None:
+    """The proxy the environment names for ``endpoint`` (``HTTPS_PROXY``/``HTTP_PROXY``/
+    ``ALL_PROXY``, any case), unless ``NO_PROXY`` excludes its host, as urllib reads them."""
+    url = httpx.URL(endpoint)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if not proxy:
+        return None
+    host = url.host if url.port is None else f"{url.host}:{url.port}"
+    if urllib.request.proxy_bypass(host) or urllib.request.proxy_bypass(url.host):
+        return None
+    return proxy
+
+
+def _redacted(proxy: str) -> str:
+    try:
+        url = httpx.URL(proxy)
+    except (httpx.InvalidURL, TypeError):
+        return "(unparsable proxy URL)"
+    if url.userinfo:
+        url = url.copy_with(username="***", password=None)
+    return str(url)
 
 
 # -- opening a client ------------------------------------------------------------------------------
@@ -116,6 +146,7 @@ async def open_client(
     transport: httpx.AsyncBaseTransport | None = None,
     random_seed: int | None = None,
     trace_calls: bool = False,
+    call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
 ) -> AsyncIterator[SQSClient]:
     """Open an SQS client that owns its HTTP connections and credential refresher.
 
@@ -136,9 +167,10 @@ async def open_client(
             one of them. ``Limits(max_receive_connections=N)`` fixes it at ``N``; consumers that
             may want more polls than that log a warning naming the size they need.
         retry: Retry policy (:class:`RetryPolicy`).
-        verify: TLS verification: ``True`` (default) or a CA bundle path.
+        verify: TLS verification: ``True`` (default, certifi's CA bundle as httpx uses), a CA
+            bundle path, or ``False`` (no verification).
         transport: An ``httpx.AsyncBaseTransport`` to send requests through instead of
-            httpx's network transport (``verify`` then does not apply). Everything above it runs
+            trio_sqs's own (``verify`` then does not apply). Everything above it runs
             unchanged: signing, serialization, parsing, retries, the consumer. Tests pass
             :meth:`trio_sqs.testing.FakeSQS.transport` here. The client closes it (once) on
             exit; if opening fails (an invalid option, no credentials) it is left untouched,
@@ -150,6 +182,18 @@ async def open_client(
             span ``SQS.{Operation}`` for every call other than the sends (each of which always
             gets its PRODUCER span ``send {queue}``; README, "Tracing"). Off by default: a
             consumer's long polls, deletes and heartbeats would each be a trace of its own.
+        call_timeout: The most one call may take, in seconds, every attempt and backoff included
+            (default 60); a call that takes longer raises :class:`TransportError` naming its last
+            failure. A call with a read timeout of its own (a long poll: its wait plus 10 s) gets
+            that on top. ``None``: only each attempt's own timeouts bound a call (30 s to
+            connect, 30 s for the answer; 5 attempts: minutes).
+
+    Requests go over trio_sqs's own HTTP/1.1 transport on Trio (README, "The HTTP transport"),
+    wrapped in an ``httpx.AsyncClient``. When the environment names a proxy for the endpoint
+    (``HTTPS_PROXY``, ``HTTP_PROXY`` or ``ALL_PROXY``, and ``NO_PROXY`` does not exclude its
+    host), httpx's own transport is used instead, which honours them; this is logged once
+    (logger ``trio_sqs.client``, INFO). A transport of your own (``transport=``) is used as
+    given, proxies or not.
 
     Raises:
         ConfigurationError: for an invalid option, before any network I/O.
@@ -177,6 +221,16 @@ async def open_client(
     if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
         raise ConfigurationError(
             f"transport must be an httpx.AsyncBaseTransport, got {transport!r}",
+            code="InvalidOption",
+        )
+    if call_timeout is not None and (
+        isinstance(call_timeout, bool)
+        or not isinstance(call_timeout, (int, float))
+        or not math.isfinite(call_timeout)
+        or call_timeout <= 0
+    ):
+        raise ConfigurationError(
+            f"call_timeout must be a positive number of seconds or None, got {call_timeout!r}",
             code="InvalidOption",
         )
     if not isinstance(trace_calls, bool):
@@ -242,10 +296,37 @@ async def open_client(
     else:
         resolved = await trio.to_thread.run_sync(_resolve_blocking, *args, abandon_on_cancel=True)
     cache = CredentialCache(resolved.source)
-    await cache.get()
-    # Requests wait for their budget's slot before they reach httpx, so the pool never makes one
-    # wait: it is as large as both budgets, or unbounded when the long-poll budget grows with
-    # the consumers (the budgets still bound the connections in use).
+    credentials = await cache.get()
+    protocol = resolved.protocol
+    # Our SigV4 signer, compared once with botocore's: any difference and botocore signs.
+    mismatch = protocol.check_signer(credentials)
+    protocol.fast = mismatch is None
+    if mismatch is not None:
+        log.warning(
+            "trio_sqs's SigV4 signer does not match botocore's on this botocore (%s): every "
+            "request is signed by botocore instead (slower; clock skew cannot be corrected). "
+            "Please report it with your botocore version.",
+            mismatch,
+        )
+    direct: TrioTransport | None = None
+    proxy = proxy_for(resolved.endpoint) if transport is None else None
+    if proxy is not None:
+        log.info(
+            "the environment names the proxy %s for %s: requests go through it, on httpx's "
+            "transport (not trio_sqs's own)",
+            _redacted(proxy),
+            resolved.endpoint,
+        )
+    elif transport is None:
+        # Requests wait for their budget's slot before they reach the transport, so it never
+        # makes one wait: it is as large as both budgets, or unbounded when the long-poll budget
+        # grows with the consumers (the budgets still bound the connections in use).
+        direct = transport = TrioTransport(
+            verify=verify,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+        )
     http = httpx.AsyncClient(
         limits=httpx.Limits(
             max_connections=limits.max_connections,
@@ -254,7 +335,8 @@ async def open_client(
         ),
         timeout=httpx.Timeout(DEFAULT_TIMEOUT),
         verify=verify,
-        trust_env=False,
+        # Only when the environment names a proxy for the endpoint (above) does httpx read it.
+        trust_env=proxy is not None,
         follow_redirects=False,
         transport=transport,
     )
@@ -266,6 +348,8 @@ async def open_client(
         retry=retry,
         random_seed=random_seed,
         trace_calls=trace_calls,
+        direct=direct,
+        call_timeout=float(call_timeout) if call_timeout is not None else None,
     )
     try:
         try:

@@ -10,6 +10,7 @@ here are translated into trio_sqs exceptions before they leave it.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import email.utils
 import functools
@@ -31,6 +32,7 @@ from botocore.parsers import create_parser
 from botocore.serialize import create_serializer
 from botocore.session import Session
 
+from . import _sigv4
 from ._exceptions import (
     AccessDenied,
     ClockSkewError,
@@ -113,6 +115,20 @@ FAST_OPERATIONS = frozenset(
         "SendMessage",
     }
 )
+
+# The operations whose successful answers may be read without botocore's parser
+# (``SQSProtocol.parse_response_fast``; ReceiveMessage has ``parse_receive_fast``).
+FAST_PARSED = frozenset(
+    {
+        "DeleteMessageBatch",
+        "ChangeMessageVisibilityBatch",
+        "ChangeMessageVisibility",
+        "DeleteMessage",
+        "SendMessage",
+        "SendMessageBatch",
+    }
+)
+_VALUE_MEMBERS = ("DataType", "StringValue", "StringListValues")
 
 _AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 _HOST_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -271,26 +287,74 @@ class SQSProtocol:
         *,
         validate: bool = False,
         now: datetime.datetime | None = None,
+        skew: float = 0.0,
     ) -> HTTPRequest:
         """Serialize and sign one request.
 
         With ``fast`` set, the hot operations (:data:`FAST_OPERATIONS`) without validation are
-        built by :meth:`build_request_fast` when their parameters allow it; everything else
-        goes through botocore's serializer and signer (:meth:`build_request_botocore`).
+        built by :meth:`build_request_fast` when their parameters allow it, and everything else
+        is serialized by botocore and signed by our :class:`~trio_sqs._sigv4.Signer` (the same
+        headers as botocore's ``SigV4Auth``): either way the signing time is ours to choose.
+        Without ``fast``, botocore serializes and signs (:meth:`build_request_botocore`).
 
         Args:
             operation: The SQS operation name (``"ReceiveMessage"``).
             params: The operation's parameters, as botocore names them.
             credentials: A frozen credentials snapshot.
             validate: Check params against the model (slower; for untyped callers).
-            now: The signing time for the fast path (UTC; default: the clock). botocore's
+            now: The signing time (UTC; default: the clock). Only with ``fast``: botocore's
                 signer always reads its own clock.
+            skew: Seconds added to the signing time (a clock skew measured from the server's
+                ``Date``). Only with ``fast``.
         """
-        if self.fast and not validate:
+        if not self.fast:
+            return self.build_request_botocore(operation, params, credentials, validate=validate)
+        if now is None:
+            now = _sigv4.utcnow()
+        if skew:
+            now = now + datetime.timedelta(seconds=skew)
+        if not validate:
             request = self.build_request_fast(operation, params, credentials, now)
             if request is not None:
                 return request
-        return self.build_request_botocore(operation, params, credentials, validate=validate)
+        method, headers, body = self._serialize(operation, params, validate)
+        signed = self._signer.sign(method, self._url, headers, body, credentials, now)
+        return HTTPRequest(method=method, url=self._url, headers=signed, body=body)
+
+    def check_signer(self, credentials: ReadOnlyCredentials) -> str | None:
+        """Compare our signer with botocore's ``SigV4Auth`` on two requests (a hot operation and
+        one botocore serializes), at the time botocore signed them. None when they agree, else
+        what differs (the client then signs with botocore only)."""
+        samples: tuple[tuple[str, dict[str, Any]], ...] = (
+            (
+                "ReceiveMessage",
+                {"QueueUrl": self._url + "123456789012/q", "MaxNumberOfMessages": 10},
+            ),
+            ("GetQueueUrl", {"QueueName": "q"}),
+        )
+        for operation, params in samples:
+            try:
+                expected = self.build_request_botocore(operation, params, credentials)
+                when = expected.headers.get("X-Amz-Date")
+                if when is None:
+                    return f"{operation}: botocore's request has no X-Amz-Date"
+                now = datetime.datetime.strptime(when, _sigv4.SIGV4_TIMESTAMP)
+                fast = self.build_request_fast(operation, params, credentials, now)
+                if fast is None:
+                    method, headers, body = self._serialize(operation, params, False)
+                    signed = self._signer.sign(method, self._url, headers, body, credentials, now)
+                    fast = HTTPRequest(method=method, url=self._url, headers=signed, body=body)
+            except Exception as exc:  # any surprise means: do not trust the fast path
+                return f"{operation}: {type(exc).__name__}: {exc}"
+            if fast != expected:
+                differing = sorted(
+                    name
+                    for name in set(fast.headers) | set(expected.headers)
+                    if fast.headers.get(name) != expected.headers.get(name)
+                )
+                what = ", ".join(differing) or ("the body" if fast.body != expected.body else "")
+                return f"{operation}: {what or 'the header order'} differ(s) from botocore's"
+        return None
 
     def build_request_fast(
         self,
@@ -318,7 +382,7 @@ class SQSProtocol:
             return None
         body = json.dumps(params).encode("utf-8")
         if now is None:
-            now = datetime.datetime.now(datetime.timezone.utc)
+            now = _sigv4.utcnow()
         headers = self._signer.sign(fast.method, self._url, fast.headers, body, credentials, now)
         return HTTPRequest(method=fast.method, url=self._url, headers=headers, body=body)
 
@@ -344,6 +408,25 @@ class SQSProtocol:
             method=template["method"], headers=dict(headers), schema=_schema(op.input_shape)
         )
 
+    def _serialize(
+        self, operation: str, params: Mapping[str, Any], validate: bool
+    ) -> tuple[str, dict[str, str], bytes]:
+        op = self.operation_model(operation)
+        serializer = self._data.validating_serializer if validate else self._data.serializer
+        try:
+            serialized = serializer.serialize_to_request(dict(params), op)
+        except BotoCoreError as exc:
+            raise ConfigurationError(
+                f"invalid parameters for {operation}: {exc}", code="InvalidParameter"
+            ) from exc
+        body = serialized["body"]
+        if isinstance(body, str):
+            body = body.encode()
+        headers = {
+            k: v.decode() if isinstance(v, bytes) else v for k, v in serialized["headers"].items()
+        }
+        return serialized["method"], headers, body or b""
+
     def build_request_botocore(
         self,
         operation: str,
@@ -353,31 +436,19 @@ class SQSProtocol:
         validate: bool = False,
     ) -> HTTPRequest:
         """Serialize and sign one request with botocore's serializer and ``SigV4Auth``."""
-        op = self.operation_model(operation)
-        serializer = self._data.validating_serializer if validate else self._data.serializer
-        try:
-            serialized = serializer.serialize_to_request(dict(params), op)
-        except BotoCoreError as exc:
-            raise ConfigurationError(
-                f"invalid parameters for {operation}: {exc}", code="InvalidParameter"
-            ) from exc
-        request = AWSRequest(
-            method=serialized["method"],
-            url=self._url,
-            data=serialized["body"],
-            headers=serialized["headers"],
-        )
+        method, headers, body = self._serialize(operation, params, validate)
+        request = AWSRequest(method=method, url=self._url, data=body, headers=headers)
         SigV4Auth(credentials, SERVICE_NAME, self.region).add_auth(request)
-        body = request.body
-        if isinstance(body, str):
-            body = body.encode()
+        signed_body = request.body
+        if isinstance(signed_body, str):
+            signed_body = signed_body.encode()
         return HTTPRequest(
             method=request.method,
             url=self._url,
             headers={
                 k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()
             },
-            body=body or b"",
+            body=signed_body or b"",
         )
 
     def parse_response(
@@ -418,6 +489,57 @@ class SQSProtocol:
         )
         parsed.pop("ResponseMetadata", None)
         return parsed
+
+    def parse_response_fast(self, operation: str, body: bytes) -> dict[str, Any] | None:
+        """A successful answer of one of :data:`FAST_PARSED` read with ``json.loads``, or None
+        when botocore must read it (then :meth:`parse_response` gives its result and errors).
+
+        The answers of these operations hold only strings, numbers, booleans, lists and maps, which
+        botocore's JSON parser copies as they are; it also drops members the model does not know,
+        which the client never reads.
+        """
+        if operation not in FAST_PARSED:
+            return None
+        if not body:
+            return {}
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None
+        return parsed if type(parsed) is dict else None
+
+    def parse_receive_fast(self, body: bytes) -> list[Any] | None:
+        """The messages of a successful ReceiveMessage answer read with ``json.loads`` and
+        base64, as botocore's parser gives them, or None when anything in it is not as SQS
+        sends it (then :meth:`parse_receive_response` reads it, malformed messages one by one).
+        """
+        try:
+            parsed = json.loads(body) if body else {}
+        except ValueError:
+            return None
+        if type(parsed) is not dict:
+            return None
+        messages = parsed.get("Messages")
+        if messages is None:
+            return []
+        if type(messages) is not list:
+            return None
+        for message in messages:
+            if type(message) is not dict:
+                return None
+            attributes = message.get("MessageAttributes")
+            if attributes is None:
+                continue
+            if type(attributes) is not dict:
+                return None
+            decoded: dict[str, Any] = {}
+            for name, value in attributes.items():
+                value = _attribute_value(value)
+                if value is None:
+                    return None
+                decoded[name] = value
+            message["MessageAttributes"] = decoded
+        return messages
 
     def parse_receive_response(
         self, status_code: int, headers: Mapping[str, str], body: bytes
@@ -477,6 +599,32 @@ class SQSProtocol:
             else:
                 out.append(message)
         return out
+
+
+def _attribute_value(value: Any) -> dict[str, Any] | None:
+    """A message attribute value as botocore's parser reads it (members the model knows, binary
+    values base64-decoded as botocore decodes them), or None if botocore must read it."""
+    if type(value) is not dict:
+        return None
+    out = {}
+    for member in _VALUE_MEMBERS:
+        member_value = value.get(member)
+        if member_value is not None:  # botocore drops null members
+            out[member] = member_value
+    try:
+        binary = value.get("BinaryValue")
+        if binary is not None:
+            if type(binary) is not str:
+                return None
+            out["BinaryValue"] = base64.b64decode(binary)  # botocore's _default_blob_parser
+        binaries = value.get("BinaryListValues")
+        if binaries is not None:
+            if type(binaries) is not list or any(type(b) is not str for b in binaries):
+                return None
+            out["BinaryListValues"] = [base64.b64decode(b) for b in binaries]
+    except ValueError:  # not base64 (binascii.Error), not ASCII: botocore's turn
+        return None
+    return out
 
 
 _UNSET: Any = object()
@@ -581,8 +729,7 @@ def error_from_response(
         skew = clock_skew(headers)
         where = f"; the server's clock is {skew:+.1f} s from ours" if skew is not None else ""
         return ClockSkewError(
-            f"request rejected for clock skew: {message}{where}. "
-            "Fix the machine's clock (NTP); botocore's public signing API cannot sign with a corrected time",
+            f"request rejected for clock skew: {message}{where}. Fix the machine's clock (NTP)",
             skew=skew,
             **kwargs,
         )

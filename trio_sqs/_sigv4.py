@@ -39,7 +39,7 @@ from hashlib import sha256
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-__all__ = ["Signer", "canonical_url_parts"]
+__all__ = ["Signer", "canonical_url_parts", "utcnow"]
 
 SIGV4_TIMESTAMP = "%Y%m%dT%H%M%SZ"
 EMPTY_SHA256_HASH = sha256(b"").hexdigest()
@@ -120,6 +120,11 @@ def canonical_url_parts(url: str) -> tuple[str, str, str]:
             pairs.append((key, value))
         query = "&".join(f"{key}={value}" for key, value in sorted(pairs))
     return path, query, _host_from_url(url)
+
+
+def utcnow() -> datetime.datetime:
+    """The signing clock: now, in UTC. (Tests replace it, as they replace botocore's.)"""
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
