@@ -88,7 +88,7 @@ LABELS = {
 }
 #: Column headers of the tables.
 DETAILS = {
-    "trio_sqs": "trio_sqs open_consumer (Trio, httpx)",
+    "trio_sqs": "trio_sqs open_consumer (Trio, its own HTTP/1.1 transport)",
     "aiobotocore": "aiobotocore (naive): asyncio tasks + semaphore (aiohttp), cancels on stop",
     "aiobotocore_graceful": "aiobotocore (graceful): the same, graceful stop and release",
     "aiobotocore_trio": "aiobotocore + httpx session on Trio (graceful)",
@@ -663,6 +663,8 @@ def goals(results: Results, plan: Plan) -> list[Goal]:
 def versions() -> str:
     names = (
         "trio",
+        "h11",
+        "httptools",
         "httpx",
         "httpcore",
         "anyio",
@@ -973,7 +975,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="fewer messages and runs (~4-6 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer messages and runs (~6 min)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="output directory")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")

@@ -144,21 +144,27 @@ class Batcher:
                 self._wakeup = trio.Event()
                 if not self._pending:
                     continue
+                expired = False
                 if len(self._pending) < BATCH_LIMIT and not self._urgent:
                     opened = trio.current_time()
                     with trio.move_on_after(self.window) as window:
                         while len(self._pending) < BATCH_LIMIT and not self._urgent:
                             await self._wakeup.wait()
                             self._wakeup = trio.Event()
-                    if window.cancelled_caught:
+                    expired = window.cancelled_caught
+                    if expired:
                         # Long enough to fill a batch at the rate this one filled (at least
                         # twice as long), within max_interval.
                         grow = max(2.0, BATCH_LIMIT / max(1, len(self._pending)))
                         self.window = min(self._max_interval, self.window * grow)
                     elif not self._urgent and trio.current_time() - opened < self.window / 2:
                         self.window = max(self._interval, self.window / 2)
-                for chunk in self._take_all():
+                # Sent because a batch filled: full batches only; the rest (fewer than 10,
+                # which arrived meanwhile) waits for a window of its own.
+                for chunk in self._take_all(full_only=not (expired or self._urgent)):
                     nursery.start_soon(self._send, chunk)
+                if self._pending:
+                    self._wakeup.set()
 
     async def drain(self) -> None:
         """Send everything pending now and wait until nothing is pending or in flight.
@@ -174,7 +180,7 @@ class Batcher:
         while self._pending or self.in_flight:
             await self._changed.park()
 
-    def _take_all(self) -> list[list[Entry]]:
+    def _take_all(self, *, full_only: bool = False) -> list[list[Entry]]:
         pending, self._pending = self._pending, []
         # Several entries for one receipt handle (e.g. a retried entry and a newer one): one call
         # may not name a handle twice, and the last entry wins.
@@ -191,6 +197,9 @@ class Batcher:
                 entries.append(entry)
         if len(entries) < len(by_handle):
             self._changed.unpark_all()
+        if full_only:
+            cut = len(entries) - len(entries) % BATCH_LIMIT
+            entries, self._pending = entries[:cut], entries[cut:]
         # Counted as in flight from here, not from when the send task starts: in between, the
         # entries would be in neither count and `pending` would wrongly read 0.
         self.in_flight += len(entries)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import sys
 from collections.abc import (
     AsyncIterator,
@@ -16,7 +17,8 @@ from collections.abc import (
 )
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from types import TracebackType
+from typing import Any, Literal, Protocol, TypeVar
 
 import h11
 import httpcore
@@ -250,8 +252,7 @@ class _Attempt:
         self.response: Answer | None = None
 
 
-@contextmanager
-def map_foreign_exceptions(operation: str, attempt: _Attempt) -> Iterator[None]:
+class map_foreign_exceptions:
     """The one boundary between trio_sqs and what it calls to send a request and read its answer.
 
     Like httpx's ``map_httpcore_exceptions``: whatever foreign exception is raised inside leaves
@@ -270,19 +271,34 @@ def map_foreign_exceptions(operation: str, attempt: _Attempt) -> Iterator[None]:
     ``Cancelled``; a group holding errors is mapped like any error; anything else that is not an
     ``Exception`` (``Cancelled``, ``KeyboardInterrupt``) passes unchanged.
     """
-    try:
-        yield
-    except SQSError:
-        raise
-    except BaseExceptionGroup as group:
-        cancelled = only_cancelled(group)
-        if cancelled is not None:
-            raise_as_is(cancelled)
-        if any(not isinstance(e, (Exception, trio.Cancelled)) for e in leaves(group)):
-            raise  # KeyboardInterrupt, SystemExit...: never ours to translate
-        raise _translate(operation, group, attempt) from group
-    except Exception as exc:
-        raise _translate(operation, exc, attempt) from exc
+
+    __slots__ = ("_attempt", "_operation")
+
+    def __init__(self, operation: str, attempt: _Attempt) -> None:
+        self._operation = operation
+        self._attempt = attempt
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> Literal[False]:
+        # (A class, not a @contextmanager generator: this runs once per request.)
+        if exc is None or isinstance(exc, SQSError):
+            return False
+        if isinstance(exc, BaseExceptionGroup):
+            cancelled = only_cancelled(exc)
+            if cancelled is not None:
+                raise_as_is(cancelled)
+            if any(not isinstance(e, (Exception, trio.Cancelled)) for e in leaves(exc)):
+                return False  # KeyboardInterrupt, SystemExit...: never ours to translate
+        elif not isinstance(exc, Exception):
+            return False
+        raise _translate(self._operation, exc, self._attempt) from exc
 
 
 def _translate(operation: str, exc: BaseException, attempt: _Attempt) -> TransportError:
@@ -313,7 +329,19 @@ def _is_retryable(failure: SQSError, receive: bool) -> bool:
     causes = [c for c in causes if not isinstance(c, trio.Cancelled)]
     if receive and any(isinstance(c, httpx.ReadTimeout) for c in causes):
         return False  # a long poll that timed out on read: the poller decides
+    if any(_certificate_refused(c) for c in causes):
+        return False  # the same certificate is refused next time
     return bool(causes) and all(isinstance(c, _TRANSIENT_TRANSPORT_ERRORS) for c in causes)
+
+
+def _certificate_refused(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 class _RequestBody(httpx.AsyncByteStream):
@@ -707,16 +735,25 @@ class SQSClient:
         while True:
             attempt += 1
             failures.attempts += 1
-            credentials = await self._credentials.get()
+            # The current snapshot without a checkpoint when no refresh is due (the send and
+            # the answer's wait are this call's checkpoints).
+            credentials = self._credentials.current()
+            if credentials is None:
+                credentials = await self._credentials.get()
             request = protocol.build_request(
                 operation, params, credentials, validate=validate, skew=self._skew
             )
             progress = _Attempt()
             try:
                 with map_foreign_exceptions(operation, progress):
-                    async with gate:
-                        # Taking a slot ends in a cancel-shielded checkpoint: a cancellation
-                        # that came meanwhile must stop the call here, before a byte is sent.
+                    # A free slot is taken without a schedule point; else wait for one.
+                    try:
+                        gate.acquire_nowait()
+                    except trio.WouldBlock:
+                        await gate.acquire()
+                    try:
+                        # A cancellation that came meanwhile must stop the call here, before
+                        # a byte is sent.
                         await trio.lowlevel.checkpoint_if_cancelled()
                         if self._closed:
                             raise ClientClosedError("the SQS client is closed")
@@ -734,6 +771,8 @@ class SQSClient:
                             )
                             http_request.stream = _RequestBody(request.body, on_sent)
                             progress.response = await self._http.send(http_request)
+                    finally:
+                        gate.release()
                     return read(progress.response)
             except ClockSkewError as failure:
                 failures.last = failure

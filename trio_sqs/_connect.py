@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import ssl
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
@@ -33,7 +34,7 @@ from ._protocol import (
     resolve_endpoint,
     service_data_loaded,
 )
-from ._transport import TrioTransport
+from ._transport import TrioTransport, ssl_context
 from ._util import raise_unwrapped
 
 __all__ = ["open_client"]
@@ -142,7 +143,7 @@ async def open_client(
     use_dualstack: bool | None = None,
     limits: Limits | None = None,
     retry: RetryPolicy | None = None,
-    verify: bool | str = True,
+    verify: bool | str | ssl.SSLContext = True,
     transport: httpx.AsyncBaseTransport | None = None,
     random_seed: int | None = None,
     trace_calls: bool = False,
@@ -167,8 +168,10 @@ async def open_client(
             one of them. ``Limits(max_receive_connections=N)`` fixes it at ``N``; consumers that
             may want more polls than that log a warning naming the size they need.
         retry: Retry policy (:class:`RetryPolicy`).
-        verify: TLS verification: ``True`` (default, certifi's CA bundle as httpx uses), a CA
-            bundle path, or ``False`` (no verification).
+        verify: TLS verification: ``True`` (default: certifi's CA bundle, as httpx), a CA
+            bundle path, an ``ssl.SSLContext`` (a client certificate, say), or ``False`` (no
+            verification). A certificate the endpoint's host cannot be verified with fails the
+            call at once (a :class:`TransportError` naming why; not retried).
         transport: An ``httpx.AsyncBaseTransport`` to send requests through instead of
             trio_sqs's own (``verify`` then does not apply). Everything above it runs
             unchanged: signing, serialization, parsing, retries, the consumer. Tests pass
@@ -231,6 +234,11 @@ async def open_client(
     ):
         raise ConfigurationError(
             f"call_timeout must be a positive number of seconds or None, got {call_timeout!r}",
+            code="InvalidOption",
+        )
+    if not isinstance(verify, (bool, str, ssl.SSLContext)):
+        raise ConfigurationError(
+            f"verify must be True, False, a CA bundle path or an ssl.SSLContext, got {verify!r}",
             code="InvalidOption",
         )
     if not isinstance(trace_calls, bool):
@@ -334,7 +342,8 @@ async def open_client(
             keepalive_expiry=limits.keepalive_expiry,
         ),
         timeout=httpx.Timeout(DEFAULT_TIMEOUT),
-        verify=verify,
+        # For httpx's own transports (a proxy): a context, as httpx 0.28 wants (a path warns).
+        verify=ssl_context(verify) if proxy is not None else True,
         # Only when the environment names a proxy for the endpoint (above) does httpx read it.
         trust_env=proxy is not None,
         follow_redirects=False,

@@ -201,6 +201,13 @@ class CredentialCache:
         assert snapshot is not None
         return snapshot
 
+    def current(self) -> ReadOnlyCredentials | None:
+        """The current snapshot when no refresh is due (no checkpoint), else None: then
+        :meth:`get`, which refreshes (or raises what the last refresh failed with)."""
+        if self._must_refresh():
+            return None
+        return self._snapshot
+
     def _must_refresh(self) -> bool:
         if self._snapshot is None:
             return True

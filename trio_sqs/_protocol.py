@@ -128,7 +128,6 @@ FAST_PARSED = frozenset(
         "SendMessageBatch",
     }
 )
-_VALUE_MEMBERS = ("DataType", "StringValue", "StringListValues")
 
 _AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 _HOST_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -266,6 +265,7 @@ class SQSProtocol:
         self._ops: dict[str, Any] = {}
         self._signer = Signer(region, SERVICE_NAME)
         self._fast_ops: dict[str, _FastOperation | None] = {}
+        self._output_schemas: dict[str, Any] = {}
 
     def operation_model(self, operation: str) -> Any:
         op = self._ops.get(operation)
@@ -491,54 +491,39 @@ class SQSProtocol:
         return parsed
 
     def parse_response_fast(self, operation: str, body: bytes) -> dict[str, Any] | None:
-        """A successful answer of one of :data:`FAST_PARSED` read with ``json.loads``, or None
-        when botocore must read it (then :meth:`parse_response` gives its result and errors).
-
-        The answers of these operations hold only strings, numbers, booleans, lists and maps, which
-        botocore's JSON parser copies as they are; it also drops members the model does not know,
-        which the client never reads.
+        """A successful answer of one of :data:`FAST_PARSED` (or ReceiveMessage) read with
+        ``json.loads`` and a walk over the operation's output shape compiled once, giving what
+        botocore's parser gives (members the model knows, null members dropped, binary values
+        base64-decoded); None when anything in it is not as SQS sends it (a null in a list, a
+        member of the wrong kind, a value that is not base64...): then botocore reads it, with
+        its own results and errors (:meth:`parse_response`).
         """
-        if operation not in FAST_PARSED:
+        schema = self._output_schemas.get(operation, _UNSET)
+        if schema is _UNSET:
+            schema = None
+            if operation in FAST_PARSED or operation == "ReceiveMessage":
+                shape = self.operation_model(operation).output_shape
+                schema = _output_schema(shape) if shape is not None else ("s", {})
+            self._output_schemas[operation] = schema
+        if schema is None:
             return None
         if not body:
             return {}
         try:
             parsed = json.loads(body)
-        except ValueError:
+            result: dict[str, Any] = _read(parsed, schema)
+        except (ValueError, _Decline):  # (binascii.Error is a ValueError)
             return None
-        return parsed if type(parsed) is dict else None
+        return result
 
     def parse_receive_fast(self, body: bytes) -> list[Any] | None:
-        """The messages of a successful ReceiveMessage answer read with ``json.loads`` and
-        base64, as botocore's parser gives them, or None when anything in it is not as SQS
-        sends it (then :meth:`parse_receive_response` reads it, malformed messages one by one).
-        """
-        try:
-            parsed = json.loads(body) if body else {}
-        except ValueError:
+        """The messages of a successful ReceiveMessage answer as :meth:`parse_receive_response`
+        gives them, read as :meth:`parse_response_fast` reads; None when botocore must read it
+        (then malformed messages are set apart one by one)."""
+        parsed = self.parse_response_fast("ReceiveMessage", body)
+        if parsed is None:
             return None
-        if type(parsed) is not dict:
-            return None
-        messages = parsed.get("Messages")
-        if messages is None:
-            return []
-        if type(messages) is not list:
-            return None
-        for message in messages:
-            if type(message) is not dict:
-                return None
-            attributes = message.get("MessageAttributes")
-            if attributes is None:
-                continue
-            if type(attributes) is not dict:
-                return None
-            decoded: dict[str, Any] = {}
-            for name, value in attributes.items():
-                value = _attribute_value(value)
-                if value is None:
-                    return None
-                decoded[name] = value
-            message["MessageAttributes"] = decoded
+        messages: list[Any] = parsed.get("Messages") or []
         return messages
 
     def parse_receive_response(
@@ -601,32 +586,6 @@ class SQSProtocol:
         return out
 
 
-def _attribute_value(value: Any) -> dict[str, Any] | None:
-    """A message attribute value as botocore's parser reads it (members the model knows, binary
-    values base64-decoded as botocore decodes them), or None if botocore must read it."""
-    if type(value) is not dict:
-        return None
-    out = {}
-    for member in _VALUE_MEMBERS:
-        member_value = value.get(member)
-        if member_value is not None:  # botocore drops null members
-            out[member] = member_value
-    try:
-        binary = value.get("BinaryValue")
-        if binary is not None:
-            if type(binary) is not str:
-                return None
-            out["BinaryValue"] = base64.b64decode(binary)  # botocore's _default_blob_parser
-        binaries = value.get("BinaryListValues")
-        if binaries is not None:
-            if type(binaries) is not list or any(type(b) is not str for b in binaries):
-                return None
-            out["BinaryListValues"] = [base64.b64decode(b) for b in binaries]
-    except ValueError:  # not base64 (binascii.Error), not ASCII: botocore's turn
-        return None
-    return out
-
-
 _UNSET: Any = object()
 
 # A compiled input shape: _LEAF for what botocore's JSON serializer copies as it is (strings,
@@ -656,6 +615,66 @@ def _schema(shape: Any) -> Any:
     if kind == "map":
         return ("m", _schema(shape.value))
     return None
+
+
+_BLOB: Any = "blob"
+
+
+class _Decline(Exception):
+    """An answer the fast parser leaves to botocore's."""
+
+
+def _output_schema(shape: Any) -> Any:
+    """As :func:`_schema`, for reading answers: blobs are read (base64), not declined."""
+    kind = shape.type_name
+    if kind in _COPIED:
+        return _LEAF
+    if kind == "blob":
+        return _BLOB
+    if kind == "structure":
+        if shape.is_document_type:
+            return None
+        return (
+            "s",
+            {
+                name: None if "name" in member.serialization else _output_schema(member)
+                for name, member in shape.members.items()
+            },
+        )
+    if kind == "list":
+        return ("l", _output_schema(shape.member))
+    if kind == "map":
+        return ("m", _output_schema(shape.value))
+    return None
+
+
+def _read(value: Any, schema: Any) -> Any:
+    """``value`` (from ``json.loads``, not None) as botocore's JSON parser reads it for
+    ``schema``; raises :class:`_Decline` where the two might differ."""
+    if schema is _LEAF:
+        return value
+    if schema is _BLOB:
+        if type(value) is not str:
+            raise _Decline
+        return base64.b64decode(value)  # botocore's _default_blob_parser
+    if schema is None:
+        raise _Decline
+    kind, sub = schema
+    if kind == "s":
+        if type(value) is not dict:
+            raise _Decline
+        out = {}
+        for name, item in value.items():
+            if item is not None and name in sub:
+                out[name] = _read(item, sub[name])
+        return out
+    if kind == "l":
+        if type(value) is not list or None in value:
+            raise _Decline  # (botocores differ on nulls in lists)
+        return list(value) if sub is _LEAF else [_read(item, sub) for item in value]
+    if type(value) is not dict or None in value.values():
+        raise _Decline
+    return dict(value) if sub is _LEAF else {key: _read(item, sub) for key, item in value.items()}
 
 
 def _plain(value: Any, schema: Any) -> bool:

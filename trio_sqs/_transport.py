@@ -27,7 +27,9 @@ httpx's exception classes (``httpx.ConnectError``, ``httpx.ReadTimeout``, ...).
 
 from __future__ import annotations
 
+import os
 import select
+import socket
 import ssl
 import sys
 import zlib
@@ -167,8 +169,7 @@ class _H11Reader:
         self.keep_alive = False
 
     def feed(self, data: bytes | bytearray) -> None:
-        conn = self._conn
-        conn.receive_data(data if type(data) is bytes else bytes(data))
+        self._conn.receive_data(data if type(data) is bytes else bytes(data))
         self._drain()
 
     def eof(self) -> None:
@@ -177,24 +178,33 @@ class _H11Reader:
 
     def _drain(self) -> None:
         conn = self._conn
-        while not self.done:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                return
-            if isinstance(event, h11.Response):
-                self.status = event.status_code
-                self.reason = event.reason
-                self.headers = list(event.headers.raw_items())
-            elif isinstance(event, h11.Data):
-                self._body.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                self.done = True
-                self.keep_alive = conn.our_state is h11.DONE and conn.their_state is h11.DONE
-            elif isinstance(event, h11.ConnectionClosed):
-                raise httpx.RemoteProtocolError(
-                    "the server closed the connection without sending a complete response"
-                )
-            # h11.InformationalResponse (1xx): skipped, the final response follows.
+        try:
+            while not self.done:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    return
+                if isinstance(event, h11.Response):
+                    self.status = event.status_code
+                    self.reason = event.reason
+                    self.headers = list(event.headers.raw_items())
+                elif isinstance(event, h11.Data):
+                    self._body.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    self.done = True
+                    # Reusable only if both sides are done, nothing was read past the answer
+                    # and the server did not close (a body delimited by the close ends DONE too).
+                    self.keep_alive = (
+                        conn.our_state is h11.DONE
+                        and conn.their_state is h11.DONE
+                        and conn.trailing_data == (b"", False)
+                    )
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise httpx.RemoteProtocolError(
+                        "the server closed the connection without sending a complete response"
+                    )
+                # h11.InformationalResponse (1xx): skipped, the final response follows.
+        except h11.RemoteProtocolError as exc:
+            raise httpx.RemoteProtocolError(f"malformed response: {exc}") from None
 
     @property
     def body(self) -> bytes:
@@ -211,7 +221,10 @@ class _HttptoolsReader:
     __slots__ = (
         "_body",
         "_head_only",
+        "_head_size",
+        "_overflow",
         "_parser",
+        "_unparsed",
         "_until_close",
         "done",
         "headers",
@@ -222,12 +235,13 @@ class _HttptoolsReader:
     )
 
     def __init__(self, method: bytes) -> None:
-        import httptools
-
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = _httptools().HttpResponseParser(self)
         self._head_only = method == b"HEAD"
         self._body: list[bytes] = []
         self._until_close = False
+        self._overflow = False
+        self._head_size = 0
+        self._unparsed = 0
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -237,17 +251,26 @@ class _HttptoolsReader:
 
     # httptools' callbacks
     def on_message_begin(self) -> None:
+        if self.done:  # a second message after ours, in the same bytes
+            self._overflow = True
+            return
         self.started = True
         self.headers = []
         self._body = []
 
     def on_status(self, status: bytes) -> None:
-        self.reason += status
+        if not self.done:
+            self._head_size += len(status)
+            self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.done:
+            self._head_size += len(name) + len(value) + 4
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.done:
+            return
         parser = self._parser
         self.status = parser.get_status_code()
         if 100 <= self.status < 200 and self.status != 101:
@@ -266,9 +289,12 @@ class _HttptoolsReader:
             self.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        if not self.done:
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.done:
+            return
         if 100 <= self.status < 200 and self.status != 101:
             self.status = 0
             return
@@ -276,8 +302,7 @@ class _HttptoolsReader:
         self.keep_alive = bool(self._parser.should_keep_alive()) and not self._until_close
 
     def feed(self, data: bytes | bytearray) -> None:
-        import httptools
-
+        httptools = _httptools()
         if self.done:
             raise httpx.RemoteProtocolError("the server sent data after its response")
         try:
@@ -286,6 +311,14 @@ class _HttptoolsReader:
             raise httpx.RemoteProtocolError(f"unexpected protocol upgrade: {exc}") from None
         except httptools.HttpParserError as exc:
             raise httpx.RemoteProtocolError(f"malformed response: {exc}") from None
+        if self._overflow:
+            raise httpx.RemoteProtocolError("the server sent data after its response")
+        if self.status == 0:
+            self._unparsed += len(data)  # bytes of a head not complete yet
+        else:
+            self._unparsed = 0
+        if self._head_size > _MAX_HEAD or self._unparsed > _MAX_HEAD:
+            raise httpx.RemoteProtocolError(f"the response head is larger than {_MAX_HEAD} bytes")
 
     def eof(self) -> None:
         if self.done:
@@ -306,10 +339,21 @@ class _HttptoolsReader:
 _Reader = _H11Reader | _HttptoolsReader
 
 
+_HTTPTOOLS: Any = None
+
+
+def _httptools() -> Any:
+    global _HTTPTOOLS
+    if _HTTPTOOLS is None:
+        import httptools
+
+        _HTTPTOOLS = httptools
+    return _HTTPTOOLS
+
+
 def _reader_class(parser: ParserName) -> Callable[[bytes], _Reader]:
     if parser == "httptools":
-        import httptools  # noqa: F401  (fail here, at start, if it is not installed)
-
+        _httptools()  # fail here, at start, if it is not installed
         return _HttptoolsReader
     return _H11Reader
 
@@ -317,13 +361,58 @@ def _reader_class(parser: ParserName) -> Callable[[bytes], _Reader]:
 # -- connections ----------------------------------------------------------------------------------
 
 
+class _RawStream:
+    """Plain TCP on a non-blocking standard socket, driven by Trio's I/O waits: what
+    ``trio.SocketStream`` does for us, without its layers (a conflict detector, a socket wrapper,
+    and a schedule point after every send), which cost more than the rest of a small request.
+
+    ``receive_some`` always waits for the socket first (a schedule point; an answer is never
+    there the instant its request is sent), so every request through it has a checkpoint.
+    """
+
+    __slots__ = ("_socket",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._socket = sock
+
+    async def send_all(self, data: bytes) -> None:
+        sock = self._socket
+        view = memoryview(data)
+        while view:
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            view = view[sent:]
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        sock = self._socket
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(max_bytes)
+            except BlockingIOError:
+                continue
+
+    def close(self) -> None:
+        trio.lowlevel.notify_closing(self._socket)
+        self._socket.close()
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+
 class _Connection:
     __slots__ = ("idle_since", "key", "socket", "stream")
 
-    def __init__(self, key: tuple[str, str, int], stream: trio.abc.Stream, sock: Any) -> None:
+    def __init__(
+        self, key: tuple[str, str, int], stream: trio.SSLStream[Any] | _RawStream, sock: Any
+    ) -> None:
         self.key = key
         self.stream = stream
-        self.socket = sock  # the trio socket under the stream (under TLS too)
+        self.socket = sock  # what to close: the _RawStream, or the trio socket under TLS
         self.idle_since = 0.0
 
     def close(self) -> None:
@@ -360,9 +449,10 @@ class TrioTransport(httpx.AsyncBaseTransport):
     Args:
         verify: TLS verification: ``True`` (default: certifi's CA bundle, as httpx), a CA bundle
             path, an ``ssl.SSLContext``, or ``False`` (no verification).
-        max_connections: The most connections open at once (a request waits for a slot up to
-            its ``pool`` timeout); ``None``: no cap.
-        max_keepalive_connections: The most idle connections kept for reuse.
+        max_connections: The most requests in flight at once, i.e. connections in use (a
+            request waits for a slot up to its ``pool`` timeout); ``None``: no cap. Idle
+            connections hold no slot: they are bounded by ``max_keepalive_connections``.
+        max_keepalive_connections: The most idle connections kept for reuse (all hosts).
         keepalive_expiry: Seconds an idle connection is kept; an older one is closed instead of
             reused.
         parser: ``"h11"`` or ``"httptools"`` (must be installed); default: httptools when
@@ -390,7 +480,11 @@ class TrioTransport(httpx.AsyncBaseTransport):
         self._reader = _reader_class(parser)
         self._verify = verify
         self._ssl_context: ssl.SSLContext | None = None
-        self._slots = trio.Semaphore(max_connections) if max_connections is not None else None
+        self._slots = (
+            trio.Semaphore(max_connections, max_value=max_connections)
+            if max_connections is not None
+            else None
+        )
         self._max_idle = max_keepalive_connections
         self._keepalive_expiry = keepalive_expiry
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
@@ -409,11 +503,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
     def _ssl(self) -> ssl.SSLContext:
         context = self._ssl_context
         if context is None:
-            if isinstance(self._verify, ssl.SSLContext):
-                context = self._verify
-            else:
-                context = httpx.create_ssl_context(verify=self._verify)
-            self._ssl_context = context
+            context = self._ssl_context = ssl_context(self._verify)
         return context
 
     def _take_idle(self, key: tuple[str, str, int]) -> _Connection | None:
@@ -462,18 +552,18 @@ class TrioTransport(httpx.AsyncBaseTransport):
             self.open_connections += 1
             self.opened += 1
             try:
-                tcp.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
-                stream: trio.abc.Stream = tcp
-                if ssl_context is not None:
-                    tls = trio.SSLStream(
-                        tcp, ssl_context, server_hostname=host, https_compatible=True
+                if ssl_context is None:
+                    # The file descriptor leaves the trio socket for a standard one.
+                    raw = _RawStream(
+                        socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
                     )
-                    try:
-                        await tls.do_handshake()
-                    except (trio.BrokenResourceError, ssl.SSLError) as exc:
-                        raise _tls_error(exc, host, port) from exc
-                    stream = tls
-                return _Connection(key, stream, sock)
+                    return _Connection(key, raw, raw)
+                tls = trio.SSLStream(tcp, ssl_context, server_hostname=host, https_compatible=True)
+                try:
+                    await tls.do_handshake()
+                except (trio.BrokenResourceError, ssl.SSLError) as exc:
+                    raise _tls_error(exc, host, port) from exc
+                return _Connection(key, tls, sock)
             except BaseException:
                 sock.close()
                 self.open_connections -= 1
@@ -550,7 +640,11 @@ class TrioTransport(httpx.AsyncBaseTransport):
         more: _Chunks | None = None,
     ) -> RawResponse:
         stream = conn.stream
-        with trio.move_on_after(_seconds(timeouts.write)) as scope:
+        reader = self._reader(method)
+        # One cancel scope for both phases (a scope costs more than the rest of a small
+        # exchange): its deadline is the write timeout's, then, once sent, the read timeout's.
+        sending = True
+        with trio.CancelScope(deadline=trio.current_time() + _seconds(timeouts.write)) as scope:
             try:
                 await stream.send_all(head + body if body else head)
                 if more is not None:
@@ -558,13 +652,10 @@ class TrioTransport(httpx.AsyncBaseTransport):
                         await stream.send_all(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise _send_error(exc, "sending the request failed") from exc
-        if scope.cancelled_caught:
-            raise httpx.WriteTimeout(f"sending the request took more than {timeouts.write} s")
-        if on_sent is not None:
-            on_sent()
-        reader = self._reader(method)
-        received = 0
-        with trio.move_on_after(_seconds(timeouts.read)) as scope:
+            sending = False
+            scope.deadline = trio.current_time() + _seconds(timeouts.read)
+            if on_sent is not None:
+                on_sent()
             while not reader.done:
                 try:
                     data = await stream.receive_some(_READ_SIZE)
@@ -579,12 +670,10 @@ class TrioTransport(httpx.AsyncBaseTransport):
                         )
                     reader.eof()
                     break
-                received += len(data)
-                try:
-                    reader.feed(data)
-                except h11.RemoteProtocolError as exc:
-                    raise httpx.RemoteProtocolError(f"malformed response: {exc}") from None
+                reader.feed(data)
         if scope.cancelled_caught:
+            if sending:
+                raise httpx.WriteTimeout(f"sending the request took more than {timeouts.write} s")
             raise httpx.ReadTimeout(f"no complete response within {timeouts.read} s")
         response = RawResponse(reader.status, reader.reason, reader.headers, reader.body)
         if reader.keep_alive:
@@ -676,6 +765,26 @@ class _Chunks:
             if not chunk:
                 continue
             return b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk
+
+
+def ssl_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext:
+    """The TLS context for ``verify``: itself if a context; ``True``: httpx's default (certifi's
+    CA bundle, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``); a path: that CA bundle (a file) or
+    directory; ``False``: no verification at all."""
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    if verify is True:
+        return httpx.create_ssl_context()
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if isinstance(verify, str):
+        if os.path.isdir(verify):
+            return ssl.create_default_context(capath=verify)
+        return ssl.create_default_context(cafile=verify)
+    raise TypeError(f"verify must be True, False, a CA bundle path or an SSLContext: {verify!r}")
 
 
 def _seconds(value: float | None) -> float:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from .._client import SQSClient
+from .._client import DEFAULT_CALL_TIMEOUT, SQSClient
 from .._config import Limits, RetryPolicy
 from .._connect import open_client
 from .._message import Message, MessageAttributeValue, md5_of_message_attributes
@@ -33,6 +33,7 @@ async def open_fake_client(
     limits: Limits | None = None,
     retry: RetryPolicy | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
 ) -> AsyncIterator[SQSClient]:
     """An :class:`SQSClient` on ``fake``, in process: the real client (signing, serialization,
     parsing, retries) over the fake's transport, in the fake's region, signing with the first
@@ -43,7 +44,7 @@ async def open_fake_client(
     it works inside a test on ``trio.testing.MockClock`` with autojump.
 
     ``transport`` replaces ``fake.transport()``: a test's own wrapper around it (to watch or
-    hold requests on their way) goes here.
+    hold requests on their way) goes here. ``call_timeout`` is :func:`trio_sqs.open_client`'s.
 
     Cancellation: as :func:`trio_sqs.open_client`.
     """
@@ -58,6 +59,7 @@ async def open_fake_client(
         use_fips=False,
         use_dualstack=False,
         transport=transport if transport is not None else fake.transport(),
+        call_timeout=call_timeout,
     ) as client:
         yield client
 
