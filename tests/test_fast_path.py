@@ -448,3 +448,36 @@ async def test_a_transport_of_ones_own_is_used_as_given(
         transport=transport,
     ) as client:
         assert client._direct is None and client._http._transport is transport
+
+
+# -- the response parser ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+async def test_the_parser_can_be_forced_from_the_environment(
+    no_proxies: pytest.MonkeyPatch, parser: str
+) -> None:
+    no_proxies.setenv("TRIO_SQS_HTTP_PARSER", parser)
+    direct, _, _ = await _transport_of("http://127.0.0.1:9324")
+    assert direct.parser == parser
+
+
+async def test_an_unknown_parser_in_the_environment_is_a_configuration_error(
+    no_proxies: pytest.MonkeyPatch,
+) -> None:
+    no_proxies.setenv("TRIO_SQS_HTTP_PARSER", "llhttp")
+    with pytest.raises(ConfigurationError, match="TRIO_SQS_HTTP_PARSER must be h11 or httptools"):
+        await _transport_of("http://127.0.0.1:9324")
+
+
+def test_httptools_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from trio_sqs import _transport
+
+    monkeypatch.setattr(_transport, "_HTTPTOOLS", None)
+    monkeypatch.setitem(sys.modules, "httptools", None)  # import fails
+    with pytest.raises(ValueError, match=r"pip install 'trio-sqs\[speed\]'"):
+        TrioTransport(parser="httptools")
+    monkeypatch.delenv("TRIO_SQS_HTTP_PARSER", raising=False)
+    assert _transport.default_parser() == "h11"

@@ -2,11 +2,14 @@
 docs/design.md, 'The httpcore pool under cancellation').
 
 Cancelling a request that waits for a free connection inside httpcore's pool can leak the slot
-forever; once every slot has leaked, every request fails with PoolTimeout. SQSClient never lets
-requests queue inside the pool (a trio.Semaphore per budget, the budgets adding up to the pool
-size), so no storm of cancelled concurrent calls can leak a slot.
+forever; once every slot has leaked, every request fails with PoolTimeout. trio_sqs's own
+transport (open_client's default) cannot: a request owns its connection from the pool to the end
+of its answer, and any exception, a cancellation included, closes it and frees its slot. On
+httpx's transport (passed with ``transport=``), SQSClient never lets requests queue inside the
+pool (a semaphore per budget, the budgets adding up to the pool size). The same storm of cancelled
+concurrent calls runs on both, and must leak no slot.
 
-This is about httpx's pool on real sockets, so it runs on the wall clock against
+This is about pools on real sockets, so it runs on the wall clock against
 trio_sqs.testing's in-memory SQS served over HTTP on 127.0.0.1 (a port the OS picks), with small
 random delays, not moto: hundreds of rounds take seconds and the timing of each cancel varies.
 Capacity is checked without timing: the server holds requests to a "barrier" queue until as many
@@ -24,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -196,11 +200,22 @@ async def assert_full_capacity(client: SQSClient, barrier: Barrier) -> None:
                 nursery.start_soon(sqs_call, client, index)
 
 
-async def run_storm(*, gated: bool = True) -> None:
+async def run_storm(*, gated: bool = True, httpcore: bool = False) -> None:
     rng = random.Random(SEED)
     barrier = Barrier()
     fake = JitteryFake(rng, barrier)
     limits = Limits(max_receive_connections=1, max_other_connections=2)
+    # trio_sqs's own transport by default; httpx's (httpcore's pool) when a user passes it.
+    transport = (
+        httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_connections,
+            )
+        )
+        if httpcore
+        else None
+    )
     async with (
         serve(fake) as endpoint,
         trio_sqs.open_client(
@@ -208,6 +223,7 @@ async def run_storm(*, gated: bool = True) -> None:
             endpoint_url=endpoint,
             limits=limits,
             retry=RetryPolicy(max_attempts=1),
+            transport=transport,
         ) as client,
     ):
         for name in ("pool", "barrier"):
@@ -236,7 +252,16 @@ async def run_storm(*, gated: bool = True) -> None:
 
 @pytest.mark.deadline(40)
 async def test_cancellation_storm_leaks_no_connection() -> None:
+    """On trio_sqs's own transport (open_client's default): a cancelled request closes its
+    connection and frees its slot, whatever it was doing."""
     await run_storm()
+
+
+@pytest.mark.deadline(40)
+async def test_cancellation_storm_on_httpx_transport_leaks_no_connection() -> None:
+    """On httpx's transport passed by the user (httpcore's pool): the budgets' gate keeps
+    requests from queueing inside the pool, where a cancellation leaks a slot."""
+    await run_storm(httpcore=True)
 
 
 @pytest.mark.slow
@@ -246,12 +271,13 @@ async def test_cancellation_storm_leaks_no_connection() -> None:
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_storm_fails_without_the_semaphore_gate() -> None:
-    """The same storm, with SQSClient's gate opened wide, leaks pool slots (encode/httpcore#1093).
+    """The same storm on httpx's transport, with SQSClient's gate opened wide, leaks pool slots
+    (encode/httpcore#1093).
 
     This shows the regression test above can fail. Opt-in (``pytest -m slow``): it reaches into
     private attributes, and it documents an upstream bug: once httpcore fixes it, this test
     starts failing, which is the signal to re-evaluate the gate.
     """
     with pytest.raises(pytest.fail.Exception, match="pool slot leaked"):
-        await run_storm(gated=False)
+        await run_storm(gated=False, httpcore=True)
     gc.collect()  # collect the abandoned generators while the warnings are still ignored

@@ -329,12 +329,15 @@ async def open_client(
         # Requests wait for their budget's slot before they reach the transport, so it never
         # makes one wait: it is as large as both budgets, or unbounded when the long-poll budget
         # grows with the consumers (the budgets still bound the connections in use).
-        direct = transport = TrioTransport(
-            verify=verify,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-        )
+        try:
+            direct = transport = TrioTransport(
+                verify=verify,
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_connections,
+                keepalive_expiry=limits.keepalive_expiry,
+            )
+        except ValueError as exc:  # $TRIO_SQS_HTTP_PARSER
+            raise ConfigurationError(str(exc), code="InvalidOption") from None
     http = httpx.AsyncClient(
         limits=httpx.Limits(
             max_connections=limits.max_connections,

@@ -62,8 +62,19 @@ _READ_SIZE = 65536
 _MAX_HEAD = 64 * 1024
 
 
+# Forces the response parser of every TrioTransport made without ``parser=`` (an escape hatch,
+# and how the test suite runs on h11 with httptools installed).
+PARSER_VARIABLE = "TRIO_SQS_HTTP_PARSER"
+
+
 def default_parser() -> ParserName:
-    """``"httptools"`` when it is installed (the ``speed`` extra), else ``"h11"``."""
+    """``$TRIO_SQS_HTTP_PARSER`` if set (``h11`` or ``httptools``), else ``"httptools"`` when it
+    is installed (the ``speed`` extra), else ``"h11"``."""
+    forced = os.environ.get(PARSER_VARIABLE, "").strip().lower()
+    if forced:
+        if forced not in PARSERS:
+            raise ValueError(f"{PARSER_VARIABLE} must be h11 or httptools, not {forced!r}")
+        return forced
     try:
         import httptools  # noqa: F401
     except ImportError:
@@ -353,7 +364,12 @@ def _httptools() -> Any:
 
 def _reader_class(parser: ParserName) -> Callable[[bytes], _Reader]:
     if parser == "httptools":
-        _httptools()  # fail here, at start, if it is not installed
+        try:
+            _httptools()  # fail here, at start, if it is not installed
+        except ImportError:
+            raise ValueError(
+                "the httptools parser is not installed: pip install 'trio-sqs[speed]'"
+            ) from None
         return _HttptoolsReader
     return _H11Reader
 

@@ -37,6 +37,7 @@ from .._consumer import Consumer
 from .._exceptions import QueueDoesNotExist
 from .._middleware import Middleware
 from .._open import open_consumer
+from .._transport import PARSER_VARIABLE
 from .._util import leaves, queue_name
 from ._common import (
     EXIT_INTERRUPTED,
@@ -336,7 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         known = [*RUN_SETTINGS, *LOG_SETTINGS, *CONSUMER_SETTINGS]
-        check_environment(os.environ, (setting.env for setting in known))
+        # (and the library's own: the HTTP transport's parser)
+        check_environment(os.environ, [*(setting.env for setting in known), PARSER_VARIABLE])
         if args.command == "demo":
             return cmd_demo(args, os.environ)
         if args.command in TOOLS:
