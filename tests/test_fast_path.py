@@ -481,3 +481,31 @@ def test_httptools_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
         TrioTransport(parser="httptools")
     monkeypatch.delenv("TRIO_SQS_HTTP_PARSER", raising=False)
     assert _transport.default_parser() == "h11"
+
+
+async def test_call_timeout_bounds_a_call_on_our_transport_over_a_real_socket(
+    nursery: trio.Nursery, no_proxies: pytest.MonkeyPatch
+) -> None:
+    """The direct path has no cancel scope around the call: each wait (the connection's phases,
+    the backoff) is bounded by the call's deadline instead; the connection cut short is closed."""
+    from trio_sqs.testing import serve_fake_sqs
+
+    fake = FakeSQS()
+    endpoint = await nursery.start(serve_fake_sqs, fake)
+    url = (await fake.call("CreateQueue", {"QueueName": "stall-direct"}))["QueueUrl"]
+    fake.faults.stall("SendMessage", times=10)
+    async with trio_sqs.open_client(
+        region=fake.region,
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        call_timeout=0.3,
+    ) as client:
+        assert client._direct is not None
+        start = trio.current_time()
+        with pytest.raises(TransportError, match=r"SendMessage did not complete within 0\.3 s"):
+            await client.send_message(url, "x")
+        assert trio.current_time() - start >= 0.3
+        assert client._direct.open_connections == 0  # the stalled connection was closed
+        fake.faults.clear()
+        await client.send_message(url, "after")  # the client is still usable

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import ssl
 import sys
@@ -234,13 +235,19 @@ def _response_request_id(response: Answer) -> str | None:
 
 
 class _Failures:
-    """A call's attempts so far and its last failure (for the message of its overall timeout)."""
+    """A call's deadline (its call_timeout), its attempts so far and its last failure (for the
+    message of its overall timeout)."""
 
-    __slots__ = ("attempts", "last")
+    __slots__ = ("attempts", "deadline", "last")
 
     def __init__(self) -> None:
         self.attempts = 0
+        self.deadline = math.inf
         self.last: SQSError | None = None
+
+
+class _CallExpired(Exception):
+    """A call reached its deadline (turned into a TransportError by SQSClient._attempts)."""
 
 
 class _Attempt:
@@ -288,7 +295,7 @@ class map_foreign_exceptions:
         traceback: TracebackType | None,
     ) -> Literal[False]:
         # (A class, not a @contextmanager generator: this runs once per request.)
-        if exc is None or isinstance(exc, SQSError):
+        if exc is None or isinstance(exc, (SQSError, _CallExpired)):
             return False
         if isinstance(exc, BaseExceptionGroup):
             cancelled = only_cancelled(exc)
@@ -660,18 +667,23 @@ class SQSClient:
         if self._closed:
             raise ClientClosedError("the SQS client is closed")
         limit = self._call_timeout
-        if limit is None:
-            return await self._attempt_loop(
-                operation, params, read, read_timeout, on_sent, retry, validate, _Failures()
-            )
-        if read_timeout is not None:
-            limit += read_timeout  # a long poll: its wait on top
         failures = _Failures()
-        with trio.move_on_after(limit):
+        if limit is None:
+            failures.deadline = math.inf
+        else:
+            if read_timeout is not None:
+                limit += read_timeout  # a long poll: its wait on top
+            # Not a cancel scope around the call (one per call costs as much as the rest of
+            # a small request): each wait of the call is bounded by this deadline instead.
+            failures.deadline = trio.current_time() + limit
+        try:
             return await self._attempt_loop(
                 operation, params, read, read_timeout, on_sent, retry, validate, failures
             )
+        except _CallExpired:
+            pass
         last = failures.last
+        assert limit is not None
         raise TransportError(
             f"{operation} did not complete within {limit:g} s (the client's call_timeout, "
             f"{self._call_timeout:g} s{' plus the read timeout' if read_timeout else ''}; "
@@ -694,6 +706,7 @@ class SQSClient:
         request: HTTPRequest,
         timeouts: Timeouts,
         on_sent: Callable[[], None] | None,
+        deadline: float,
     ) -> Answer:
         headers = request.headers
         headers["User-Agent"] = self._user_agent  # not signed (SigV4 leaves User-Agent out)
@@ -706,6 +719,7 @@ class SQSClient:
             request.body,
             timeouts,
             on_sent,
+            deadline=deadline,
         )
         if "content-encoding" in response.headers:
             response.content = decode_content(response)
@@ -739,7 +753,10 @@ class SQSClient:
             # the answer's wait are this call's checkpoints).
             credentials = self._credentials.current()
             if credentials is None:
-                credentials = await self._credentials.get()
+                with trio.move_on_at(failures.deadline):
+                    credentials = await self._credentials.get()
+                if credentials is None:
+                    raise _CallExpired
             request = protocol.build_request(
                 operation, params, credentials, validate=validate, skew=self._skew
             )
@@ -750,7 +767,10 @@ class SQSClient:
                     try:
                         gate.acquire_nowait()
                     except trio.WouldBlock:
-                        await gate.acquire()
+                        with trio.move_on_at(failures.deadline) as waited:
+                            await gate.acquire()
+                        if waited.cancelled_caught:
+                            raise _CallExpired from None
                     try:
                         # A cancellation that came meanwhile must stop the call here, before
                         # a byte is sent.
@@ -759,7 +779,7 @@ class SQSClient:
                             raise ClientClosedError("the SQS client is closed")
                         if direct is not None:
                             progress.response = await self._send_direct(
-                                direct, request, timeouts, on_sent
+                                direct, request, timeouts, on_sent, failures.deadline
                             )
                         else:
                             http_request = self._http.build_request(
@@ -770,7 +790,10 @@ class SQSClient:
                                 timeout=httpx.Timeout(DEFAULT_TIMEOUT, read=read_timeout),
                             )
                             http_request.stream = _RequestBody(request.body, on_sent)
-                            progress.response = await self._http.send(http_request)
+                            with trio.move_on_at(failures.deadline):
+                                progress.response = await self._http.send(http_request)
+                            if progress.response is None:
+                                raise _CallExpired
                     finally:
                         gate.release()
                     return read(progress.response)
@@ -795,6 +818,8 @@ class SQSClient:
                 continue
             except SQSError as failure:
                 failures.last = failure
+                if trio.current_time() >= failures.deadline:
+                    raise _CallExpired from None  # (a wait cut short by the deadline)
                 if attempt >= attempts or not _is_retryable(failure, receive):
                     raise
                 delay = self._random.uniform(0.0, self._retry.backoff_ceiling(attempt))
@@ -806,6 +831,9 @@ class SQSClient:
                     attempts,
                     delay,
                 )
+            if trio.current_time() + delay >= failures.deadline:
+                await trio.sleep_until(failures.deadline)
+                raise _CallExpired
             await trio.sleep(delay)
 
     # -- typed operations ------------------------------------------------------------------------

@@ -387,7 +387,6 @@ class Consumer:
         failed: set[str] = set()
         retry_delay: float | None = None
         finished = False
-        ids = ", ".join(m.message_id for m in messages)
         scope = trio.CancelScope(shield=True, deadline=deadline)
         try:
             with scope:
@@ -412,6 +411,7 @@ class Consumer:
             # (a handler whose nursery failed while being cancelled).
             failed = {m.message_id for m in messages}
             finished = True
+            ids = ", ".join(m.message_id for m in messages)
             if len(messages) == 1:
                 log.exception("handler failed", extra={"message_id": ids})
             else:
@@ -419,6 +419,7 @@ class Consumer:
         except BaseException as exc:
             self._counters.handler_duration.observe(trio.current_time() - started)
             self._in_flight -= len(messages)
+            ids = ", ".join(m.message_id for m in messages)
             if isinstance(exc, trio.Cancelled):
                 # The scope absorbs the cancellations it makes and is shielded from every other
                 # one: a Cancelled that leaves it was raised by the handler (or a middleware)

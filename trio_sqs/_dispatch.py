@@ -90,8 +90,10 @@ class Dispatcher:
         Cancellation: safe; nothing is taken if the wait is cancelled.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
+        parked = False
         while not self._runnable and not self._closed:
             await self._lot.park()
+            parked = True
         taken: list[Message] = []
         while self._runnable and len(taken) < max_messages and not self._closed:
             group = self._runnable.popleft()
@@ -102,7 +104,8 @@ class Dispatcher:
         if self._runnable and not self._closed:
             # More is runnable than we took: let another handler task have it.
             self._lot.unpark()
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        if not parked:  # (waiting was this call's schedule point; else it needs one)
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return taken
 
     def done(self, message: Message) -> None:

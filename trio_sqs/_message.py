@@ -273,8 +273,9 @@ def _system_attributes(raw: Mapping[str, Any]) -> Mapping[str, str]:
     if not isinstance(system, Mapping):
         raise _Malformed(f"Attributes is a {type(system).__name__}, not a map")
     for name, value in system.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise _Malformed(f"attribute {name!r} is not a string")
+        if type(value) is not str or type(name) is not str:
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise _Malformed(f"attribute {name!r} is not a string")
     for name in _NUMERIC_ATTRIBUTES:
         value = system.get(name)
         if value is None:
@@ -320,14 +321,27 @@ def _message_attributes(raw: Mapping[str, Any]) -> Mapping[str, MessageAttribute
 
 
 def _from_wire(raw: Mapping[str, Any], queue_url: str) -> Message | CorruptMessage:
-    message_id = _string(raw, "MessageId", required=True)
-    receipt_handle = _string(raw, "ReceiptHandle", required=True)
+    get = raw.get
+    message_id = get("MessageId")
+    receipt_handle = get("ReceiptHandle")
+    body = get("Body")
+    md5_body = get("MD5OfBody")
+    md5_attrs = get("MD5OfMessageAttributes")
+    if not (  # the usual message: every member a string (else checked one by one, named)
+        type(message_id) is str
+        and type(receipt_handle) is str
+        and type(body) is str
+        and type(md5_body) is str
+        and (md5_attrs is None or type(md5_attrs) is str)
+    ):
+        message_id = _string(raw, "MessageId", required=True)
+        receipt_handle = _string(raw, "ReceiptHandle", required=True)
+        body = _string(raw, "Body", required=False) or ""
+        md5_body = _string(raw, "MD5OfBody", required=False) or ""
+        md5_attrs = _string(raw, "MD5OfMessageAttributes", required=False)
     assert message_id is not None and receipt_handle is not None
     if not message_id or not receipt_handle:
         raise _Malformed("MessageId and ReceiptHandle must not be empty")
-    body = _string(raw, "Body", required=False) or ""
-    md5_body = _string(raw, "MD5OfBody", required=False) or ""
-    md5_attrs = _string(raw, "MD5OfMessageAttributes", required=False)
     attrs = _message_attributes(raw)
     system = _system_attributes(raw)
     if _md5_hex(body.encode()) != md5_body:

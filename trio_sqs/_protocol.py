@@ -665,8 +665,12 @@ def _read(value: Any, schema: Any) -> Any:
             raise _Decline
         out = {}
         for name, item in value.items():
-            if item is not None and name in sub:
-                out[name] = _read(item, sub[name])
+            if item is not None:
+                member = sub.get(name, _UNSET)
+                if member is _LEAF:
+                    out[name] = item  # (the common case, without a call)
+                elif member is not _UNSET:
+                    out[name] = _read(item, member)
         return out
     if kind == "l":
         if type(value) is not list or None in value:

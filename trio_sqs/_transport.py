@@ -27,6 +27,7 @@ httpx's exception classes (``httpx.ConnectError``, ``httpx.ReadTimeout``, ...).
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import socket
@@ -551,10 +552,13 @@ class TrioTransport(httpx.AsyncBaseTransport):
         conn.close()
         self.open_connections -= 1
 
-    async def _connect(self, key: tuple[str, str, int], timeouts: Timeouts) -> _Connection:
+    async def _connect(
+        self, key: tuple[str, str, int], timeouts: Timeouts, deadline: float = math.inf
+    ) -> _Connection:
         scheme, host, port = key
         ssl_context = self._ssl() if scheme == "https" else None
-        with trio.move_on_after(_seconds(timeouts.connect)) as scope:
+        limit = min(trio.current_time() + _seconds(timeouts.connect), deadline)
+        with trio.move_on_at(limit) as scope:
             try:
                 tcp = await trio.open_tcp_stream(host, port)
             except BaseExceptionGroup as group:
@@ -602,6 +606,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
         timeouts: Timeouts,
         on_sent: Callable[[], None] | None = None,
         *,
+        deadline: float = math.inf,
         _more: _Chunks | None = None,
     ) -> RawResponse:
         """Send one request and read its whole response.
@@ -613,6 +618,8 @@ class TrioTransport(httpx.AsyncBaseTransport):
             body: The body (its ``Content-Length`` is in ``head``).
             timeouts: The request's :class:`Timeouts`.
             on_sent: Called once the whole request has been written to the connection.
+            deadline: No phase runs past this time (Trio's clock): a phase it cuts short raises
+                that phase's timeout error.
 
         Raises:
             httpx.TransportError: a subclass naming the phase (``ConnectError``,
@@ -624,7 +631,8 @@ class TrioTransport(httpx.AsyncBaseTransport):
         key = (scheme, host, port if port is not None else _DEFAULT_PORTS[scheme])
         slots = self._slots
         if slots is not None:
-            with trio.move_on_after(_seconds(timeouts.pool)) as waited:
+            limit = min(trio.current_time() + _seconds(timeouts.pool), deadline)
+            with trio.move_on_at(limit) as waited:
                 await slots.acquire()
             if waited.cancelled_caught:
                 raise httpx.PoolTimeout(
@@ -634,9 +642,11 @@ class TrioTransport(httpx.AsyncBaseTransport):
         try:
             conn = self._take_idle(key)
             if conn is None:
-                conn = await self._connect(key, timeouts)
+                conn = await self._connect(key, timeouts, deadline)
             try:
-                response = await self._exchange(conn, method, head, body, timeouts, on_sent, _more)
+                response = await self._exchange(
+                    conn, method, head, body, timeouts, on_sent, deadline, _more
+                )
             except BaseException:
                 self._discard(conn)
                 raise
@@ -653,6 +663,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
         body: bytes,
         timeouts: Timeouts,
         on_sent: Callable[[], None] | None,
+        deadline: float = math.inf,
         more: _Chunks | None = None,
     ) -> RawResponse:
         stream = conn.stream
@@ -660,7 +671,8 @@ class TrioTransport(httpx.AsyncBaseTransport):
         # One cancel scope for both phases (a scope costs more than the rest of a small
         # exchange): its deadline is the write timeout's, then, once sent, the read timeout's.
         sending = True
-        with trio.CancelScope(deadline=trio.current_time() + _seconds(timeouts.write)) as scope:
+        now = trio.current_time()
+        with trio.CancelScope(deadline=min(now + _seconds(timeouts.write), deadline)) as scope:
             try:
                 await stream.send_all(head + body if body else head)
                 if more is not None:
@@ -669,7 +681,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise _send_error(exc, "sending the request failed") from exc
             sending = False
-            scope.deadline = trio.current_time() + _seconds(timeouts.read)
+            scope.deadline = min(trio.current_time() + _seconds(timeouts.read), deadline)
             if on_sent is not None:
                 on_sent()
             while not reader.done:
