@@ -707,7 +707,8 @@ class SQSClient:
         timeouts: Timeouts,
         on_sent: Callable[[], None] | None,
         deadline: float,
-    ) -> Answer:
+        progress: _Attempt,
+    ) -> None:
         headers = request.headers
         headers["User-Agent"] = self._user_agent  # not signed (SigV4 leaves User-Agent out)
         response = await direct.request(
@@ -721,9 +722,9 @@ class SQSClient:
             on_sent,
             deadline=deadline,
         )
+        progress.response = response
         if "content-encoding" in response.headers:
-            response.content = decode_content(response)
-        return response
+            response.content = decode_content(response)  # (failing: an unreadable answer)
 
     async def _attempt_loop(
         self,
@@ -778,8 +779,8 @@ class SQSClient:
                         if self._closed:
                             raise ClientClosedError("the SQS client is closed")
                         if direct is not None:
-                            progress.response = await self._send_direct(
-                                direct, request, timeouts, on_sent, failures.deadline
+                            await self._send_direct(
+                                direct, request, timeouts, on_sent, failures.deadline, progress
                             )
                         else:
                             http_request = self._http.build_request(
@@ -796,7 +797,9 @@ class SQSClient:
                                 raise _CallExpired
                     finally:
                         gate.release()
-                    return read(progress.response)
+                    answer = progress.response
+                    assert answer is not None
+                    return read(answer)
             except ClockSkewError as failure:
                 failures.last = failure
                 skew = None
@@ -811,10 +814,12 @@ class SQSClient:
                     "%s was rejected for clock skew: the server's clock is %+.1f s from ours; "
                     "signing with the server's time from now on (fix the machine's clock)",
                     operation,
-                    skew + self._skew,
-                    extra={"skew": skew + self._skew},
+                    skew,
+                    extra={"skew": skew},
                 )
-                self._skew += skew
+                # Measured against our own clock: the skew, whatever was corrected before (a
+                # concurrent call, a clock that moved since).
+                self._skew = skew
                 continue
             except SQSError as failure:
                 failures.last = failure

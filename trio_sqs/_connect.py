@@ -4,6 +4,7 @@ refresher."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -44,16 +45,51 @@ log = logging.getLogger("trio_sqs.client")
 
 def proxy_for(endpoint: str) -> str | None:
     """The proxy the environment names for ``endpoint`` (``HTTPS_PROXY``/``HTTP_PROXY``/
-    ``ALL_PROXY``, any case), unless ``NO_PROXY`` excludes its host, as urllib reads them."""
+    ``ALL_PROXY``, any case), unless ``NO_PROXY`` excludes its host.
+
+    Excluded only where urllib (as curl) and httpx (which routes the requests then) both read
+    ``NO_PROXY`` as excluding it: where the two differ (``.example.com`` and ``example.com``,
+    say), or for entries not read here (URL patterns, address ranges), the proxy applies, so
+    that a proxy is never ignored where httpx would use it.
+    """
     url = httpx.URL(endpoint)
     proxies = urllib.request.getproxies()
     proxy = proxies.get(url.scheme) or proxies.get("all")
     if not proxy:
         return None
-    host = url.host if url.port is None else f"{url.host}:{url.port}"
-    if urllib.request.proxy_bypass(host) or urllib.request.proxy_bypass(url.host):
+    entries = [entry.strip() for entry in proxies.get("no", "").split(",") if entry.strip()]
+    if "*" in entries:
+        return None  # no proxy for any host, for both
+    host = url.host.lower()
+    hostport = host if url.port is None else f"{host}:{url.port}"
+    by_urllib = urllib.request.proxy_bypass(hostport) or urllib.request.proxy_bypass(host)
+    if by_urllib and any(_httpx_excludes(entry, host, url.port) for entry in entries):
         return None
     return proxy
+
+
+def _httpx_excludes(entry: str, host: str, port: int | None) -> bool:
+    """Whether httpx reads the ``NO_PROXY`` entry as excluding ``host`` (and ``port``, None for
+    the scheme's default); False for what is not read here (then the proxy applies)."""
+    if "://" in entry or "/" in entry:
+        return False  # URL patterns, address ranges
+    try:
+        address = ipaddress.ip_address(entry)
+    except ValueError:
+        pass
+    else:
+        return host == str(address)
+    if entry.lower() == "localhost":
+        return host == "localhost"
+    name, colon, entry_port = entry.rpartition(":")
+    if colon:
+        if not entry_port.isdigit() or int(entry_port) != port:
+            return False
+        entry = name
+    entry = entry.lower()
+    if entry.startswith("."):
+        return host.endswith(entry) and len(host) > len(entry)  # subdomains only
+    return host == entry or host.endswith("." + entry)
 
 
 def _redacted(proxy: str) -> str:
@@ -318,6 +354,17 @@ async def open_client(
         )
     direct: TrioTransport | None = None
     proxy = proxy_for(resolved.endpoint) if transport is None else None
+    tls: ssl.SSLContext | bool | str = verify
+    if transport is None and (proxy is not None or resolved.endpoint.startswith("https:")):
+        # Built now, so that a CA bundle that cannot be read is an error here, not at the
+        # first call.
+        try:
+            tls = ssl_context(verify)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigurationError(
+                f"verify={verify!r}: cannot load the CA certificates: {exc}",
+                code="InvalidOption",
+            ) from exc
     if proxy is not None:
         log.info(
             "the environment names the proxy %s for %s: requests go through it, on httpx's "
@@ -331,27 +378,37 @@ async def open_client(
         # grows with the consumers (the budgets still bound the connections in use).
         try:
             direct = transport = TrioTransport(
-                verify=verify,
+                verify=tls,
                 max_connections=limits.max_connections,
                 max_keepalive_connections=limits.max_connections,
                 keepalive_expiry=limits.keepalive_expiry,
             )
         except ValueError as exc:  # $TRIO_SQS_HTTP_PARSER
             raise ConfigurationError(str(exc), code="InvalidOption") from None
-    http = httpx.AsyncClient(
-        limits=httpx.Limits(
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-        ),
-        timeout=httpx.Timeout(DEFAULT_TIMEOUT),
-        # For httpx's own transports (a proxy): a context, as httpx 0.28 wants (a path warns).
-        verify=ssl_context(verify) if proxy is not None else True,
-        # Only when the environment names a proxy for the endpoint (above) does httpx read it.
-        trust_env=proxy is not None,
-        follow_redirects=False,
-        transport=transport,
-    )
+    try:
+        http = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_connections,
+                keepalive_expiry=limits.keepalive_expiry,
+            ),
+            timeout=httpx.Timeout(DEFAULT_TIMEOUT),
+            # For httpx's own transports (a proxy): a context, as httpx 0.28 wants.
+            verify=tls if proxy is not None else True,
+            # Only when the environment names a proxy for the endpoint (above) does httpx
+            # read it.
+            trust_env=proxy is not None,
+            follow_redirects=False,
+            transport=transport,
+        )
+    except (ValueError, ImportError, httpx.InvalidURL) as exc:
+        # A proxy (or NO_PROXY entry) httpx cannot use: an unknown scheme, socks5:// without
+        # socksio, an address it cannot parse.
+        raise ConfigurationError(
+            f"the proxy settings of the environment cannot be used for {resolved.endpoint} "
+            f"({_redacted(proxy or '')}): {type(exc).__name__}: {exc}",
+            code="InvalidOption",
+        ) from exc
     client = SQSClient(
         resolved.protocol,
         cache,

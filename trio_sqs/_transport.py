@@ -196,9 +196,17 @@ class _H11Reader:
                 if event is h11.NEED_DATA:
                     return
                 if isinstance(event, h11.Response):
+                    headers = list(event.headers.raw_items())
+                    # h11's own limit only bounds a head still incomplete after a read: one
+                    # that ends in the next read gets through.
+                    size = 15 + len(event.reason) + sum(len(n) + len(v) + 4 for n, v in headers)
+                    if size > _MAX_HEAD:
+                        raise httpx.RemoteProtocolError(
+                            f"the response head is larger than {_MAX_HEAD} bytes"
+                        )
                     self.status = event.status_code
                     self.reason = event.reason
-                    self.headers = list(event.headers.raw_items())
+                    self.headers = headers
                 elif isinstance(event, h11.Data):
                     self._body.append(bytes(event.data))
                 elif isinstance(event, h11.EndOfMessage):
