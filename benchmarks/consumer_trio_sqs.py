@@ -14,6 +14,7 @@ runs with a trio_sqs that has no such option, as long as it is not asked for):
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
@@ -31,7 +32,15 @@ def parse_all_args() -> tuple[argparse.Namespace, dict[str, Any]]:
     own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     own.add_argument("--batch-window", type=float, default=None, help="batch_window, seconds")
     own.add_argument("--pollers", type=int, default=None, help="pollers")
+    own.add_argument(
+        "--http-parser",
+        choices=("h11", "httptools"),
+        default=None,
+        help="the transport's response parser (default: httptools when installed)",
+    )
     extra, rest = own.parse_known_args()
+    if extra.http_parser is not None:
+        os.environ["TRIO_SQS_HTTP_PARSER"] = extra.http_parser
     sys.argv[1:] = rest
     args = parse_args(__doc__ or "")
     options = {"batch_window": extra.batch_window, "pollers": extra.pollers}

@@ -70,6 +70,9 @@ RATIO_BASES = ("aiobotocore", "aiobotocore_graceful", "aiobotocore_trio", "boto3
 # The idle-shutdown scenario also runs trio_sqs's consumer with gc.freeze() before the
 # interpreter exits (bench_common.finish): what one line in an application changes.
 FREEZE = "trio_sqs_freeze"
+# The drain also runs trio_sqs's consumer on h11, the response parser without the speed extra
+# (httptools); "trio_sqs" uses httptools when it is installed (check_dependencies says).
+H11 = "trio_sqs_h11"
 SCRIPTS = {
     "trio_sqs": ("consumer_trio_sqs.py", ()),
     "aiobotocore": ("consumer_aiobotocore.py", ()),
@@ -77,6 +80,7 @@ SCRIPTS = {
     "aiobotocore_trio": ("consumer_aiobotocore_trio.py", ()),
     "boto3": ("consumer_boto3.py", ()),
     FREEZE: ("consumer_trio_sqs.py", ("--freeze-at-exit",)),
+    H11: ("consumer_trio_sqs.py", ("--http-parser", "h11")),
 }
 LABELS = {
     "trio_sqs": "trio_sqs",
@@ -85,6 +89,7 @@ LABELS = {
     "aiobotocore_trio": "aiobotocore\nhttpx, Trio",
     "boto3": "boto3 +\nthreads",
     FREEZE: "trio_sqs +\ngc.freeze()",
+    H11: "trio_sqs\n(h11)",
 }
 #: Column headers of the tables.
 DETAILS = {
@@ -94,6 +99,7 @@ DETAILS = {
     "aiobotocore_trio": "aiobotocore + httpx session on Trio (graceful)",
     "boto3": "boto3, ThreadPoolExecutor (urllib3)",
     FREEZE: "trio_sqs, gc.freeze() before exit",
+    H11: "trio_sqs on h11 (without the speed extra)",
 }
 #: Short names, for the ratio columns.
 SHORT = {
@@ -109,6 +115,7 @@ COLORS = {
     "aiobotocore_trio": "#8e5fb0",
     "boto3": "#5a9e4b",
     FREEZE: "#7fb3de",
+    H11: "#5b8fc7",
 }
 PRODUCER_OPERATIONS = {"CreateQueue", "SendMessage", "SendMessageBatch"}
 SCENARIOS = ("drain", "steady", "idle", "loaded")
@@ -473,7 +480,11 @@ def runs_of(plan: Plan, scenario: str) -> int:
 
 
 def consumers_of(ctx: Context, scenario: str) -> tuple[str, ...]:
-    return (*ctx.consumers, FREEZE) if scenario == "idle" else ctx.consumers
+    if scenario == "idle":
+        return (*ctx.consumers, FREEZE)
+    if scenario == "drain":
+        return (*ctx.consumers, H11)
+    return ctx.consumers
 
 
 Results = dict[str, dict[str, list[dict[str, Any]]]]
@@ -534,8 +545,10 @@ def percentile(xs: list[float], p: float) -> float:
     return ordered[int(rank) - 1]
 
 
-def paired_ratios(results: dict[str, list[dict[str, Any]]], key: str, other: str) -> list[float]:
-    ours = {r["round"]: r[key] for r in results["trio_sqs"] if "error" not in r}
+def paired_ratios(
+    results: dict[str, list[dict[str, Any]]], key: str, other: str, ours_name: str = "trio_sqs"
+) -> list[float]:
+    ours = {r["round"]: r[key] for r in results[ours_name] if "error" not in r}
     theirs = {r["round"]: r[key] for r in results[other] if "error" not in r}
     return [ours[k] / theirs[k] for k in sorted(ours.keys() & theirs.keys()) if theirs[k]]
 
@@ -570,21 +583,32 @@ def goals(results: Results, plan: Plan) -> list[Goal]:
     out: list[Goal] = []
     if "drain" in results:
         drain = results["drain"]
-        for name, key, target, met in (
+        for name, ours_name, key, target, met in (
             (
-                "consumer CPU per message at saturation (drain)",
+                "consumer CPU per message at saturation (drain), speed extra (httptools)",
+                "trio_sqs",
+                "cpu_ms_per_1000",
+                "≤ 0.4x aiobotocore",
+                lambda x: x <= 0.4,
+            ),
+            (
+                "consumer CPU per message at saturation (drain), without it (h11)",
+                H11,
                 "cpu_ms_per_1000",
                 "≤ 0.5x aiobotocore",
                 lambda x: x <= 0.5,
             ),
             (
                 "drain throughput, messages/s",
+                "trio_sqs",
                 "messages_per_s",
                 "≥ 1.3x aiobotocore",
                 lambda x: x >= 1.3,
             ),
         ):
-            ratios = paired_ratios(drain, key, "aiobotocore")
+            if ours_name not in drain:
+                continue
+            ratios = paired_ratios(drain, key, "aiobotocore", ours_name)
             if not ratios:
                 continue
             median = statistics.median(ratios)
@@ -592,7 +616,7 @@ def goals(results: Results, plan: Plan) -> list[Goal]:
                 f"{median:.2f}x aiobotocore (naive; rounds {min(ratios):.2f}-{max(ratios):.2f})"
             )
             for other in ("aiobotocore_graceful", "aiobotocore_trio"):
-                if other in drain and (others := paired_ratios(drain, key, other)):
+                if other in drain and (others := paired_ratios(drain, key, other, ours_name)):
                     measured += f"; {statistics.median(others):.2f}x {SHORT[other]}"
             out.append(Goal(name, target, measured, "yes" if met(median) else "**no**"))
         requests = values(drain["trio_sqs"], "requests_per_1000")
@@ -728,7 +752,8 @@ def markdown(results: Results, plan: Plan, meta: dict[str, Any]) -> str:
     ]
 
     def shown(scenario: str) -> list[str]:
-        return [c for c in CONSUMERS if c in results[scenario]]
+        extra = [H11] if H11 in results[scenario] else []
+        return [*(c for c in CONSUMERS if c in results[scenario]), *extra]
 
     def bases(scenario: str) -> list[str]:
         return [c for c in RATIO_BASES if c in results[scenario]]
@@ -964,6 +989,11 @@ def check_dependencies() -> tuple[str, ...]:
             f"run_all.py: missing {', '.join(missing)}; install the extra: "
             "pip install -e '.[bench]' (in a virtualenv of its own if your botocore is newer "
             "than aiobotocore supports)"
+        )
+    if importlib.util.find_spec("httptools") is None:
+        log(
+            "httptools is not installed (pip install 'trio-sqs[speed]'): the trio_sqs consumer "
+            "runs on h11 like trio_sqs_h11"
         )
     if importlib.util.find_spec("httpx") is None:
         log("httpx is not installed: aiobotocore on Trio (its httpx session) is left out")

@@ -247,7 +247,7 @@ class _Failures:
 
 
 class _CallExpired(Exception):
-    """A call reached its deadline (turned into a TransportError by SQSClient._attempts)."""
+    """A call reached its deadline (turned into a TransportError by SQSClient._call_untraced)."""
 
 
 class _Attempt:
@@ -643,34 +643,11 @@ class SQSClient:
         retry: bool,
         validate: bool,
     ) -> T:
-        try:
-            return await self._attempts(
-                operation, params, read, read_timeout, on_sent, retry, validate
-            )
-        except BaseExceptionGroup as group:
-            # Cancellation met outside one attempt's boundary (fetching credentials).
-            cancelled = only_cancelled(group)
-            if cancelled is not None:
-                raise_as_is(cancelled)
-            raise
-
-    async def _attempts(
-        self,
-        operation: str,
-        params: Mapping[str, Any],
-        read: Callable[[Answer], T],
-        read_timeout: float | None,
-        on_sent: Callable[[], None] | None,
-        retry: bool,
-        validate: bool,
-    ) -> T:
         if self._closed:
             raise ClientClosedError("the SQS client is closed")
         limit = self._call_timeout
         failures = _Failures()
-        if limit is None:
-            failures.deadline = math.inf
-        else:
+        if limit is not None:
             if read_timeout is not None:
                 limit += read_timeout  # a long poll: its wait on top
             # Not a cancel scope around the call (one per call costs as much as the rest of
@@ -682,6 +659,12 @@ class SQSClient:
             )
         except _CallExpired:
             pass
+        except BaseExceptionGroup as group:
+            # Cancellation met outside one attempt's boundary (fetching credentials).
+            cancelled = only_cancelled(group)
+            if cancelled is not None:
+                raise_as_is(cancelled)
+            raise
         last = failures.last
         assert limit is not None
         raise TransportError(
