@@ -509,3 +509,69 @@ async def test_call_timeout_bounds_a_call_on_our_transport_over_a_real_socket(
         assert client._direct.open_connections == 0  # the stalled connection was closed
         fake.faults.clear()
         await client.send_message(url, "after")  # the client is still usable
+
+
+# -- a client of the user's own ---------------------------------------------------------------------
+
+
+async def test_an_http_client_of_ones_own_is_used_with_the_fast_signing_and_parsing(
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    no_proxies: pytest.MonkeyPatch,
+) -> None:
+    """Event hooks (or proxies, mounts, certificates) of the user's client apply; trio_sqs still
+    signs and parses, and leaves the client open."""
+    seen: list[str] = []
+
+    async def hook(request: httpx.Request) -> None:
+        seen.append(request.headers["x-amz-target"].removeprefix("AmazonSQS."))
+
+    fast_built: list[str] = []
+    real = SQSProtocol.build_request_fast
+
+    def spy(self: SQSProtocol, operation: str, *args: Any) -> Any:
+        request = real(self, operation, *args)
+        if request is not None:
+            fast_built.append(operation)
+        return request
+
+    no_proxies.setattr(SQSProtocol, "build_request_fast", spy)
+    http = httpx.AsyncClient(transport=fake_sqs.transport(), event_hooks={"request": [hook]})
+    fake_sqs.verify_signatures = True
+    async with trio_sqs.open_client(
+        region=fake_sqs.region,
+        endpoint_url=fake_sqs.endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        use_fips=False,
+        use_dualstack=False,
+        http_client=http,
+    ) as client:
+        assert client._direct is None and client._http is http
+        fast_built.clear()  # (the signer check at open builds one)
+        url = await client.create_queue("own-http-client")
+        await client.send_message(url, "hello")
+        [message] = (await client.receive_messages(url, wait_time=0)).messages
+        await client.delete_message_batch(url, [message.receipt_handle])
+    assert message.body == "hello"
+    assert seen == ["CreateQueue", "SendMessage", "ReceiveMessage", "DeleteMessageBatch"]
+    # (send_message validates its parameters: botocore's validating serializer, our signer)
+    assert fast_built == ["ReceiveMessage", "DeleteMessageBatch"]
+    assert not http.is_closed  # the caller's to close
+    await http.aclose()
+
+
+@pytest.mark.parametrize("bad", ["http://x", object()])
+async def test_http_client_must_be_an_httpx_async_client(bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"http_client must be an httpx\.AsyncClient"):
+        async with trio_sqs.open_client(region="us-east-1", http_client=bad):
+            pass  # pragma: no cover
+
+
+async def test_http_client_and_transport_are_exclusive(fake_sqs: FakeSQS) -> None:
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(ConfigurationError, match="not both"):
+            async with trio_sqs.open_client(
+                region="us-east-1", http_client=http, transport=fake_sqs.transport()
+            ):
+                pass  # pragma: no cover

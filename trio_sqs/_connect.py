@@ -181,6 +181,7 @@ async def open_client(
     retry: RetryPolicy | None = None,
     verify: bool | str | ssl.SSLContext = True,
     transport: httpx.AsyncBaseTransport | None = None,
+    http_client: httpx.AsyncClient | None = None,
     random_seed: int | None = None,
     trace_calls: bool = False,
     call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
@@ -214,6 +215,13 @@ async def open_client(
             :meth:`trio_sqs.testing.FakeSQS.transport` here. The client closes it (once) on
             exit; if opening fails (an invalid option, no credentials) it is left untouched,
             still yours to reuse or close.
+        http_client: An ``httpx.AsyncClient`` of your own to send requests with (its proxies,
+            mounts, event hooks, certificates), through ``client.send``: signing and parsing
+            stay trio_sqs's. Not closed by trio_sqs. Give its pool at least
+            ``Limits.max_connections`` connections (``httpx.Limits(max_connections=None)``), so
+            that no request waits inside httpx's pool (README, "Connection budgets"); with a
+            smaller pool, requests queue there, and httpcore's pool has leaked a slot when
+            such a waiting request is cancelled. Not with ``transport=``.
         random_seed: Seed of the client's own random generator (``random.Random``), which draws
             the jitter of its retry backoffs. Default: seeded from the operating system. The
             global ``random`` is never used.
@@ -256,6 +264,15 @@ async def open_client(
     ):
         raise ConfigurationError(
             f"random_seed must be an integer or None, got {random_seed!r}", code="InvalidOption"
+        )
+    if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+        raise ConfigurationError(
+            f"http_client must be an httpx.AsyncClient, got {http_client!r}", code="InvalidOption"
+        )
+    if http_client is not None and transport is not None:
+        raise ConfigurationError(
+            "give transport= or http_client=, not both (an httpx.AsyncClient has its transport)",
+            code="InvalidOption",
         )
     if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
         raise ConfigurationError(
@@ -353,9 +370,14 @@ async def open_client(
             mismatch,
         )
     direct: TrioTransport | None = None
-    proxy = proxy_for(resolved.endpoint) if transport is None else None
+    own_http = http_client is None
+    proxy = proxy_for(resolved.endpoint) if transport is None and own_http else None
     tls: ssl.SSLContext | bool | str = verify
-    if transport is None and (proxy is not None or resolved.endpoint.startswith("https:")):
+    if (
+        own_http
+        and transport is None
+        and (proxy is not None or resolved.endpoint.startswith("https:"))
+    ):
         # Built now, so that a CA bundle that cannot be read is an error here, not at the
         # first call.
         try:
@@ -372,7 +394,7 @@ async def open_client(
             _redacted(proxy),
             resolved.endpoint,
         )
-    elif transport is None:
+    elif transport is None and own_http:
         # Requests wait for their budget's slot before they reach the transport, so it never
         # makes one wait: it is as large as both budgets, or unbounded when the long-poll budget
         # grows with the consumers (the budgets still bound the connections in use).
@@ -386,7 +408,7 @@ async def open_client(
         except ValueError as exc:  # $TRIO_SQS_HTTP_PARSER
             raise ConfigurationError(str(exc), code="InvalidOption") from None
     try:
-        http = httpx.AsyncClient(
+        http = http_client or httpx.AsyncClient(
             limits=httpx.Limits(
                 max_connections=limits.max_connections,
                 max_keepalive_connections=limits.max_connections,
@@ -435,5 +457,6 @@ async def open_client(
             # only the requests that need it): the error is the caller's own, let it out as is.
             raise_unwrapped(group)
     finally:
-        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-            await http.aclose()
+        if own_http:  # (an http_client given is the caller's to close)
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await http.aclose()
