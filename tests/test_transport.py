@@ -1078,3 +1078,24 @@ async def test_header_with_a_line_break_is_refused_before_sending(
     assert (await fetch(transport, server.port)).content == b"ok"
     assert len(server.conns) == 1 and len(server.conns[0].requests) == 1
     assert b"X-Injected" not in repr(server.conns[0].requests[0][0]).encode()
+
+
+def test_an_idle_connection_past_fd_setsize_is_still_checked() -> None:
+    """select.select refuses descriptors past FD_SETSIZE (1024): in a process with that many
+    open files, every idle connection would look stale and keep-alive would be lost."""
+    import os
+    import socket as socket_module
+
+    from trio_sqs._transport import _Connection
+
+    a, b = socket_module.socketpair()
+    high = os.dup2(a.fileno(), 1500)
+    try:
+        conn = _Connection(("http", "x", 80), None, socket_module.socket(fileno=high))  # type: ignore[arg-type]
+        assert not conn.readable_while_idle()  # quiet: reusable
+        b.sendall(b"x")
+        assert conn.readable_while_idle()  # the peer wrote: not reusable
+        conn.socket.close()
+    finally:
+        a.close()
+        b.close()

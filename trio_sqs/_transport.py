@@ -386,6 +386,9 @@ def _reader_class(parser: ParserName) -> Callable[[bytes], _Reader]:
 # -- connections ----------------------------------------------------------------------------------
 
 
+_POLL = getattr(select, "poll", None)  # not on Windows
+
+
 class _RawStream:
     """Plain TCP on a non-blocking standard socket, driven by Trio's I/O waits: what
     ``trio.SocketStream`` does for us, without its layers (a conflict detector, a socket wrapper,
@@ -448,7 +451,12 @@ class _Connection:
         """Whether the server wrote or closed while no request was in flight (then the
         connection cannot be reused)."""
         try:
-            readable, _, _ = select.select([self.socket.fileno()], [], [], 0)
+            fd = self.socket.fileno()
+            if _POLL is not None:  # (select.select refuses descriptors past FD_SETSIZE)
+                poller = _POLL()
+                poller.register(fd, select.POLLIN)
+                return bool(poller.poll(0))
+            readable, _, _ = select.select([fd], [], [], 0)
         except (OSError, ValueError):
             return True
         return bool(readable)
