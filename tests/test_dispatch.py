@@ -8,6 +8,8 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable
 
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
@@ -522,3 +524,51 @@ def test_failure_visibility_doubles_per_receive_and_is_capped() -> None:
     assert ConsumerOptions(failure_backoff=0).failure_visibility(5) == 0
     huge = ConsumerOptions(failure_backoff=43_200, max_failure_backoff=43_200)
     assert huge.failure_visibility(10_000) == 43_200
+
+
+async def test_credit_wakes_a_waiter_only_when_it_can_go_on() -> None:
+    """A poller waiting for 10 slots is not woken by each of 10 messages settled one by one
+    (nine wake-ups for nothing, at saturation, per poll)."""
+    credit = Credit(10)
+    await credit.acquire(10)
+    wakes = 0
+
+    class CountingLot:  # (trio's ParkingLot cannot be subclassed)
+        def __init__(self) -> None:
+            self.inner = trio.lowlevel.ParkingLot()
+
+        async def park(self) -> None:
+            await self.inner.park()
+
+        def unpark_all(self) -> Any:
+            nonlocal wakes
+            wakes += 1
+            return self.inner.unpark_all()
+
+    credit._lot = CountingLot()  # type: ignore[assignment]
+    got = trio.Event()
+
+    async def poller() -> None:
+        await credit.acquire(10)
+        got.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(poller)
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(9):
+            credit.release(1)
+            await trio.testing.wait_all_tasks_blocked()
+        assert wakes == 0 and not got.is_set()
+        credit.release(1)
+        await got.wait()
+    assert wakes == 1 and credit.free == 0
+
+
+async def test_a_cancelled_credit_wait_takes_nothing_and_wants_nothing() -> None:
+    credit = Credit(2)
+    await credit.acquire(2)
+    with trio.move_on_after(1):
+        await credit.acquire(1)
+    assert credit.free == 0 and credit._wanted == []
+    credit.release(2)
+    assert credit.free == 2

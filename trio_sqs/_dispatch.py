@@ -27,6 +27,9 @@ class Credit:
         self.total = total
         self.free = total
         self._lot = trio.lowlevel.ParkingLot()
+        # How many slots each waiting task wants: a release wakes them only when one of them
+        # can go on (a poller waiting for 10 is not woken by each of 10 messages settled).
+        self._wanted: list[int] = []
 
     async def acquire(self, n: int) -> None:
         """Wait until ``n`` slots are free, then take them.
@@ -34,17 +37,25 @@ class Credit:
         Cancellation: safe; nothing is taken if the wait is cancelled.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        while self.free < n:
-            await self._lot.park()
+        if self.free >= n:
+            self.free -= n
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        self._wanted.append(n)
+        try:
+            while self.free < n:
+                await self._lot.park()  # (this call's schedule point)
+        finally:
+            self._wanted.remove(n)
         self.free -= n
-        await trio.lowlevel.cancel_shielded_checkpoint()
 
     def release(self, n: int) -> None:
         if n <= 0:
             return
         self.free += n
         assert self.free <= self.total, "credit released twice"
-        self._lot.unpark_all()
+        if self._wanted and self.free >= min(self._wanted):
+            self._lot.unpark_all()
 
     @property
     def in_use(self) -> int:
