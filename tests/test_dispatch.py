@@ -7,7 +7,6 @@ import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable
-
 from typing import Any
 
 import pytest
