@@ -807,7 +807,9 @@ class SQSClient:
             except SQSError as failure:
                 failures.last = failure
                 if trio.current_time() >= failures.deadline:
-                    raise _CallExpired from None  # (a wait cut short by the deadline)
+                    # A wait cut short by the deadline (its phase's timeout error names the
+                    # phase's own limit, not the deadline that ended it).
+                    raise _CallExpired from None
                 if attempt >= attempts or not _is_retryable(failure, receive):
                     raise
                 delay = self._random.uniform(0.0, self._retry.backoff_ceiling(attempt))
