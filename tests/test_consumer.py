@@ -500,7 +500,9 @@ async def test_no_poll_is_sent_without_capacity(
         t = trio.current_time()
         proceed.set()
         await second_done.wait()
-        assert receive_times(fake_sqs, since=t) == [t]
+        # The poll that took "second" went out at once; the next one (room again once "second"
+        # is done) may be sent at the same instant, before or after this task runs again.
+        assert receive_times(fake_sqs, since=t) in ([t], [t, t])
     assert [body for body, _ in handled] == ["first", "second"]
     assert handled[1][1] == t
 

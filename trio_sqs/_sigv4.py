@@ -39,30 +39,17 @@ from hashlib import sha256
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from botocore.auth import SIGNED_HEADERS_BLACKLIST as _BOTOCORE_UNSIGNED
+
 __all__ = ["Signer", "canonical_url_parts", "utcnow"]
 
 SIGV4_TIMESTAMP = "%Y%m%dT%H%M%SZ"
 EMPTY_SHA256_HASH = sha256(b"").hexdigest()
 
-# botocore.auth.SIGNED_HEADERS_BLACKLIST (botocore 1.34 to 1.44 agree on these).
-SIGNED_HEADERS_BLACKLIST = frozenset(
-    {
-        "baggage",
-        "connection",
-        "expect",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "traceparent",
-        "tracestate",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "user-agent",
-        "x-amzn-trace-id",
-    }
-)
+# The headers botocore leaves unsigned, read from the installed botocore: the list grew with
+# botocore's versions (1.34 signs ``traceparent``, ``tracestate`` and ``baggage``; newer ones
+# do not), and the signer must produce exactly what the installed botocore would.
+SIGNED_HEADERS_BLACKLIST = frozenset(name.lower() for name in _BOTOCORE_UNSIGNED)
 
 # How many signing keys a Signer keeps: one per (secret, day) is what a client needs; a few more
 # cover credentials rotating around midnight. Past it, the oldest is dropped.
