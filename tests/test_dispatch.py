@@ -563,7 +563,9 @@ async def test_credit_wakes_a_waiter_only_when_it_can_go_on() -> None:
     assert wakes == 1 and credit.free == 0
 
 
-async def test_a_cancelled_credit_wait_takes_nothing_and_wants_nothing() -> None:
+async def test_a_cancelled_credit_wait_takes_nothing_and_wants_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     credit = Credit(2)
     await credit.acquire(2)
     with trio.move_on_after(1):
