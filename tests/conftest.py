@@ -42,6 +42,16 @@ TEST_KEYS = {
 }
 
 
+# Property tests run a bounded number of examples by default (the suite's time budget);
+# TRIO_SQS_EXAMPLES=1000 (say) runs them thoroughly, on demand.
+EXAMPLES = int(os.environ.get("TRIO_SQS_EXAMPLES", "0") or 0)
+
+
+def examples(default: int) -> int:
+    """How many examples a property test runs: ``default``, or $TRIO_SQS_EXAMPLES if set."""
+    return EXAMPLES or default
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "deadline(seconds): per-test deadline for a Trio test")
 

@@ -27,12 +27,14 @@ from trio_sqs._protocol import FAST_PARSED, ServiceData, SQSProtocol, load_servi
 from trio_sqs._transport import TrioTransport
 from trio_sqs.testing import FakeSQS, open_fake_client
 
-from .conftest import set_signing_clock
+from .conftest import examples, set_signing_clock
 
 ENDPOINT = "https://sqs.eu-west-1.amazonaws.com"
 CREDS = ReadOnlyCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None)
 NOW = datetime.datetime(2025, 3, 1, 0, 0, 7)
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @functools.lru_cache(maxsize=1)

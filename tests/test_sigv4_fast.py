@@ -31,10 +31,10 @@ from trio_sqs._protocol import (
 )
 from trio_sqs._sigv4 import KEY_CACHE_SIZE, Signer
 
-from .conftest import set_signing_clock
+from .conftest import examples, set_signing_clock
 
 SETTINGS = settings(
-    max_examples=300,
+    max_examples=examples(100),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

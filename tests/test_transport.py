@@ -39,7 +39,7 @@ from trio_sqs._transport import (
 # already failed (then they end it with an error instead of a hang).
 RELAXED = Timeouts(connect=10.0, read=10.0, write=10.0, pool=10.0)
 # The limit of the one phase a test is about: short, as it always elapses in full.
-SHORT = 0.2
+SHORT = 0.05
 # Larger than the client's largest send buffer (net.ipv4.tcp_wmem's 4 MiB here, typical) plus the
 # server's receive buffer (pinned small below): sending it blocks while the server does not read.
 LARGE_BODY = 16 * 1024 * 1024
