@@ -33,9 +33,11 @@ import trio
 
 import trio_sqs
 
-# Real processes against wall-clock bounds: with pytest-xdist these run in one worker, one after
-# another, beside the rest of the suite (README's test command: -n 2 --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("processes")
+# Real processes against wall-clock bounds (marked PROCESSES): with pytest-xdist these run in one
+# worker, one after another, beside the rest of the suite (README's test command: -n 2 --dist
+# loadgroup). The tests of what a command prints or exits with, whatever the timing, run
+# anywhere.
+PROCESSES = pytest.mark.xdist_group("processes")
 
 T = TypeVar("T")
 # The console script when it is installed (it is, with `pip install -e .`), else the module.
@@ -365,6 +367,7 @@ def test_missing_extra_says_how_to_install_it(
 # -- demo (its own embedded moto server, as shipped) -------------------------------------------------
 
 
+@PROCESSES
 def test_demo_stops_gracefully_and_loses_nothing(workdir: Path) -> None:
     result = _cli(workdir, "demo", "--stop-after", "1.5", "--rate", "20", timeout=40)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -390,6 +393,7 @@ def test_demo_stops_gracefully_and_loses_nothing(workdir: Path) -> None:
 # -- run ------------------------------------------------------------------------------------------
 
 
+@PROCESSES
 def test_run_drains_the_queue_logs_json_and_stops_within_the_bound(
     workdir: Path, endpoint: str, queue_name: str
 ) -> None:
@@ -429,6 +433,7 @@ def test_run_drains_the_queue_logs_json_and_stops_within_the_bound(
     assert "secret-body" not in proc.log()
 
 
+@PROCESSES
 def test_second_sigint_exits_at_once_with_130(
     workdir: Path, endpoint: str, queue_name: str
 ) -> None:
@@ -459,6 +464,7 @@ def test_second_sigint_exits_at_once_with_130(
     assert held(endpoint, queue_name) == (0, 1, 0)
 
 
+@PROCESSES
 def test_sys_exit_in_a_handler_stops_gracefully_and_exits_with_its_code(
     workdir: Path, endpoint: str, queue_name: str
 ) -> None:
@@ -545,6 +551,7 @@ def _kubernetes_env() -> dict[str, str]:
     return dict(pairs)
 
 
+@PROCESSES
 def test_the_kubernetes_example_s_environment_runs(
     workdir: Path, endpoint: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -569,6 +576,7 @@ def test_the_kubernetes_example_s_environment_runs(
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
+@PROCESSES
 def test_the_example_handlers_run_under_trio_sqs_run(
     tmp_path: Path, endpoint: str, queue_name: str
 ) -> None:
@@ -584,6 +592,7 @@ def test_the_example_handlers_run_under_trio_sqs_run(
     assert proc.log().count("handled") >= 2, proc.log()
 
 
+@PROCESSES
 def test_the_example_worker_runs_and_stops_on_sigterm(
     tmp_path: Path, endpoint: str, queue_name: str
 ) -> None:
@@ -609,6 +618,7 @@ def test_the_example_worker_runs_and_stops_on_sigterm(
     assert "stopped: ConsumerStatistics(state='stopped'" in out.read_text()
 
 
+@PROCESSES
 def test_message_cancelled_at_grace_is_receivable_after_exit(
     workdir: Path, endpoint: str, queue_name: str
 ) -> None:
@@ -635,6 +645,7 @@ def test_message_cancelled_at_grace_is_receivable_after_exit(
     assert receivable(endpoint, url) == 1
 
 
+@PROCESSES
 def test_run_on_two_queues_with_health_and_metrics(
     workdir: Path, endpoint: str, queue_name: str
 ) -> None:
