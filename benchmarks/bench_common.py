@@ -216,6 +216,18 @@ def parse_args(description: str) -> argparse.Namespace:
     return args
 
 
+def receive_params(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The ReceiveMessage every baseline consumer sends: the shared settings, all attributes."""
+    return {
+        "QueueUrl": url,
+        "MaxNumberOfMessages": args.batch,
+        "WaitTimeSeconds": args.wait,
+        "VisibilityTimeout": args.visibility,
+        "MessageSystemAttributeNames": ["All"],
+        "MessageAttributeNames": ["All"],
+    }
+
+
 def peak_rss_kib() -> int:
     """Peak resident memory of this process, in KiB.
 

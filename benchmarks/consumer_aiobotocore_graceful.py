@@ -22,7 +22,7 @@ import signal
 from typing import Any
 
 from aiobotocore.session import get_session
-from bench_common import REGION, Counts, Reporter, finish, parse_args
+from bench_common import REGION, Counts, Reporter, finish, parse_args, receive_params
 
 
 class Held:
@@ -108,14 +108,7 @@ async def receive_loop(
     done: asyncio.Event,
 ) -> None:
     while True:
-        response = await sqs.receive_message(
-            QueueUrl=url,
-            MaxNumberOfMessages=args.batch,
-            WaitTimeSeconds=args.wait,
-            VisibilityTimeout=args.visibility,
-            MessageSystemAttributeNames=["All"],
-            MessageAttributeNames=["All"],
-        )
+        response = await sqs.receive_message(**receive_params(url, args))
         messages = response.get("Messages", [])
         if not messages:
             continue

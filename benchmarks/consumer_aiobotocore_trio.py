@@ -27,7 +27,7 @@ import trio
 from aiobotocore.config import AioConfig
 from aiobotocore.httpxsession import HttpxSession
 from aiobotocore.session import get_session
-from bench_common import REGION, Counts, Reporter, finish, parse_args
+from bench_common import REGION, Counts, Reporter, finish, parse_args, receive_params
 
 # aiobotocore prefers httpx2 (a fork) and warns when it falls back to httpx, which is what this
 # project (and trio_sqs) uses.
@@ -99,14 +99,7 @@ async def consume(args: argparse.Namespace, reporter: Reporter) -> None:
 
     async def receive_loop(batches: trio.Nursery) -> None:
         while True:
-            response = await sqs.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=args.batch,
-                WaitTimeSeconds=args.wait,
-                VisibilityTimeout=args.visibility,
-                MessageSystemAttributeNames=["All"],
-                MessageAttributeNames=["All"],
-            )
+            response = await sqs.receive_message(**receive_params(url, args))
             messages = response.get("Messages", [])
             if not messages:
                 continue

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import boto3
-from bench_common import REGION, Counts, Reporter, finish, parse_args
+from bench_common import REGION, Counts, Reporter, finish, parse_args, receive_params
 
 
 def main() -> None:
@@ -47,14 +47,7 @@ def main() -> None:
     reporter.ready()
     with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
         while not stop.is_set():
-            response = sqs.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=args.batch,
-                WaitTimeSeconds=args.wait,
-                VisibilityTimeout=args.visibility,
-                MessageSystemAttributeNames=["All"],
-                MessageAttributeNames=["All"],
-            )
+            response = sqs.receive_message(**receive_params(url, args))
             messages = response.get("Messages", [])
             if not messages:
                 continue
