@@ -313,6 +313,18 @@ class SQSProtocol:
             now = _sigv4.utcnow()
         if skew:
             now = now + datetime.timedelta(seconds=skew)
+        return self._build_signed(operation, params, credentials, validate, now)
+
+    def _build_signed(
+        self,
+        operation: str,
+        params: Mapping[str, Any],
+        credentials: ReadOnlyCredentials,
+        validate: bool,
+        now: datetime.datetime,
+    ) -> HTTPRequest:
+        """Our serialization when the parameters allow it (else botocore's), signed by our
+        signer at ``now``."""
         if not validate:
             request = self.build_request_fast(operation, params, credentials, now)
             if request is not None:
@@ -339,11 +351,7 @@ class SQSProtocol:
                 if when is None:
                     return f"{operation}: botocore's request has no X-Amz-Date"
                 now = datetime.datetime.strptime(when, _sigv4.SIGV4_TIMESTAMP)
-                fast = self.build_request_fast(operation, params, credentials, now)
-                if fast is None:
-                    method, headers, body = self._serialize(operation, params, False)
-                    signed = self._signer.sign(method, self._url, headers, body, credentials, now)
-                    fast = HTTPRequest(method=method, url=self._url, headers=signed, body=body)
+                fast = self._build_signed(operation, params, credentials, False, now)
             except Exception as exc:  # any surprise means: do not trust the fast path
                 return f"{operation}: {type(exc).__name__}: {exc}"
             if fast != expected:
