@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 import datetime
 import functools
+import hashlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -21,8 +23,14 @@ from hypothesis import strategies as st
 
 import trio_sqs
 from trio_sqs import ConfigurationError, RetryPolicy, TransportError
-from trio_sqs._client import DEFAULT_CALL_TIMEOUT
+from trio_sqs._client import DEFAULT_CALL_TIMEOUT, _receive_result
 from trio_sqs._connect import proxy_for
+from trio_sqs._message import (
+    MessageAttributeValue,
+    ReceiveResult,
+    md5_of_message_attributes,
+    receive_result_from_json,
+)
 from trio_sqs._protocol import FAST_PARSED, ServiceData, SQSProtocol, load_service_data
 from trio_sqs._transport import TrioTransport
 from trio_sqs.testing import FakeSQS, open_fake_client
@@ -199,64 +207,242 @@ wire_message = st.one_of(
     st.none(),
     st.integers(),
 )
+QUEUE_URL = "https://sqs.eu-west-1.amazonaws.com/123456789012/q"
+
+
+def _generic_receive(body: bytes) -> Any:
+    """What the client gives without the one-pass reader: botocore's parser, then the messages
+    built and checked one by one (or the ValueError of an answer that is not one)."""
+    try:
+        entries = _protocol().parse_receive_response(200, {}, body)
+    except ValueError as exc:
+        return exc
+    return _receive_result(entries, QUEUE_URL)
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def _wire_attributes_digest(attributes: dict[str, Any]) -> str:
+    values = {
+        name: MessageAttributeValue(
+            value["DataType"],
+            string_value=value.get("StringValue"),
+            binary_value=(
+                base64.b64decode(value["BinaryValue"]) if "BinaryValue" in value else None
+            ),
+        )
+        for name, value in attributes.items()
+    }
+    return md5_of_message_attributes(values)
+
+
+plain_value = st.one_of(
+    st.builds(
+        lambda t, v: {"DataType": t, "StringValue": v},
+        st.sampled_from(["String", "Number", "String.custom"]),
+        st.text(max_size=8),
+    ),
+    st.builds(
+        lambda t, v: {"DataType": t, "BinaryValue": base64.b64encode(v).decode()},
+        st.sampled_from(["Binary", "Binary.gz"]),
+        st.binary(max_size=8),
+    ),
+)
+ODD_NUMBERS = ["-1", " 1", "1_0", "+3", "", "x", "²", "253402300800000"]
+MUTATIONS = [
+    "body digest",
+    "attributes digest",
+    "no attributes digest",
+    "null member",
+    "an empty id or handle",
+    "a third member in a value",
+    "odd number",
+    "a system attribute not a string",
+    "empty attribute name",
+    "binary not base64",
+    "body a number",
+    "a list for a map",
+]
+
+
+@st.composite
+def sqs_messages(draw: st.DrawFn, clean: bool = False) -> dict[str, Any]:
+    """A message as SQS sends it, digests right; unless ``clean``, sometimes with one flaw."""
+    body = draw(st.text(max_size=20))
+    message: dict[str, Any] = {
+        "MessageId": draw(st.text(min_size=1, max_size=6)),
+        "ReceiptHandle": draw(st.text(min_size=1, max_size=6)),
+        "MD5OfBody": _md5(body.encode()),
+        "Body": body,
+    }
+    number = st.integers(0, 2 * 10**14).map(str)  # (SentTimestamp: before the year 10000)
+    system = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "ApproximateReceiveCount": number,
+                "SentTimestamp": number,
+                "SenderId": st.sampled_from(["SENDER", "AIDAEXAMPLE"]),
+                "MessageGroupId": st.text(max_size=4),
+            },
+        )
+    )
+    if system or draw(st.booleans()):
+        message["Attributes"] = system
+    attributes = draw(st.dictionaries(st.text(min_size=1, max_size=5), plain_value, max_size=3))
+    if attributes:
+        message["MessageAttributes"] = attributes
+        message["MD5OfMessageAttributes"] = _wire_attributes_digest(attributes)
+    if clean:
+        return message
+    flaw = draw(st.sampled_from([None, *MUTATIONS]))
+    if flaw is None:
+        return message
+    return _flawed(message, flaw, lambda options: draw(st.sampled_from(options)))
+
+
+def _flawed(message: dict[str, Any], flaw: str, pick: Callable[[list[Any]], Any]) -> dict[str, Any]:
+    """``message`` with one flaw of the kind named, ``pick`` choosing among its variants."""
+    message = dict(message)
+    attributes = dict(
+        message.get("MessageAttributes") or {"a": {"DataType": "String", "StringValue": "v"}}
+    )
+    if flaw == "body digest":
+        message["MD5OfBody"] = _md5(b"another body")
+    elif flaw == "attributes digest":
+        message["MessageAttributes"] = attributes
+        message["MD5OfMessageAttributes"] = _md5(b"other attributes")
+    elif flaw == "no attributes digest":
+        message["MessageAttributes"] = attributes
+        message.pop("MD5OfMessageAttributes", None)
+    elif flaw == "null member":
+        message[pick(["MessageId", "ReceiptHandle", "Body", "MD5OfBody"])] = None
+    elif flaw == "an empty id or handle":
+        message[pick(["MessageId", "ReceiptHandle"])] = ""
+    elif flaw == "a third member in a value":
+        name = sorted(attributes)[0]
+        extra = pick(["StringValue", "BinaryValue", "StringListValues"])
+        attributes[name] = {**attributes[name], extra: pick([None, "", "AA==", []])}
+        message["MessageAttributes"] = attributes
+        message["MD5OfMessageAttributes"] = _md5(b"whatever")
+    elif flaw == "odd number":
+        name = pick(
+            ["ApproximateReceiveCount", "SentTimestamp", "ApproximateFirstReceiveTimestamp"]
+        )
+        message["Attributes"] = {**message.get("Attributes", {}), name: pick(ODD_NUMBERS)}
+    elif flaw == "a system attribute not a string":
+        message["Attributes"] = {**message.get("Attributes", {}), "SenderId": pick([1, None, []])}
+    elif flaw == "empty attribute name":
+        attributes[""] = {"DataType": "String", "StringValue": ""}
+        message["MessageAttributes"] = attributes
+        message["MD5OfMessageAttributes"] = _wire_attributes_digest(attributes)
+    elif flaw == "binary not base64":
+        attributes["b"] = {"DataType": "Binary", "BinaryValue": "not base64!"}
+        message["MessageAttributes"] = attributes
+    elif flaw == "body a number":
+        message["Body"] = 7
+    elif flaw == "a list for a map":
+        message[pick(["Attributes", "MessageAttributes"])] = []
+    else:  # pragma: no cover
+        raise AssertionError(flaw)
+    return message
+
+
 receive_answers = st.one_of(
     st.fixed_dictionaries(
-        {}, optional={"Messages": st.one_of(st.lists(wire_message, max_size=3), st.none())}
+        {},
+        optional={
+            "Messages": st.one_of(
+                st.lists(st.one_of(sqs_messages(), wire_message), max_size=3), st.none()
+            )
+        },
     ),
     st.just([]),
     st.just("text"),
 )
 
 
-def _normalized(entries: list[Any]) -> list[Any]:
-    # MalformedEntry carries botocore's exception text: compare what the client uses of it.
-    return [
-        ("malformed", entry.raw) if type(entry).__name__ == "MalformedEntry" else entry
-        for entry in entries
-    ]
+@SETTINGS
+@given(answer=receive_answers)
+def test_one_pass_receive_reading_is_the_general_paths_or_declines(answer: Any) -> None:
+    body = json.dumps(answer).encode()
+    fast = receive_result_from_json(body, QUEUE_URL)
+    if fast is None:
+        return  # the general path reads it (the client then calls parse_receive_response)
+    expected = _generic_receive(body)
+    assert not isinstance(expected, Exception), (
+        f"one-pass reading accepted what botocore refuses: {expected}"
+    )
+    assert fast == expected
+    assert not expected.corrupt  # a corrupt or malformed message is always declined
 
 
 @SETTINGS
-@given(answer=receive_answers)
-def test_fast_receive_parsing_is_botocores_or_declines(answer: Any) -> None:
-    body = json.dumps(answer).encode()
-    protocol = _protocol()
-    fast = protocol.parse_receive_fast(body)
-    try:
-        expected: Any = _normalized(protocol.parse_receive_response(200, {}, body))
-    except ValueError as exc:
-        expected = exc
-    if fast is None:
-        return  # botocore reads it (the client then calls parse_receive_response)
-    assert not isinstance(expected, Exception), (
-        f"fast parsing accepted what botocore refuses: {expected}"
-    )
-    assert fast == expected
+@given(messages=st.lists(sqs_messages(clean=True), max_size=10))
+def test_one_pass_receive_reading_takes_every_answer_as_sqs_sends_it(
+    messages: list[dict[str, Any]],
+) -> None:
+    """The declines above must be the odd answers only."""
+    body = json.dumps({"Messages": messages}).encode()
+    fast = receive_result_from_json(body, QUEUE_URL)
+    assert fast is not None
+    assert fast == _generic_receive(body)
+    assert len(fast.messages) == len(messages)
 
 
-def test_fast_receive_parsing_takes_what_sqs_sends() -> None:
-    """The declines above must be the odd answers only: a real answer takes the fast path."""
+@pytest.mark.parametrize("variant", [0, -1])
+@pytest.mark.parametrize("flaw", MUTATIONS)
+def test_one_pass_receive_reading_declines_each_flaw(flaw: str, variant: int) -> None:
+    """Each flaw sends the answer down the general path, which sets the message apart (or, for
+    a number ``int()`` reads, such as ``-1``, delivers it as the one-pass reader never does)."""
+    attributes = {"a": {"DataType": "String", "StringValue": "v"}}
+    good = {
+        "MessageId": "m",
+        "ReceiptHandle": "r",
+        "MD5OfBody": _md5(b"b"),
+        "Body": "b",
+        "Attributes": {"ApproximateReceiveCount": "2", "SentTimestamp": "1700000000000"},
+        "MessageAttributes": attributes,
+        "MD5OfMessageAttributes": _wire_attributes_digest(attributes),
+    }
+    assert receive_result_from_json(json.dumps({"Messages": [good]}).encode(), QUEUE_URL)
+    bad = _flawed(good, flaw, lambda options: options[variant])
+    body = json.dumps({"Messages": [good, bad]}).encode()
+    assert receive_result_from_json(body, QUEUE_URL) is None
+    general = _generic_receive(body)
+    assert not isinstance(general, Exception)
+    assert general.messages[0].message_id == "m"
+
+
+def test_one_pass_receive_reading_of_binary_values_and_empty_answers() -> None:
+    attributes = {
+        "s": {"DataType": "String", "StringValue": "v"},
+        "b": {"DataType": "Binary", "BinaryValue": base64.b64encode(b"\0\1").decode()},
+    }
     answer = {
         "Messages": [
             {
                 "MessageId": "m",
                 "ReceiptHandle": "r",
-                "MD5OfBody": "x",
+                "MD5OfBody": _md5(b"b"),
                 "Body": "b",
                 "Attributes": {"ApproximateReceiveCount": "1"},
-                "MD5OfMessageAttributes": "y",
-                "MessageAttributes": {
-                    "s": {"DataType": "String", "StringValue": "v"},
-                    "b": {"DataType": "Binary", "BinaryValue": base64.b64encode(b"\0\1").decode()},
-                },
+                "MD5OfMessageAttributes": _wire_attributes_digest(attributes),
+                "MessageAttributes": attributes,
             }
         ]
     }
-    fast = _protocol().parse_receive_fast(json.dumps(answer).encode())
+    fast = receive_result_from_json(json.dumps(answer).encode(), QUEUE_URL)
     assert fast is not None
-    assert fast[0]["MessageAttributes"]["b"] == {"DataType": "Binary", "BinaryValue": b"\0\1"}
-    assert fast == _protocol().parse_receive_response(200, {}, json.dumps(answer).encode())
-    assert _protocol().parse_receive_fast(b"") == []
+    [message] = fast.messages
+    assert message.message_attributes["b"] == MessageAttributeValue.binary(b"\0\1")
+    assert message.receive_count == 1 and message.queue_url == QUEUE_URL
+    assert fast == _generic_receive(json.dumps(answer).encode())
+    assert receive_result_from_json(b"", QUEUE_URL) == ReceiveResult(())
+    assert receive_result_from_json(b"{}", QUEUE_URL) == ReceiveResult(())
+    assert receive_result_from_json(b'{"Messages": []}', QUEUE_URL) == ReceiveResult(())
 
 
 batch_answers = st.one_of(
@@ -303,7 +489,7 @@ def test_fast_parsing_of_the_other_hot_answers_is_botocores(operation: str, answ
 @pytest.mark.parametrize("body", [b"[]", b"nope", b'"x"', b"{"])
 def test_fast_parsing_declines_what_is_not_a_json_object(body: bytes) -> None:
     assert _protocol().parse_response_fast("DeleteMessageBatch", body) is None
-    assert _protocol().parse_receive_fast(body) is None
+    assert receive_result_from_json(body, QUEUE_URL) is None
 
 
 def test_only_the_hot_operations_are_parsed_fast() -> None:

@@ -48,6 +48,7 @@ from ._message import (
     SendResult,
     malformed_message,
     message_from_wire,
+    receive_result_from_json,
 )
 from ._protocol import (
     HTTPRequest,
@@ -929,13 +930,13 @@ class SQSClient:
         protocol = self._protocol
 
         def read(response: Answer) -> ReceiveResult:
-            entries = None
             if response.status_code < 300 and protocol.fast:
-                entries = protocol.parse_receive_fast(response.content)
-            if entries is None:
-                entries = protocol.parse_receive_response(
-                    response.status_code, response.headers, response.content
-                )
+                result = receive_result_from_json(response.content, queue_url)
+                if result is not None:
+                    return result
+            entries = protocol.parse_receive_response(
+                response.status_code, response.headers, response.content
+            )
             return _receive_result(entries, queue_url)
 
         return await self._call(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ __all__ = [
     "malformed_message",
     "md5_of_message_attributes",
     "message_from_wire",
+    "receive_result_from_json",
 ]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -187,13 +190,16 @@ def _md5_hex(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
+_length = struct.Struct(">I").pack
+
+
 def md5_of_message_attributes(attributes: Mapping[str, MessageAttributeValue]) -> str:
     """The digest SQS computes over message attributes (names sorted, length-prefixed fields)."""
     buf = bytearray()
     for name in sorted(attributes):
         value = attributes[name]
         for part in (name.encode(), value.data_type.encode()):
-            buf += struct.pack(">I", len(part))
+            buf += _length(len(part))
             buf += part
         if value.binary_value is not None:
             buf += b"\x02"
@@ -201,7 +207,7 @@ def md5_of_message_attributes(attributes: Mapping[str, MessageAttributeValue]) -
         else:
             buf += b"\x01"
             raw = (value.string_value or "").encode()
-        buf += struct.pack(">I", len(raw))
+        buf += _length(len(raw))
         buf += raw
     return _md5_hex(bytes(buf))
 
@@ -362,5 +368,134 @@ def _from_wire(raw: Mapping[str, Any], queue_url: str) -> Message | CorruptMessa
         queue_url=queue_url,
         attributes=system,
         message_attributes=attrs,
+        md5_of_message_attributes=md5_attrs,
+    )
+
+
+def receive_result_from_json(body: bytes, queue_url: str) -> ReceiveResult | None:
+    """The :class:`ReceiveResult` of a successful ReceiveMessage answer, read in one pass.
+
+    It gives exactly what botocore's parser followed by :func:`message_from_wire` gives, for
+    answers as SQS sends them: every message a JSON object whose members have the right kinds,
+    every digest matching. For anything else (a member of the wrong kind, a null, a digest that
+    does not match, a number that is not plain digits, a value that is not base64, a body that is
+    not JSON) it returns None, and the caller takes the general path, which sets malformed and
+    corrupt messages apart one by one and logs them.
+    """
+    if not body:
+        return ReceiveResult(())
+    try:
+        document = json.loads(body)
+        if type(document) is not dict:
+            return None
+        raw_messages = document.get("Messages")
+        if raw_messages is None:
+            return ReceiveResult(())
+        if type(raw_messages) is not list:
+            return None
+        messages = []
+        for raw in raw_messages:
+            message = _plain_message(raw, queue_url)
+            if message is None:
+                return None
+            messages.append(message)
+    except ValueError:  # (not JSON, not base64: binascii.Error is a ValueError)
+        return None
+    return ReceiveResult(tuple(messages))
+
+
+def _plain_message(raw: Any, queue_url: str) -> Message | None:
+    if type(raw) is not dict:
+        return None
+    get = raw.get
+    message_id = get("MessageId")
+    receipt_handle = get("ReceiptHandle")
+    body = get("Body")
+    md5_body = get("MD5OfBody")
+    md5_attrs = get("MD5OfMessageAttributes")
+    if not (
+        type(message_id) is str
+        and message_id
+        and type(receipt_handle) is str
+        and receipt_handle
+        and type(body) is str
+        and type(md5_body) is str
+        and (md5_attrs is None or type(md5_attrs) is str)
+    ):
+        return None
+    if _md5_hex(body.encode()) != md5_body:
+        return None
+    system: Any = get("Attributes")
+    if system:
+        if type(system) is not dict:
+            return None
+        for value in system.values():
+            if type(value) is not str:
+                return None
+        for name in _NUMERIC_ATTRIBUTES:
+            value = system.get(name)
+            if value is not None:
+                if not (value.isascii() and value.isdigit()):
+                    return None
+                if name != "ApproximateReceiveCount" and int(value) >= _MAX_TIMESTAMP_MS:
+                    return None
+        system = MappingProxyType(system)  # (a dict of its own, straight from json.loads)
+    elif system is None or type(system) is dict:
+        system = _EMPTY
+    else:
+        return None
+    wire: Any = get("MessageAttributes")
+    if wire:
+        if type(wire) is not dict or md5_attrs is None:
+            return None
+        attributes: dict[str, MessageAttributeValue] = {}
+        parts: list[bytes] = []
+        for name in sorted(wire):
+            value = wire[name]
+            # DataType and exactly one of StringValue and BinaryValue, nothing else
+            if type(value) is not dict or len(value) != 2 or not name:
+                return None
+            data_type = value.get("DataType")
+            if type(data_type) is not str or not data_type:
+                return None
+            string_value = value.get("StringValue")
+            binary_value = None
+            if string_value is not None:
+                if type(string_value) is not str:
+                    return None
+                kind, raw_value = b"\x01", string_value.encode()
+            else:
+                encoded = value.get("BinaryValue")
+                if type(encoded) is not str:
+                    return None
+                kind, raw_value = b"\x02", base64.b64decode(encoded)
+                binary_value = raw_value
+            name_bytes = name.encode()
+            type_bytes = data_type.encode()
+            parts += (
+                _length(len(name_bytes)),
+                name_bytes,
+                _length(len(type_bytes)),
+                type_bytes,
+                kind,
+                _length(len(raw_value)),
+                raw_value,
+            )
+            attributes[name] = MessageAttributeValue(data_type, string_value, binary_value)
+        if _md5_hex(b"".join(parts)) != md5_attrs:
+            return None
+        message_attributes: Mapping[str, MessageAttributeValue] = MappingProxyType(attributes)
+    elif wire is None or type(wire) is dict:
+        message_attributes = _EMPTY
+    else:
+        return None
+    return Message(
+        message_id=message_id,
+        receipt_handle=receipt_handle,
+        body=body,
+        md5_of_body=md5_body,
+        queue_url=queue_url,
+        attributes=system,
+        message_attributes=message_attributes,
         md5_of_message_attributes=md5_attrs,
     )

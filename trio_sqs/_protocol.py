@@ -117,7 +117,7 @@ FAST_OPERATIONS = frozenset(
 )
 
 # The operations whose successful answers may be read without botocore's parser
-# (``SQSProtocol.parse_response_fast``; ReceiveMessage has ``parse_receive_fast``).
+# (``SQSProtocol.parse_response_fast``; ReceiveMessage is read in one pass by ``_message.receive_result_from_json``).
 FAST_PARSED = frozenset(
     {
         "DeleteMessageBatch",
@@ -499,7 +499,7 @@ class SQSProtocol:
         return parsed
 
     def parse_response_fast(self, operation: str, body: bytes) -> dict[str, Any] | None:
-        """A successful answer of one of :data:`FAST_PARSED` (or ReceiveMessage) read with
+        """A successful answer of one of :data:`FAST_PARSED` read with
         ``json.loads`` and a walk over the operation's output shape compiled once, giving what
         botocore's parser gives (members the model knows, null members dropped, binary values
         base64-decoded); None when anything in it is not as SQS sends it (a null in a list, a
@@ -509,7 +509,7 @@ class SQSProtocol:
         schema = self._output_schemas.get(operation, _UNSET)
         if schema is _UNSET:
             schema = None
-            if operation in FAST_PARSED or operation == "ReceiveMessage":
+            if operation in FAST_PARSED:
                 shape = self.operation_model(operation).output_shape
                 schema = _output_schema(shape) if shape is not None else ("s", {})
             self._output_schemas[operation] = schema
@@ -523,16 +523,6 @@ class SQSProtocol:
         except (ValueError, _Decline):  # (binascii.Error is a ValueError)
             return None
         return result
-
-    def parse_receive_fast(self, body: bytes) -> list[Any] | None:
-        """The messages of a successful ReceiveMessage answer as :meth:`parse_receive_response`
-        gives them, read as :meth:`parse_response_fast` reads; None when botocore must read it
-        (then malformed messages are set apart one by one)."""
-        parsed = self.parse_response_fast("ReceiveMessage", body)
-        if parsed is None:
-            return None
-        messages: list[Any] = parsed.get("Messages") or []
-        return messages
 
     def parse_receive_response(
         self, status_code: int, headers: Mapping[str, str], body: bytes
