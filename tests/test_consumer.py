@@ -698,6 +698,62 @@ async def test_handler_timeout_cancels_the_handler_and_releases_with_failure_bac
     assert_fake_queue_empty(fake_sqs, queue_url)
 
 
+async def test_one_handler_task_goes_on_after_a_timeout_and_after_idling_past_the_timeout(
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    fake_sqs_client: trio_sqs.SQSClient,
+    fake_queue_url: str,
+) -> None:
+    """With concurrency 1 every call runs on the one handler task, under one cancel scope until a
+    call is cut short: the cut does not end the task, each call gets its whole handler_timeout
+    from its own start, and an idle wait longer than the timeout after a call is not cut by that
+    call's deadline (the task would end and the consumer take no more work)."""
+    sqs, queue_url = fake_sqs_client, fake_queue_url
+    timeout = 5.0
+    await send_bodies(sqs, queue_url, ["slow"])
+    calls: list[tuple[str, int, str, float]] = []
+    slow_done, late_done = trio.Event(), trio.Event()
+
+    async def handler(message: Message) -> None:
+        start = trio.current_time()
+        outcome = "done"
+        try:
+            if message.body == "slow" and message.receive_count == 1:
+                await trio.sleep(60)
+            else:
+                await trio.sleep(timeout - 0.5)
+        except trio.Cancelled:
+            outcome = "cancelled"
+            raise
+        finally:
+            calls.append(
+                (message.body, message.receive_count, outcome, trio.current_time() - start)
+            )
+        (late_done if message.body == "late" else slow_done).set()
+
+    async with open_consumer(
+        queue_url,
+        handler,
+        client=sqs,
+        concurrency=1,
+        handler_timeout=timeout,
+        failure_backoff=1,
+    ) as consumer:
+        await slow_done.wait()
+        await trio.sleep(3 * timeout)  # idle, three timeouts long
+        await send_bodies(sqs, queue_url, ["late"])
+        await late_done.wait()
+
+    assert calls == [
+        ("slow", 1, "cancelled", timeout),
+        ("slow", 2, "done", timeout - 0.5),
+        ("late", 1, "done", timeout - 0.5),
+    ]
+    stats = consumer.statistics()
+    assert (stats.timed_out, stats.completed, stats.failed) == (1, 2, 0)
+    assert_fake_queue_empty(fake_sqs, queue_url)
+
+
 async def test_failed_message_comes_back_after_backoff_and_consumer_keeps_going(
     autojump_clock: trio.testing.MockClock,
     fake_sqs: FakeSQS,

@@ -358,73 +358,71 @@ class Consumer:
     async def _worker(self) -> None:
         take = self._batch_size if self._batch else 1
         try:
-            while True:
-                messages = await self._dispatcher.get(take)
-                if not messages:
-                    return
-                await self._handle(messages)
+            while await self._work(take):
+                pass
         finally:
             self._workers_alive -= 1
             if self._workers_alive == 0:
                 self._workers_finished.set()
 
-    async def _handle(self, messages: list[Message]) -> None:
-        """Run the handler on ``messages`` in a shielded scope and settle every message after.
+    async def _work(self, take: int) -> bool:
+        """Take messages from the dispatcher and run the handler on them, call after call, under
+        one cancel scope: shielded while a handler runs, open to outside cancellation while
+        waiting for work (a scope per call cost more than the rest of the consumer's work on a
+        message). Every message taken is settled after its call.
+
+        Returns False once the dispatcher has no more work (the worker ends), True when the
+        scope ended with a call (its deadline cut the handler short, or the handler raised past
+        the scope): the worker goes on under a new scope.
 
         Cancellation: the handler is shielded from outside cancellation; its own deadline (the
         handler timeout, and t0 + grace once stopping) cancels it, and its messages are released.
-        A ``BaseException`` other than that cancellation (``SystemExit``, ``KeyboardInterrupt``)
-        releases the messages, stops the consumer, and is raised out of it after the shutdown.
+        A cancellation from outside while waiting for work is raised. A ``BaseException`` other
+        than that cancellation (``SystemExit``, ``KeyboardInterrupt``) releases the messages,
+        stops the consumer, and is raised out of it after the shutdown.
         """
-        self._in_flight += len(messages)
-        started = trio.current_time()
-        if self._batch:
-            self._counters.handler_batch_size.observe(len(messages))
-        deadline = math.inf
-        if self.options.handler_timeout is not None:
-            deadline = trio.current_time() + self.options.handler_timeout
-        deadline = min(deadline, self._grace_deadline)
-        failed: set[str] = set()
-        retry_delay: float | None = None
-        finished = False
-        scope = trio.CancelScope(shield=True, deadline=deadline)
+        timeout = self.options.handler_timeout
+        scope = trio.CancelScope(deadline=self._grace_deadline)
+        messages: list[Message] = []
+        started = 0.0
+        self._handler_scopes.add(scope)
         try:
             with scope:
-                self._handler_scopes.add(scope)
-                try:
-                    if self._middleware:
-                        failed = await self._call_through_middleware(messages, scope)
-                    elif self._batch:
-                        handler_b: BatchHandler = self._handler  # type: ignore[assignment]
-                        failed = failed_ids(await handler_b(list(messages)), messages)
-                    else:
-                        handler: Handler = self._handler  # type: ignore[assignment]
-                        await handler(messages[0])
-                    finished = True
-                except Retry as exc:
-                    retry_delay = exc.delay
-                    finished = True
-                finally:
-                    self._handler_scopes.discard(scope)
+                while True:
+                    messages = []
+                    scope.shield = False
+                    messages = await self._dispatcher.get(take)
+                    if not messages:
+                        return False
+                    scope.shield = True
+                    self._in_flight += len(messages)
+                    started = trio.current_time()
+                    if timeout is not None:
+                        scope.deadline = min(started + timeout, self._grace_deadline)
+                    failed, retry_delay = await self._call_handler(messages, scope)
+                    if scope.cancel_called:
+                        break  # it swallowed its cancellation and returned: not finished
+                    self._finish(messages, started, True, failed, retry_delay)
+                    if timeout is not None:
+                        scope.deadline = self._grace_deadline
         except Exception:
-            # Also an exception group that escaped once the scope took its own Cancelled out
-            # (a handler whose nursery failed while being cancelled).
+            # An exception group that escaped once the scope took its own Cancelled out (a
+            # handler whose nursery failed while being cancelled): cut short, not finished.
+            self._log_failure(messages)
             failed = {m.message_id for m in messages}
-            finished = True
-            ids = ", ".join(m.message_id for m in messages)
-            if len(messages) == 1:
-                log.exception("handler failed", extra={"message_id": ids})
-            else:
-                log.exception("batch handler failed for %s", ids, extra={"message_id": ids})
+            self._finish(messages, started, not scope.cancel_called, failed, None)
+            return True
         except BaseException as exc:
+            if not messages:
+                raise  # waiting for work: a cancellation from outside ends the worker
             self._counters.handler_duration.observe(trio.current_time() - started)
             self._in_flight -= len(messages)
             ids = ", ".join(m.message_id for m in messages)
             if isinstance(exc, trio.Cancelled):
                 # The scope absorbs the cancellations it makes and is shielded from every other
-                # one: a Cancelled that leaves it was raised by the handler (or a middleware)
-                # outside the scope that made it. A bug there, handled as a failure (re-raised,
-                # it ended the consumer silently, as if stopped).
+                # one while a handler runs: a Cancelled that leaves it was raised by the handler
+                # (or a middleware) outside the scope that made it. A bug there, handled as a
+                # failure (re-raised, it ended the consumer silently, as if stopped).
                 log.error(
                     "handler raised a trio.Cancelled that none of its own cancel scopes caught "
                     "(a bug in the handler or a middleware): handled as a failure",
@@ -432,15 +430,60 @@ class Consumer:
                     extra={"message_id": ids},
                 )
                 self._settle_all(messages, True, {m.message_id for m in messages}, None)
-                return
+                return True
             # SystemExit or KeyboardInterrupt: hand the messages back, stop the consumer.
             for message in messages:
                 self._settle(message, release=0)
             log.error("handler raised %r: stopping the consumer", exc)
             self._fail(exc)
-            return
-        # A handler that swallowed its cancellation and returned did not finish its work.
-        finished = finished and not scope.cancel_called
+            return True
+        finally:
+            self._handler_scopes.discard(scope)
+        # The scope's own deadline cut a call short (or came while waiting for work: the grace
+        # period is over, and the worker ends).
+        if not messages:
+            return False
+        self._finish(messages, started, False, set(), None)
+        return True
+
+    async def _call_handler(
+        self, messages: list[Message], scope: trio.CancelScope
+    ) -> tuple[set[str], float | None]:
+        """Run the handler (through the middleware) on ``messages``: the ids that failed and the
+        delay a :class:`Retry` asked for. A handler's ``Exception`` is caught and logged, a
+        failure of every message; a ``BaseException`` is raised."""
+        if self._batch:
+            self._counters.handler_batch_size.observe(len(messages))
+        try:
+            if self._middleware:
+                return await self._call_through_middleware(messages, scope), None
+            if self._batch:
+                handler_b: BatchHandler = self._handler  # type: ignore[assignment]
+                return failed_ids(await handler_b(list(messages)), messages), None
+            handler: Handler = self._handler  # type: ignore[assignment]
+            await handler(messages[0])
+            return set(), None
+        except Retry as exc:
+            return set(), exc.delay
+        except Exception:
+            self._log_failure(messages)
+            return {m.message_id for m in messages}, None
+
+    def _log_failure(self, messages: list[Message]) -> None:
+        ids = ", ".join(m.message_id for m in messages)
+        if len(messages) == 1:
+            log.exception("handler failed", extra={"message_id": ids})
+        else:
+            log.exception("batch handler failed for %s", ids, extra={"message_id": ids})
+
+    def _finish(
+        self,
+        messages: list[Message],
+        started: float,
+        finished: bool,
+        failed: set[str],
+        retry_delay: float | None,
+    ) -> None:
         self._counters.handler_duration.observe(trio.current_time() - started)
         self._in_flight -= len(messages)
         self._settle_all(messages, finished, failed, retry_delay)
