@@ -126,13 +126,14 @@ class Signer:
         service: The signing service name.
     """
 
-    __slots__ = ("_keys", "_scope_tail", "region", "service")
+    __slots__ = ("_keys", "_scope_tail", "_templates", "region", "service")
 
     def __init__(self, region: str, service: str = "sqs") -> None:
         self.region = region
         self.service = service
         self._scope_tail = f"/{region}/{service}/aws4_request"
         self._keys: dict[tuple[str, str, str, str], bytes] = {}
+        self._templates: dict[tuple[Any, ...], _Template] = {}
 
     def signing_key(self, secret_key: str, datestamp: str) -> bytes:
         """The derived key for ``secret_key`` on ``datestamp`` (``YYYYMMDD``), cached."""
@@ -173,52 +174,28 @@ class Signer:
         timestamp = now.strftime(SIGV4_TIMESTAMP)
         datestamp = timestamp[:8]
         token = credentials.token
-
-        # What botocore removes before it adds its own, and whether a Date header is used.
-        use_date = False
-        payload_hash = None
-        out: dict[str, str] = {}
-        for name, value in headers.items():
-            lname = name.lower()
-            if lname == "authorization" or lname == "x-amz-date":
-                continue
-            if lname == "date":
-                use_date = True
-                continue
-            if lname == "x-amz-security-token" and token:
-                continue
-            if lname == "x-amz-content-sha256" and payload_hash is None:
-                payload_hash = value
-            out[name] = value
-        if use_date:
-            out["Date"] = formatdate(int(calendar.timegm(now.timetuple())))
+        # What depends only on the method, URL, headers and token is worked out once.
+        key = (method, url, token, tuple(headers.items()))
+        template = self._templates.get(key)
+        if template is None:
+            template = _template(method, url, headers, token)
+            if len(self._templates) >= TEMPLATE_CACHE_SIZE:
+                del self._templates[next(iter(self._templates))]
+            self._templates[key] = template
+        out = dict(template.headers)
+        if template.use_date:
+            date = formatdate(int(calendar.timegm(now.timetuple())))
+            out["Date"] = date
         else:
+            date = timestamp
             out["X-Amz-Date"] = timestamp
         if token:
             out["X-Amz-Security-Token"] = token
-
-        path, query, host = canonical_url_parts(url)
-        signed: dict[str, list[str]] = {}
-        for name, value in out.items():
-            lname = name.lower()
-            if lname not in SIGNED_HEADERS_BLACKLIST:
-                values = signed.get(lname)
-                if values is None:
-                    signed[lname] = [value]
-                else:
-                    values.append(value)
-        if "host" not in signed:
-            signed["host"] = [host]
-        names = sorted(signed)
-        canonical_headers = "\n".join(
-            f"{lname}:{','.join(' '.join(v.split()) for v in signed[lname])}" for lname in names
-        )
-        signed_headers = ";".join(names)
+        payload_hash = template.payload_hash
         if payload_hash is None:
             payload_hash = sha256(body).hexdigest() if body else EMPTY_SHA256_HASH
         canonical_request = (
-            f"{method.upper()}\n{path}\n{query}\n{canonical_headers}\n\n"
-            f"{signed_headers}\n{payload_hash}"
+            f"{template.before}{date}{template.after}\n\n{template.signed_headers}\n{payload_hash}"
         )
         scope = datestamp + self._scope_tail
         string_to_sign = (
@@ -232,6 +209,89 @@ class Signer:
         ).hexdigest()
         out["Authorization"] = (
             f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
-            f"SignedHeaders={signed_headers}, Signature={signature}"
+            f"SignedHeaders={template.signed_headers}, Signature={signature}"
         )
         return out
+
+
+# How many request templates a Signer keeps: one per operation (and token) is what a client
+# needs.
+TEMPLATE_CACHE_SIZE = 64
+
+
+class _Template:
+    """What a signature depends on besides the time and the body: the headers to send (before
+    the date, token and ``Authorization``), and the canonical request around the date header's
+    value (``before`` + the date + ``after``; the date header is always signed)."""
+
+    __slots__ = ("after", "before", "headers", "payload_hash", "signed_headers", "use_date")
+
+    def __init__(
+        self,
+        headers: dict[str, str],
+        use_date: bool,
+        payload_hash: str | None,
+        before: str,
+        after: str,
+        signed_headers: str,
+    ) -> None:
+        self.headers = headers
+        self.use_date = use_date
+        self.payload_hash = payload_hash
+        self.before = before
+        self.after = after
+        self.signed_headers = signed_headers
+
+
+_DATE_MARK = "\0date\0"  # (whitespace-free, so the value folding leaves it as it is)
+
+
+def _template(method: str, url: str, headers: Mapping[str, str], token: str | None) -> _Template:
+    # What botocore removes before it adds its own, and whether a Date header is used.
+    use_date = False
+    payload_hash = None
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        lname = name.lower()
+        if lname == "authorization" or lname == "x-amz-date":
+            continue
+        if lname == "date":
+            use_date = True
+            continue
+        if lname == "x-amz-security-token" and token:
+            continue
+        if lname == "x-amz-content-sha256" and payload_hash is None:
+            payload_hash = value
+        out[name] = value
+    signing = dict(out)
+    signing["Date" if use_date else "X-Amz-Date"] = _DATE_MARK
+    if token:
+        signing["X-Amz-Security-Token"] = token
+
+    path, query, host = canonical_url_parts(url)
+    signed: dict[str, list[str]] = {}
+    for name, value in signing.items():
+        lname = name.lower()
+        if lname not in SIGNED_HEADERS_BLACKLIST:
+            values = signed.get(lname)
+            if values is None:
+                signed[lname] = [value]
+            else:
+                values.append(value)
+    if "host" not in signed:
+        signed["host"] = [host]
+    names = sorted(signed)
+    canonical_headers = "\n".join(
+        f"{lname}:{','.join(' '.join(v.split()) for v in signed[lname])}" for lname in names
+    )
+    before, mark, after = canonical_headers.partition(_DATE_MARK)
+    if not mark or _DATE_MARK in after:  # pragma: no cover - a header holding the mark itself
+        raise ValueError("a request header holds the signer's date placeholder")
+    return _Template(
+        headers=out,
+        use_date=use_date,
+        payload_hash=payload_hash,
+        before=f"{method.upper()}\n{path}\n{query}\n{before}",
+        after=after,
+        signed_headers=";".join(names),
+    )
