@@ -48,6 +48,7 @@ import trio
 from bench_common import FakeSQSServer
 
 import trio_sqs
+import trio_sqs._json
 from trio_sqs._transport import default_parser
 
 GOAL = 0.3
@@ -317,7 +318,8 @@ def report(
         f"{server}",
         f"- Python {platform.python_version()}, trio {trio.__version__}, httpx {httpx.__version__}, "
         f"botocore {botocore.__version__}, {os.cpu_count()} CPUs; trio_sqs's response parser: "
-        f"{default_parser()} (TRIO_SQS_HTTP_PARSER chooses)",
+        f"{default_parser()} (TRIO_SQS_HTTP_PARSER chooses), its decoder of ReceiveMessage "
+        f"answers: {trio_sqs._json.LOADS_NAME} (TRIO_SQS_JSON chooses)",
         "",
         "| client | CPU µs/pair (median) | min | max | spread (half range) "
         "| user / sys µs | wall µs/pair |",

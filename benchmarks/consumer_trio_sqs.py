@@ -38,9 +38,17 @@ def parse_all_args() -> tuple[argparse.Namespace, dict[str, Any]]:
         default=None,
         help="the transport's response parser (default: httptools when installed)",
     )
+    own.add_argument(
+        "--json",
+        choices=("json", "orjson"),
+        default=None,
+        help="the decoder of ReceiveMessage answers (default: orjson when installed)",
+    )
     extra, rest = own.parse_known_args()
     if extra.http_parser is not None:
         os.environ["TRIO_SQS_HTTP_PARSER"] = extra.http_parser
+    if extra.json is not None:
+        os.environ["TRIO_SQS_JSON"] = extra.json  # (read when the client opens)
     sys.argv[1:] = rest
     args = parse_args(__doc__ or "")
     options = {"batch_window": extra.batch_window, "pollers": extra.pollers}

@@ -70,8 +70,9 @@ RATIO_BASES = ("aiobotocore", "aiobotocore_graceful", "aiobotocore_trio", "boto3
 # The idle-shutdown scenario also runs trio_sqs's consumer with gc.freeze() before the
 # interpreter exits (bench_common.finish): what one line in an application changes.
 FREEZE = "trio_sqs_freeze"
-# The drain also runs trio_sqs's consumer on h11, the response parser without the speed extra
-# (httptools); "trio_sqs" uses httptools when it is installed (check_dependencies says).
+# The drain also runs trio_sqs's consumer as without the speed extra: on h11 (not httptools) and
+# the standard library's json (not orjson); "trio_sqs" uses both of the extra's when they are
+# installed (check_dependencies says).
 H11 = "trio_sqs_h11"
 SCRIPTS = {
     "trio_sqs": ("consumer_trio_sqs.py", ()),
@@ -80,7 +81,7 @@ SCRIPTS = {
     "aiobotocore_trio": ("consumer_aiobotocore_trio.py", ()),
     "boto3": ("consumer_boto3.py", ()),
     FREEZE: ("consumer_trio_sqs.py", ("--freeze-at-exit",)),
-    H11: ("consumer_trio_sqs.py", ("--http-parser", "h11")),
+    H11: ("consumer_trio_sqs.py", ("--http-parser", "h11", "--json", "json")),
 }
 LABELS = {
     "trio_sqs": "trio_sqs",
@@ -99,7 +100,7 @@ DETAILS = {
     "aiobotocore_trio": "aiobotocore + httpx session on Trio (graceful)",
     "boto3": "boto3, ThreadPoolExecutor (urllib3)",
     FREEZE: "trio_sqs, gc.freeze() before exit",
-    H11: "trio_sqs on h11 (without the speed extra)",
+    H11: "trio_sqs on h11 and json (without the speed extra)",
 }
 #: Short names, for the ratio columns.
 SHORT = {
@@ -689,6 +690,7 @@ def versions() -> str:
         "trio",
         "h11",
         "httptools",
+        "orjson",
         "httpx",
         "httpcore",
         "anyio",
@@ -990,11 +992,12 @@ def check_dependencies() -> tuple[str, ...]:
             "pip install -e '.[bench]' (in a virtualenv of its own if your botocore is newer "
             "than aiobotocore supports)"
         )
-    if importlib.util.find_spec("httptools") is None:
-        log(
-            "httptools is not installed (pip install 'trio-sqs[speed]'): the trio_sqs consumer "
-            "runs on h11 like trio_sqs_h11"
-        )
+    for name, instead in (("httptools", "h11"), ("orjson", "the standard library's json")):
+        if importlib.util.find_spec(name) is None:
+            log(
+                f"{name} is not installed (pip install 'trio-sqs[speed]'): the trio_sqs consumer "
+                f"runs on {instead} like trio_sqs_h11"
+            )
     if importlib.util.find_spec("httpx") is None:
         log("httpx is not installed: aiobotocore on Trio (its httpx session) is left out")
         return tuple(c for c in CONSUMERS if c != "aiobotocore_trio")

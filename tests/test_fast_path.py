@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
@@ -21,7 +22,13 @@ from botocore.credentials import ReadOnlyCredentials
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+try:
+    import orjson
+except ImportError:  # pragma: no cover - the test extra installs it
+    orjson = None
+
 import trio_sqs
+import trio_sqs._json
 from trio_sqs import ConfigurationError, RetryPolicy, TransportError
 from trio_sqs._client import DEFAULT_CALL_TIMEOUT, _receive_result
 from trio_sqs._connect import proxy_for
@@ -208,6 +215,7 @@ wire_message = st.one_of(
     st.integers(),
 )
 QUEUE_URL = "https://sqs.eu-west-1.amazonaws.com/123456789012/q"
+LOADERS = [json.loads, *([orjson.loads] if orjson is not None else [])]
 
 
 def _generic_receive(body: bytes) -> Any:
@@ -368,15 +376,17 @@ receive_answers = st.one_of(
 @given(answer=receive_answers)
 def test_one_pass_receive_reading_is_the_general_paths_or_declines(answer: Any) -> None:
     body = json.dumps(answer).encode()
-    fast = receive_result_from_json(body, QUEUE_URL)
-    if fast is None:
-        return  # the general path reads it (the client then calls parse_receive_response)
-    expected = _generic_receive(body)
-    assert not isinstance(expected, Exception), (
-        f"one-pass reading accepted what botocore refuses: {expected}"
-    )
-    assert fast == expected
-    assert not expected.corrupt  # a corrupt or malformed message is always declined
+    for loads in LOADERS:  # (orjson, the speed extra's, and the standard library's)
+        with mock.patch.object(trio_sqs._json, "loads", loads):
+            fast = receive_result_from_json(body, QUEUE_URL)
+        if fast is None:
+            continue  # the general path reads it (the client then calls parse_receive_response)
+        expected = _generic_receive(body)
+        assert not isinstance(expected, Exception), (
+            f"one-pass reading accepted what botocore refuses: {expected}"
+        )
+        assert fast == expected
+        assert not expected.corrupt  # a corrupt or malformed message is always declined
 
 
 @SETTINGS
@@ -385,11 +395,13 @@ def test_one_pass_receive_reading_takes_every_answer_as_sqs_sends_it(
     messages: list[dict[str, Any]],
 ) -> None:
     """The declines above must be the odd answers only."""
-    body = json.dumps({"Messages": messages}).encode()
-    fast = receive_result_from_json(body, QUEUE_URL)
-    assert fast is not None
-    assert fast == _generic_receive(body)
-    assert len(fast.messages) == len(messages)
+    body = json.dumps({"Messages": messages}, ensure_ascii=False).encode()
+    for loads in LOADERS:
+        with mock.patch.object(trio_sqs._json, "loads", loads):
+            fast = receive_result_from_json(body, QUEUE_URL)
+        assert fast is not None
+        assert fast == _generic_receive(body)
+        assert len(fast.messages) == len(messages)
 
 
 @pytest.mark.parametrize("variant", [0, -1])

@@ -24,6 +24,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 from botocore.credentials import Credentials
 from botocore.session import Session
 
+from . import _json
 from ._client import CLOSE_TIMEOUT, DEFAULT_CALL_TIMEOUT, DEFAULT_TIMEOUT, SQSClient
 from ._config import Limits, RetryPolicy
 from ._credentials import CredentialCache, CredentialSource, is_refreshable, provider_errors
@@ -369,6 +370,10 @@ async def open_client(
             "Please report it with your botocore version.",
             mismatch,
         )
+    try:
+        _json.configure()
+    except ValueError as exc:  # $TRIO_SQS_JSON
+        raise ConfigurationError(str(exc), code="InvalidOption") from None
     direct: TrioTransport | None = None
     own_http = http_client is None
     proxy = proxy_for(resolved.endpoint) if transport is None and own_http else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
 
+from . import _json
 from ._exceptions import BatchEntryError, MessageCorruptError
 
 __all__ = [
@@ -385,7 +385,7 @@ def receive_result_from_json(body: bytes, queue_url: str) -> ReceiveResult | Non
     if not body:
         return ReceiveResult(())
     try:
-        document = json.loads(body)
+        document = _json.loads(body)
         if type(document) is not dict:
             return None
         raw_messages = document.get("Messages")
@@ -399,7 +399,7 @@ def receive_result_from_json(body: bytes, queue_url: str) -> ReceiveResult | Non
             if message is None:
                 return None
             messages.append(message)
-    except ValueError:  # (not JSON, not base64: binascii.Error is a ValueError)
+    except ValueError:  # (not JSON, not base64: binascii.Error, orjson.JSONDecodeError)
         return None
     return ReceiveResult(tuple(messages))
 

@@ -35,6 +35,7 @@ from .._config import ConsumerOptions, Limits
 from .._connect import open_client
 from .._consumer import Consumer
 from .._exceptions import QueueDoesNotExist
+from .._json import JSON_VARIABLE
 from .._middleware import Middleware
 from .._open import open_consumer
 from .._transport import PARSER_VARIABLE
@@ -338,7 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         known = [*RUN_SETTINGS, *LOG_SETTINGS, *CONSUMER_SETTINGS]
         # (and the library's own: the HTTP transport's parser)
-        check_environment(os.environ, [*(setting.env for setting in known), PARSER_VARIABLE])
+        check_environment(
+            os.environ, [*(setting.env for setting in known), PARSER_VARIABLE, JSON_VARIABLE]
+        )
         if args.command == "demo":
             return cmd_demo(args, os.environ)
         if args.command in TOOLS:
