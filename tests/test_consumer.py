@@ -754,6 +754,39 @@ async def test_one_handler_task_goes_on_after_a_timeout_and_after_idling_past_th
     assert_fake_queue_empty(fake_sqs, queue_url)
 
 
+async def test_an_error_while_settling_stops_the_consumer_once_and_is_not_a_handler_failure(
+    autojump_clock: trio.testing.MockClock,
+    fake_sqs: FakeSQS,
+    fake_sqs_client: trio_sqs.SQSClient,
+    fake_queue_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Settling runs under the handler task's scope but after the handler: an exception there
+    is an internal error (the consumer stops, raising it), never taken for the handler's own and
+    settled a second time."""
+    sqs, queue_url = fake_sqs_client, fake_queue_url
+    await send_bodies(sqs, queue_url, ["one"])
+    calls = 0
+
+    async def handler(message: Message) -> None:
+        nonlocal calls
+        calls += 1
+
+    def broken_settle(self: Any, *args: Any) -> None:
+        raise RuntimeError("settling broke")
+
+    monkeypatch.setattr(Consumer, "_settle_all", broken_settle)
+    with pytest.raises(RuntimeError, match="settling broke"):
+        async with open_consumer(queue_url, handler, client=sqs, concurrency=1) as consumer:
+            await trio.sleep_forever()
+    stats = consumer.statistics()
+    assert calls == 1
+    assert stats.in_flight == 0
+    assert (stats.completed, stats.failed) == (0, 0)
+    assert not [r for r in caplog.records if r.getMessage() == "handler failed"]
+
+
 async def test_failed_message_comes_back_after_backoff_and_consumer_keeps_going(
     autojump_clock: trio.testing.MockClock,
     fake_sqs: FakeSQS,

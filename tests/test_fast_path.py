@@ -215,7 +215,7 @@ wire_message = st.one_of(
     st.integers(),
 )
 QUEUE_URL = "https://sqs.eu-west-1.amazonaws.com/123456789012/q"
-LOADERS = [json.loads, *([orjson.loads] if orjson is not None else [])]
+LOADERS = [trio_sqs._json._standard_loads, *([orjson.loads] if orjson is not None else [])]
 
 
 def _generic_receive(body: bytes) -> Any:
@@ -426,6 +426,26 @@ def test_one_pass_receive_reading_declines_each_flaw(flaw: str, variant: int) ->
     general = _generic_receive(body)
     assert not isinstance(general, Exception)
     assert general.messages[0].message_id == "m"
+
+
+@pytest.mark.parametrize("name", ["ApproximateReceiveCount", "SentTimestamp"])
+def test_a_number_past_ints_digit_limit_is_declined_and_set_apart(name: str) -> None:
+    """int() refuses more than 4300 digits: the general path sets the message apart as
+    malformed; the one-pass reader must not deliver it (its receive_count would raise)."""
+    message = {
+        "MessageId": "m",
+        "ReceiptHandle": "r",
+        "MD5OfBody": _md5(b"b"),
+        "Body": "b",
+        "Attributes": {name: "1" * 5000},
+    }
+    body = json.dumps({"Messages": [message]}).encode()
+    for loads in LOADERS:
+        with mock.patch.object(trio_sqs._json, "loads", loads):
+            assert receive_result_from_json(body, QUEUE_URL) is None
+    general = _generic_receive(body)
+    assert not isinstance(general, Exception)
+    assert general.messages == () and len(general.corrupt) == 1
 
 
 def test_one_pass_receive_reading_of_binary_values_and_empty_answers() -> None:

@@ -110,7 +110,7 @@ def test_the_decoder_is_orjson_when_installed_and_can_be_forced(
     monkeypatch.delenv(_json.JSON_VARIABLE, raising=False)
     assert _json.default_loads() == ("orjson", orjson.loads)
     monkeypatch.setenv(_json.JSON_VARIABLE, " JSON ")
-    assert _json.default_loads() == ("json", json.loads)
+    assert _json.default_loads() == ("json", _json._standard_loads)
     monkeypatch.setenv(_json.JSON_VARIABLE, "orjson")
     assert _json.default_loads() == ("orjson", orjson.loads)
     monkeypatch.setitem(sys.modules, "orjson", None)  # not installed
@@ -119,7 +119,7 @@ def test_the_decoder_is_orjson_when_installed_and_can_be_forced(
     ):
         _json.default_loads()
     monkeypatch.delenv(_json.JSON_VARIABLE)
-    assert _json.default_loads() == ("json", json.loads)
+    assert _json.default_loads() == ("json", _json._standard_loads)
 
 
 async def test_an_unknown_decoder_in_the_environment_is_a_configuration_error(
@@ -147,7 +147,7 @@ async def test_opening_a_client_reads_the_variable_again(monkeypatch: pytest.Mon
         aws_access_key_id="a",
         aws_secret_access_key="b",
     ):
-        assert (_json.LOADS_NAME, _json.loads) == ("json", json.loads)
+        assert (_json.LOADS_NAME, _json.loads) == ("json", _json._standard_loads)
     monkeypatch.setenv(_json.JSON_VARIABLE, "orjson")
     async with trio_sqs.open_client(
         region="us-east-1",
@@ -156,3 +156,32 @@ async def test_opening_a_client_reads_the_variable_again(monkeypatch: pytest.Mon
         aws_secret_access_key="b",
     ):
         assert (_json.LOADS_NAME, _json.loads) == ("orjson", orjson.loads)
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda text: b"\xef\xbb\xbf" + text.encode(),  # a UTF-8 byte order mark
+        lambda text: text.encode("utf-16"),
+        lambda text: text.encode("utf-16-le"),
+        lambda text: text.encode("utf-32-be"),
+        lambda text: text.replace('"m"', '"m\ud800"').encode("utf-8", "surrogatepass"),
+    ],
+    ids=["bom", "utf-16", "utf-16-le", "utf-32-be", "encoded surrogate"],
+)
+@pytest.mark.parametrize("loads", ["json", "orjson"])
+def test_only_strict_utf8_is_read_by_either_decoder(
+    monkeypatch: pytest.MonkeyPatch, encode: Any, loads: str
+) -> None:
+    """botocore decodes answers as strict UTF-8 and refuses the rest; json.loads on bytes would
+    take other encodings and encoded surrogates (a MessageId no one can encode again)."""
+    message = {"MessageId": "m", "ReceiptHandle": "r", "Body": "x"}
+    message["MD5OfBody"] = "9dd4e461268c8034f5c8564e155c67a6"  # MD5 of "x"
+    text = json.dumps({"Messages": [message]})
+    assert receive_result_from_json(text.encode(), "q") is not None
+    monkeypatch.setattr(_json, "loads", dict(_json_loaders())[loads])
+    assert receive_result_from_json(encode(text), "q") is None
+
+
+def _json_loaders() -> list[tuple[str, Any]]:
+    return [("json", _json._standard_loads), ("orjson", orjson.loads)]

@@ -499,3 +499,25 @@ def test_signing_key_cache_is_bounded() -> None:
     assert signer.signing_key("secret0", dates[0]) == _derived(
         "secret0", dates[0], "eu-west-1", "sqs"
     )
+
+
+@pytest.mark.parametrize("date_header", [None, "Date"])
+def test_a_header_value_like_a_placeholder_is_signed_as_botocore_does(
+    date_header: str | None,
+) -> None:
+    """The cached template has no placeholder a header value could hold (an earlier one raised
+    on a value containing it, where botocore signs)."""
+    now = datetime.datetime(2025, 3, 1, 12, 0, 0)
+    headers = {"X-Custom": "a\0date\0b", "X-Other": "x-amz-date:"}
+    if date_header:
+        headers[date_header] = "whatever"
+    url = "https://sqs.us-east-1.amazonaws.com/"
+    creds = ReadOnlyCredentials("AKID", "secret", "token")
+    signer = Signer("us-east-1")
+    for _ in range(2):  # built, then from the cache
+        signed = signer.sign("POST", url, headers, b"{}", creds, now)
+        request = AWSRequest(method="POST", url=url, data=b"{}", headers=headers)
+        with pytest.MonkeyPatch.context() as mp:
+            set_signing_clock(mp, lambda: now)
+            SigV4Auth(creds, "sqs", "us-east-1").add_auth(request)
+        assert list(signed.items()) == list(request.headers.items())

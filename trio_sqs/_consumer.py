@@ -402,10 +402,14 @@ class Consumer:
                     failed, retry_delay = await self._call_handler(messages, scope)
                     if scope.cancel_called:
                         break  # it swallowed its cancellation and returned: not finished
-                    self._finish(messages, started, True, failed, retry_delay)
+                    # Settled once: from here on an exception is not the handler's.
+                    done, messages = messages, []
+                    self._finish(done, started, True, failed, retry_delay)
                     if timeout is not None:
                         scope.deadline = self._grace_deadline
         except Exception:
+            if not messages:
+                raise  # settling failed: an internal error (the consumer stops on it, once)
             # An exception group that escaped once the scope took its own Cancelled out (a
             # handler whose nursery failed while being cancelled): cut short, not finished.
             self._log_failure(messages)

@@ -3,9 +3,12 @@
 ``json.loads``.
 
 Its one caller (``_message.receive_result_from_json``) treats a ``ValueError`` as "not for the fast
-path" and leaves the answer to botocore, which reads it with the standard library: where orjson
-refuses what ``json.loads`` takes (lone surrogate escapes, ``NaN``, a byte order mark, encodings
-other than UTF-8) the result is the same. Where both accept a document, they give equal values
+path" and leaves the answer to botocore, which decodes it as strict UTF-8 and reads it with the
+standard library; both decoders here decode strict UTF-8 too (``json.loads`` is given the decoded
+text: on bytes it would also take UTF-16, UTF-32 and a byte order mark). Where orjson refuses what
+``json.loads`` takes (lone surrogate escapes, ``NaN``) the result is the same; orjson reads
+arrays nested deeper than the standard library can (which raises ``RecursionError``), a
+document no SQS answer is. Where both accept a document, they give equal values
 except for numbers (orjson reads an integer past 64 bits as a float), and that caller takes no
 number from the document: every value it uses must be a string, an object or an array, or it
 declines (``tests/test_json.py``). ``TRIO_SQS_JSON=json`` forces the standard library (an escape
@@ -41,14 +44,20 @@ def default_loads() -> tuple[str, Callable[[bytes], Any]]:
                 ) from None
         else:
             return "orjson", orjson.loads
-    return "json", json.loads
+    return "json", _standard_loads
+
+
+def _standard_loads(body: bytes) -> Any:
+    # Strict UTF-8, as botocore decodes: json.loads(bytes) would also take UTF-16 and UTF-32,
+    # a byte order mark, and encoded surrogates.
+    return json.loads(body.decode("utf-8"))
 
 
 def _chosen() -> tuple[str, Callable[[bytes], Any]]:
     try:
         return default_loads()
     except ValueError:  # (open_client refuses it: configure)
-        return "json", json.loads
+        return "json", _standard_loads
 
 
 LOADS_NAME, loads = _chosen()

@@ -437,7 +437,10 @@ def _plain_message(raw: Any, queue_url: str) -> Message | None:
             if value is not None:
                 if not (value.isascii() and value.isdigit()):
                     return None
-                if name != "ApproximateReceiveCount" and int(value) >= _MAX_TIMESTAMP_MS:
+                # (int() also refuses more digits than sys.get_int_max_str_digits(): a
+                # ValueError, declined, as the general path refuses it)
+                number = int(value)
+                if name != "ApproximateReceiveCount" and number >= _MAX_TIMESTAMP_MS:
                     return None
         system = MappingProxyType(system)  # (a dict of its own, straight from json.loads)
     elif system is None or type(system) is dict:

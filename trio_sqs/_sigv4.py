@@ -243,9 +243,6 @@ class _Template:
         self.signed_headers = signed_headers
 
 
-_DATE_MARK = "\0date\0"  # (whitespace-free, so the value folding leaves it as it is)
-
-
 def _template(method: str, url: str, headers: Mapping[str, str], token: str | None) -> _Template:
     # What botocore removes before it adds its own, and whether a Date header is used.
     use_date = False
@@ -263,8 +260,9 @@ def _template(method: str, url: str, headers: Mapping[str, str], token: str | No
         if lname == "x-amz-content-sha256" and payload_hash is None:
             payload_hash = value
         out[name] = value
+    date_name = "date" if use_date else "x-amz-date"
     signing = dict(out)
-    signing["Date" if use_date else "X-Amz-Date"] = _DATE_MARK
+    signing[date_name] = ""  # (its value is the time, filled in per request)
     if token:
         signing["X-Amz-Security-Token"] = token
 
@@ -281,12 +279,12 @@ def _template(method: str, url: str, headers: Mapping[str, str], token: str | No
     if "host" not in signed:
         signed["host"] = [host]
     names = sorted(signed)
-    canonical_headers = "\n".join(
-        f"{lname}:{','.join(' '.join(v.split()) for v in signed[lname])}" for lname in names
-    )
-    before, mark, after = canonical_headers.partition(_DATE_MARK)
-    if not mark or _DATE_MARK in after:  # pragma: no cover - a header holding the mark itself
-        raise ValueError("a request header holds the signer's date placeholder")
+    lines = [f"{lname}:{','.join(' '.join(v.split()) for v in signed[lname])}" for lname in names]
+    # The date header's line is its name and the time alone (the request's own date headers
+    # were removed above): the canonical headers are what comes before the time and after it.
+    at = names.index(date_name)
+    before = "".join(line + "\n" for line in lines[:at]) + f"{date_name}:"
+    after = "".join("\n" + line for line in lines[at + 1 :])
     return _Template(
         headers=out,
         use_date=use_date,
