@@ -754,6 +754,47 @@ async def test_batch_limits(autojump_clock: Any, client, operation: str):
         assert await code([entry(bad)]) == "AWS.SimpleQueueService.InvalidBatchEntryId"
 
 
+async def test_batch_size_counts_attributes_against_the_service_limit(autojump_clock: Any, client):
+    """SendMessageBatch's limit is the sum of its messages' sizes, each body plus its
+    attributes' names, types and values (binary ones decoded), against SQS's 1 MiB: exactly
+    the limit is taken, one byte more is BatchRequestTooLong. The fake counted bodies only."""
+    url = await client.create_queue(unique())
+    limit = 1_048_576
+    attributes = {
+        "n": {"DataType": "Number", "StringValue": "12"},  # 1 + 6 + 2
+        "b": {"DataType": "Binary", "BinaryValue": b"abc"},  # 1 + 6 + 3 (base64 on the wire)
+    }
+    attributes_size = 9 + 10
+    body = "x" * (limit // 4 - attributes_size)
+
+    def entries(extra: int) -> list[dict[str, Any]]:
+        sized = [
+            {"Id": str(i), "MessageBody": body, "MessageAttributes": attributes} for i in range(4)
+        ]
+        sized[0]["MessageBody"] += "y" * extra
+        return sized
+
+    assert sum(len(e["MessageBody"]) for e in entries(0)) + 4 * attributes_size == limit
+    answer = await raw(client, "SendMessageBatch", QueueUrl=url, Entries=entries(0))
+    assert [e["Id"] for e in answer["Successful"]] == ["0", "1", "2", "3"]
+    assert await error_of(client, "SendMessageBatch", QueueUrl=url, Entries=entries(1)) == (
+        "AWS.SimpleQueueService.BatchRequestTooLong"
+    )
+    # The bodies alone are under the limit: only the attributes take the batch over it.
+    assert sum(len(e["MessageBody"]) for e in entries(1)) < limit
+
+
+async def test_batch_limit_is_the_service_s_not_the_queue_s(autojump_clock: Any, client):
+    """A queue's MaximumMessageSize limits each message, not the batch: ten messages of 1,000
+    bytes on a queue of 1,024 are taken, and one of 1,025 fails alone."""
+    url = await client.create_queue(unique(), attributes={"MaximumMessageSize": "1024"})
+    batch = [{"Id": str(i), "MessageBody": "x" * 1000} for i in range(9)]
+    batch.append({"Id": "big", "MessageBody": "x" * 1025})
+    answer = await raw(client, "SendMessageBatch", QueueUrl=url, Entries=batch)
+    assert len(answer["Successful"]) == 9
+    assert [(e["Id"], e["Code"]) for e in answer["Failed"]] == [("big", "InvalidParameterValue")]
+
+
 async def test_send_batch_per_entry_failures(autojump_clock: Any, fake_sqs, client):
     url = await client.create_queue(unique())
     sent, outcome = await client.send_message_batch(
@@ -1167,40 +1208,144 @@ async def test_wrong_json_types(
 # -- bad requests on the wire ----------------------------------------------------------------
 
 
-async def test_unknown_and_unsupported_operations(autojump_clock: Any, fake_sqs):
-    response = await wire(fake_sqs, b"{}", target="AmazonSQS.MakeCoffee")
-    assert response.status_code == 400
-    assert response.json()["__type"] == "com.amazon.coral.service#UnknownOperationException"
-    response = await wire(fake_sqs, b"{}", target=None)
-    assert response.json()["__type"] == "com.amazon.coral.service#UnknownOperationException"
-    response = await wire(fake_sqs, b"{}", target="AmazonSQS.ListQueueTags")
-    assert response.json()["__type"] == "com.amazonaws.sqs#UnsupportedOperation"
-    assert response.headers["x-amzn-query-error"] == (
-        "AWS.SimpleQueueService.UnsupportedOperation;Sender"
-    )
+CORAL = "com.amazon.coral.service#"
+NOWHERE = "http://sqs.fake.invalid/123456789012/nowhere"
 
 
-async def test_malformed_requests(autojump_clock: Any, fake_sqs):
-    response = await wire(fake_sqs, b"not json")
-    assert (response.status_code, response.json()["__type"]) == (
-        400,
-        "com.amazon.coral.service#SerializationException",
-    )
-    response = await wire(fake_sqs, b"[]")
-    assert response.json()["__type"] == "com.amazon.coral.service#SerializationException"
-    response = await wire(fake_sqs, b"\xff\xfe")
-    assert response.json()["__type"] == "com.amazon.coral.service#SerializationException"
-    response = await wire(fake_sqs, b"{}", content_type="application/json")
-    assert response.json()["__type"] == "com.amazon.coral.service#UnknownOperationException"
-    response = await wire(fake_sqs, b"Action=ListQueues", content_type="text/plain")
-    assert response.json()["__type"] == "com.amazon.coral.service#UnknownOperationException"
-    response = await wire(fake_sqs, b"", method="GET")
-    assert response.status_code == 400
-    assert response.json()["__type"] == "com.amazon.coral.service#UnknownOperationException"
+@pytest.mark.parametrize(
+    ("request_", "status", "type_", "query_error", "says"),
+    [
+        pytest.param(
+            {"target": "AmazonSQS.MakeCoffee"},
+            400,
+            CORAL + "UnknownOperationException",
+            "UnknownOperationException;Sender",
+            "X-Amz-Target='AmazonSQS.MakeCoffee'",
+            id="unknown-operation",
+        ),
+        pytest.param(
+            {"target": None},
+            400,
+            CORAL + "UnknownOperationException",
+            "UnknownOperationException;Sender",
+            "X-Amz-Target=''",
+            id="no-target",
+        ),
+        pytest.param(
+            {"method": "GET", "body": b""},
+            400,
+            CORAL + "UnknownOperationException",
+            "UnknownOperationException;Sender",
+            "(GET)",
+            id="get",
+        ),
+        pytest.param(
+            {
+                "target": None,
+                "body": b"Action=ListQueues&Version=2012-11-05",
+                "content_type": "application/x-www-form-urlencoded",
+            },
+            400,
+            CORAL + "UnknownOperationException",
+            "UnknownOperationException;Sender",
+            "serves only SQS's JSON protocol",
+            id="query-protocol",
+        ),
+        pytest.param(
+            {"content_type": "application/json"},
+            400,
+            CORAL + "UnknownOperationException",
+            "UnknownOperationException;Sender",
+            "'application/json'",
+            id="json-not-amz",
+        ),
+        pytest.param(
+            {"body": b"Action=ListQueues", "content_type": "text/plain"},
+            400,
+            CORAL + "UnknownOperationException",
+            "UnknownOperationException;Sender",
+            "'text/plain'",
+            id="text-plain",
+        ),
+        pytest.param(
+            {"body": b"not json"},
+            400,
+            CORAL + "SerializationException",
+            "SerializationException;Sender",
+            "not valid JSON",
+            id="not-json",
+        ),
+        pytest.param(
+            {"body": b"[]"},
+            400,
+            CORAL + "SerializationException",
+            "SerializationException;Sender",
+            "not a JSON object",
+            id="not-an-object",
+        ),
+        pytest.param(
+            {"body": b"\xff\xfe"},
+            400,
+            CORAL + "SerializationException",
+            "SerializationException;Sender",
+            "not valid JSON",
+            id="not-utf8",
+        ),
+        pytest.param(
+            {"target": "AmazonSQS.ListQueueTags"},
+            400,
+            "com.amazonaws.sqs#UnsupportedOperation",
+            "AWS.SimpleQueueService.UnsupportedOperation;Sender",
+            "",
+            id="unsupported",
+        ),
+        pytest.param(
+            {"target": "AmazonSQS.GetQueueAttributes"},
+            400,
+            "com.amazonaws.sqs#MissingParameter",
+            "MissingParameter;Sender",
+            "QueueUrl",
+            id="no-queue-url",
+        ),
+        pytest.param(
+            {
+                "target": "AmazonSQS.SendMessage",
+                "body": json.dumps({"QueueUrl": NOWHERE, "MessageBody": "x"}).encode(),
+            },
+            400,
+            "com.amazonaws.sqs#QueueDoesNotExist",
+            "AWS.SimpleQueueService.NonExistentQueue;Sender",
+            "does not exist",
+            id="unknown-queue",
+        ),
+    ],
+)
+async def test_bad_requests_get_sqs_s_answer(
+    autojump_clock: Any,
+    fake_sqs,
+    request_: dict[str, Any],
+    status: int,
+    type_: str,
+    query_error: str,
+    says: str,
+):
+    """Every request the fake cannot take gets the answer SQS's JSON protocol gives: the
+    status, ``__type``, the query-compatible code in ``x-amzn-query-error`` and a message."""
+    body = request_.pop("body", b"{}")
+    response = await wire(fake_sqs, body, **request_)
+    assert response.status_code == status
     assert response.headers["content-type"] == JSON
-    # A good request still works, and an empty body is an empty parameter map.
+    assert response.headers["x-amzn-query-error"] == query_error
+    answer = response.json()
+    assert answer["__type"] == type_
+    assert says in answer["message"]
+    assert fake_sqs.queues == {}  # nothing took effect
+
+
+async def test_an_empty_body_is_an_empty_parameter_map(autojump_clock: Any, fake_sqs):
     response = await wire(fake_sqs, b"")
     assert (response.status_code, response.json()) == (200, {})
+    assert response.headers["content-type"] == JSON
     assert fake_sqs.call_counts == {"ListQueues": 1}
 
 

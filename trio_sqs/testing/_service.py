@@ -33,6 +33,7 @@ from ._validate import (
     GROUP_ID,
     INVALID_BODY_CHAR,
     check_message_attributes,
+    entry_size,
     md5_hex,
     md5_of_attributes,
     read_entries,
@@ -694,12 +695,10 @@ class FakeSQS:
     def _send_message_batch(self, params: dict[str, Any]) -> dict[str, Any]:
         queue = self._queue(params)
         entries = read_entries(params, "SendMessageBatchRequestEntry")
-        total = sum(
-            len(body.encode("utf-8", "surrogatepass"))
-            for body in (e.get("MessageBody") for e in entries)
-            if isinstance(body, str)
-        )
-        limit = int(queue.attributes["MaximumMessageSize"])
+        # SQS's limit on a batch is the service's (the sum of the messages' sizes, attributes
+        # included), whatever the queue's MaximumMessageSize.
+        total = sum(entry_size(e) for e in entries)
+        limit = MAX_MESSAGE_SIZE
         if total > limit:
             raise FakeError(
                 "BatchRequestTooLong",

@@ -253,6 +253,31 @@ def check_message_attributes(attributes: dict[str, Any], *, system: bool = False
     return size
 
 
+def entry_size(entry: Mapping[str, Any]) -> int:
+    """The size SQS counts for one message of a batch, before it is validated: its body and
+    its message attributes (name, type and value), as :func:`check_message_attributes` counts
+    them. Malformed parts count what they can (the entry fails on its own later)."""
+
+    def utf8(text: object) -> int:
+        return len(text.encode("utf-8", "surrogatepass")) if isinstance(text, str) else 0
+
+    size = utf8(entry.get("MessageBody"))
+    attributes = entry.get("MessageAttributes")
+    if isinstance(attributes, dict):
+        for name, value in attributes.items():
+            size += utf8(name)
+            if not isinstance(value, dict):
+                continue
+            size += utf8(value.get("DataType")) + utf8(value.get("StringValue"))
+            raw = value.get("BinaryValue")
+            if isinstance(raw, str):
+                try:
+                    size += len(base64.b64decode(raw, validate=True))
+                except (binascii.Error, ValueError):
+                    pass
+    return size
+
+
 def select_attributes(
     attributes: dict[str, dict[str, Any]], names: list[str]
 ) -> dict[str, dict[str, Any]]:

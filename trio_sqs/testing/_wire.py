@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["SQS_OPERATIONS", "WireAnswer", "answer"]
 
 JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 TARGET_PREFIX = "AmazonSQS."
 
 # Every operation of SQS's API. One the fake does not implement answers UnsupportedOperation;
@@ -69,15 +70,34 @@ class WireAnswer:
     action: str = "answer"  # "answer", "stall" or "drop"
 
 
-def _decode(method: str, headers: Mapping[str, str], body: bytes) -> tuple[str, dict[str, Any]]:
+def _is_query_protocol(raw_path: str, content_type: str, body: bytes) -> bool:
+    """Whether a request names its action as SQS's query protocol does (``Action=...`` in the
+    query string or a form-encoded body)."""
+    fields = raw_path.partition("?")[2].split("&")
+    if content_type == FORM_CONTENT_TYPE:
+        fields += body.decode("latin-1").split("&")
+    return any(field.startswith("Action=") for field in fields)
+
+
+def _decode(
+    method: str, raw_path: str, headers: Mapping[str, str], body: bytes
+) -> tuple[str, dict[str, Any]]:
     target = headers.get("x-amz-target", "")
     operation = target[len(TARGET_PREFIX) :] if target.startswith(TARGET_PREFIX) else ""
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if not target and _is_query_protocol(raw_path, content_type, body):
+        # SQS would answer this in its query protocol (XML), which the fake does not speak.
+        raise coral_error(
+            "UnknownOperationException",
+            "A query-protocol request (Action=...): this in-memory SQS serves only SQS's JSON "
+            f"protocol (POST, X-Amz-Target: {TARGET_PREFIX}<Operation>, Content-Type: "
+            f"{JSON_CONTENT_TYPE}).",
+        )
     if method != "POST" or operation not in SQS_OPERATIONS:
         raise coral_error(
             "UnknownOperationException",
             f"Unknown operation: X-Amz-Target={target!r} ({method}).",
         )
-    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != JSON_CONTENT_TYPE:
         raise coral_error(
             "UnknownOperationException",
@@ -115,7 +135,7 @@ async def answer(
     client, see :class:`FakeQueue`); cancelling only drops the answer.
     """
     try:
-        operation, params = _decode(method, headers, body)
+        operation, params = _decode(method, raw_path, headers, body)
         if fake.verify_signatures:
             verify_signature(fake, method, raw_path, headers, body, fake.wall_clock())
     except FakeError as exc:
