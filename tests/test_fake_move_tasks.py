@@ -19,7 +19,7 @@ import trio
 
 import trio_sqs
 from trio_sqs.testing import FakeError, FakeSQS
-from trio_sqs.testing._service import DEFAULT_MOVE_RATE
+from trio_sqs.testing._moves import DEFAULT_MOVE_RATE
 
 ACCOUNT = "123456789012"
 

@@ -919,6 +919,25 @@ async def test_fifo_group_reopens_when_visibility_ends_in_order(autojump_clock: 
     assert again.message_id == a1.message_id and again.receive_count == 2
 
 
+async def test_fifo_delete_with_an_expired_receipt_handle_is_refused(
+    autojump_clock: Any, fake_sqs, client
+):
+    """On a FIFO queue, deleting with the receipt of a message whose visibility ended is
+    ReceiptHandleIsInvalid and deletes nothing (a standard queue's delete would succeed);
+    while it is in flight the same handle deletes it."""
+    url = await fifo_queue(client)
+    await send_fifo(client, url, "a1", "A")
+    first = await receive_one(client, url, visibility_timeout=5)
+    await trio.sleep(5)
+    with pytest.raises(trio_sqs.ServiceError) as info:
+        await client.delete_message(url, first.receipt_handle)
+    assert info.value.code == "ReceiptHandleIsInvalid"
+    assert [m.body for m in fake_sqs.queue(url).messages()] == ["a1"]
+    again = await receive_one(client, url, visibility_timeout=5)
+    await client.delete_message(url, again.receipt_handle)
+    assert fake_sqs.queue(url).messages() == []
+
+
 async def test_fifo_deduplication_by_id_for_exactly_5_minutes(
     autojump_clock: Any, fake_sqs, client
 ):

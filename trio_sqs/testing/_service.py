@@ -13,7 +13,6 @@ import collections
 import hashlib
 import itertools
 import json
-import math
 import re
 import time
 import uuid
@@ -26,6 +25,7 @@ import trio
 from .._protocol import load_service_data
 from ._errors import FakeError, invalid_parameter, missing_parameter
 from ._faults import Faults
+from ._moves import MoveTasks
 from ._queue import SYSTEM_ATTRIBUTES, FakeQueue, _Message
 from ._transport import FakeSQSTransport
 from ._validate import (
@@ -53,18 +53,6 @@ SENDER_ID = "AIDAIENQZJOLO23YVJ4VO"
 MAX_MESSAGE_SIZE = 1_048_576
 QUEUE_RECREATE_DELAY = 60.0
 PURGE_INTERVAL = 60.0
-#: Messages a move task moves per second when StartMessageMoveTask gives no
-#: MaxNumberOfMessagesPerSecond (SQS then picks a "system optimized" rate of its own).
-DEFAULT_MOVE_RATE = 100
-MAX_MOVE_RATE = 500
-RUNNING, COMPLETED, CANCELLING, CANCELLED, FAILED = (
-    "RUNNING",
-    "COMPLETED",
-    "CANCELLING",
-    "CANCELLED",
-    "FAILED",
-)
-NON_EXISTENT_QUEUE = "AWS.SimpleQueueService.NonExistentQueue"
 
 _STD_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _FIFO_NAME = re.compile(r"^[A-Za-z0-9_-]{1,75}\.fifo$")
@@ -123,64 +111,6 @@ class RecordedCall:
     fault: str | None = None
 
 
-@dataclass(eq=False, slots=True)
-class _MoveTask:
-    """One message move task (StartMessageMoveTask): its Nth move is due ``N / rate`` seconds
-    (Trio's clock) after it started; each move takes the source's oldest visible message. It
-    ends when it has moved ``to_move`` (the source's visible count when it started) or finds
-    no visible message."""
-
-    task_id: str
-    handle: str
-    source_arn: str
-    destination_arn: str | None
-    rate: int | None  # as requested; None: DEFAULT_MOVE_RATE
-    started: float
-    started_ms: int
-    to_move: int
-    next_at: float
-    moved: int = 0
-    status: str = RUNNING
-    failure: str | None = None
-
-    def move_time(self, number: int) -> float:
-        """When the ``number``-th move (1-based) is due: ``number / rate`` after the start."""
-        return self.started + number / (self.rate or DEFAULT_MOVE_RATE)
-
-    @property
-    def active(self) -> bool:
-        return self.status in (RUNNING, CANCELLING)
-
-    def entry(self) -> dict[str, Any]:
-        """The task as ListMessageMoveTasks shows it."""
-        entry: dict[str, Any] = {
-            "SourceArn": self.source_arn,
-            "Status": self.status,
-            "StartedTimestamp": self.started_ms,
-            "ApproximateNumberOfMessagesMoved": self.moved,
-            "ApproximateNumberOfMessagesToMove": self.to_move,
-        }
-        if self.status == RUNNING:
-            entry["TaskHandle"] = self.handle
-        if self.destination_arn is not None:
-            entry["DestinationArn"] = self.destination_arn
-        if self.rate is not None:
-            entry["MaxNumberOfMessagesPerSecond"] = self.rate
-        if self.failure is not None:
-            entry["FailureReason"] = self.failure
-        return entry
-
-
-def _resource_not_found(message: str) -> FakeError:
-    return FakeError("ResourceNotFoundException", message, status=404)
-
-
-def _not_found(parameter: str) -> FakeError:
-    return _resource_not_found(
-        f"The resource that you specified for the {parameter} parameter doesn't exist."
-    )
-
-
 class FakeSQS:
     """An in-memory Amazon SQS that runs on Trio's clock.
 
@@ -233,9 +163,7 @@ class FakeSQS:
         self._seq = itertools.count(1)
         self._sequence_numbers = itertools.count(10_000_000_000_000_000_000)
         self._clock_base: tuple[float, float] | None = None
-        self._move_tasks: list[_MoveTask] = []  # every task, oldest first
-        self._active_moves: list[_MoveTask] = []  # the RUNNING or CANCELLING ones
-        self._moving = False
+        self._moves = MoveTasks(self)
         self._operations: dict[str, Callable[[dict[str, Any]], Any]] = {
             "CreateQueue": self._create_queue,
             "GetQueueUrl": self._get_queue_url,
@@ -251,9 +179,9 @@ class FakeSQS:
             "DeleteMessageBatch": self._delete_message_batch,
             "ChangeMessageVisibility": self._change_message_visibility,
             "ChangeMessageVisibilityBatch": self._change_message_visibility_batch,
-            "StartMessageMoveTask": self._start_message_move_task,
-            "ListMessageMoveTasks": self._list_message_move_tasks,
-            "CancelMessageMoveTask": self._cancel_message_move_task,
+            "StartMessageMoveTask": self._moves.start,
+            "ListMessageMoveTasks": self._moves.list,
+            "CancelMessageMoveTask": self._moves.cancel,
         }
 
     # -- for tests -----------------------------------------------------------------------------
@@ -289,6 +217,19 @@ class FakeSQS:
 
     def next_seq(self) -> int:
         return next(self._seq)
+
+    def next_sequence_number(self) -> str:
+        """A FIFO message's SequenceNumber: increasing across the service, as SQS's are."""
+        return str(next(self._sequence_numbers))
+
+    def next_move(self, queue: FakeQueue) -> float:
+        """When the next move of a running message move task takes a message out of or into
+        ``queue``."""
+        return self._moves.next_move(queue)
+
+    def run_moves(self, now: float) -> None:
+        """Apply every move of the message move tasks due by ``now``, each at its own time."""
+        self._moves.run(now)
 
     def epoch(self, at: float | None = None) -> float:
         """Seconds since the epoch at Trio time ``at`` (now by default): the wall clock when the
@@ -661,7 +602,7 @@ class FakeSQS:
                     result["SequenceNumber"] = seen[1]
                 return result
         message_id = str(uuid.uuid4())
-        sequence = str(next(self._sequence_numbers)) if queue.fifo else None
+        sequence = self.next_sequence_number() if queue.fifo else None
         system = {"SenderId": SENDER_ID}
         if group is not None:
             system["MessageGroupId"] = group
@@ -822,186 +763,3 @@ class FakeSQS:
             else:
                 successful.append({"Id": entry["Id"]})
         return {"Successful": successful, "Failed": failed}
-
-    # -- message move tasks (dead-letter queue redrive) ----------------------------------------
-
-    def _check_arn(self, params: Mapping[str, Any], name: str) -> str:
-        arn = read_required_str(params, name)
-        parts = arn.split(":", 5)
-        if len(parts) != 6 or parts[0] != "arn" or not all(parts[1:3]) or not parts[5]:
-            raise invalid_parameter(
-                f"You must use this format to specify the {name}: "
-                "arn:<partition>:<service>:<region>:<account-id>:<resource-id>"
-            )
-        return arn
-
-    def _dead_letter_sources(self, dlq_arn: str) -> list[FakeQueue]:
-        """The queues whose RedrivePolicy names ``dlq_arn`` as their dead-letter queue."""
-        sources = []
-        for queue in self._queues.values():
-            policy = self.redrive_policy(queue)
-            if policy is not None and policy[0] == dlq_arn:
-                sources.append(queue)
-        return sources
-
-    def _start_message_move_task(self, params: dict[str, Any]) -> dict[str, Any]:
-        now = trio.current_time()
-        source_arn = self._check_arn(params, "SourceArn")
-        destination_arn = (
-            None
-            if params.get("DestinationArn") is None
-            else self._check_arn(params, "DestinationArn")
-        )
-        rate = (
-            None
-            if params.get("MaxNumberOfMessagesPerSecond") is None
-            else read_int(params, "MaxNumberOfMessagesPerSecond", 0, 1, MAX_MOVE_RATE)
-        )
-        source = self.queue_by_arn(source_arn)
-        if source is None:
-            raise _not_found("SourceArn")
-        sources = self._dead_letter_sources(source_arn)
-        if not sources:
-            raise invalid_parameter("Source queue must be configured as a Dead Letter Queue.")
-        destination = None
-        if destination_arn is not None:
-            destination = self.queue_by_arn(destination_arn)
-            if destination is None:
-                raise _not_found("DestinationArn")
-            if destination is source:
-                raise invalid_parameter(
-                    "Source queue arn and destination queue arn cannot be the same."
-                )
-            if destination.fifo != source.fifo:
-                raise invalid_parameter(
-                    "The source queue and destination queue must be of the same queue type."
-                )
-        if any(t.source_arn == source_arn for t in self._active_moves):
-            raise invalid_parameter(
-                "There is already a task running. Only one active task is allowed for a source "
-                "queue arn at a given time."
-            )
-        task_id = str(uuid.uuid4())
-        handle = base64.b64encode(
-            json.dumps({"taskId": task_id, "sourceArn": source_arn}, separators=(",", ":")).encode()
-        ).decode()
-        task = _MoveTask(
-            task_id=task_id,
-            handle=handle,
-            source_arn=source_arn,
-            destination_arn=destination_arn,
-            rate=rate,
-            started=now,
-            started_ms=self.epoch_ms(now),
-            to_move=source.counts().visible,
-            next_at=now,
-        )
-        task.next_at = task.move_time(1)
-        if task.to_move == 0:
-            task.status = COMPLETED
-        self._move_tasks.append(task)
-        if task.active:
-            self._active_moves.append(task)
-            for queue in [source, *([destination] if destination else sources)]:
-                queue.wake_polls_by(task.next_at)
-        return {"TaskHandle": handle}
-
-    def _list_message_move_tasks(self, params: dict[str, Any]) -> dict[str, Any]:
-        source_arn = self._check_arn(params, "SourceArn")
-        limit = read_int(params, "MaxResults", 1, 1, 10)
-        if self.queue_by_arn(source_arn) is None:
-            raise _not_found("SourceArn")
-        tasks = [t for t in reversed(self._move_tasks) if t.source_arn == source_arn]
-        return {"Results": [t.entry() for t in tasks[:limit]]} if tasks else {}
-
-    def _cancel_message_move_task(self, params: dict[str, Any]) -> dict[str, Any]:
-        handle = read_required_str(params, "TaskHandle")
-        try:
-            decoded = json.loads(base64.b64decode(handle, validate=True))
-            task_id, source_arn = decoded["taskId"], decoded["sourceArn"]
-            if not isinstance(task_id, str) or not isinstance(source_arn, str):
-                raise TypeError(task_id, source_arn)
-        except (binascii.Error, ValueError, TypeError, KeyError):
-            raise invalid_parameter("Value for parameter TaskHandle is invalid.") from None
-        if self.queue_by_arn(source_arn) is None:
-            raise _not_found("SourceArn")
-        for task in self._move_tasks:
-            if task.task_id == task_id and task.source_arn == source_arn:
-                break
-        else:
-            raise _resource_not_found("Task does not exist.")
-        if task.status != RUNNING:
-            # Not confirmed against SQS (documented: "can only be cancelled when the current
-            # status is RUNNING"); the same answer as an unknown task.
-            raise _resource_not_found("Task does not exist.")
-        task.status = CANCELLING  # CANCELLED when its next move was due
-        return {"ApproximateNumberOfMessagesMoved": task.moved}
-
-    def next_move(self, queue: FakeQueue) -> float:
-        """When the next move of a running task takes a message out of or into ``queue``."""
-        soonest = math.inf
-        for task in self._active_moves:
-            if task.next_at >= soonest:
-                continue
-            # Without a destination a message goes back to the queue its
-            # DeadLetterQueueSourceArn names, whatever RedrivePolicy says now: any queue may be
-            # the one (a waiter woken for nothing looks again and waits on).
-            if task.destination_arn is None or queue.arn in (
-                task.source_arn,
-                task.destination_arn,
-            ):
-                soonest = task.next_at
-        return soonest
-
-    def run_moves(self, now: float) -> None:
-        """Apply every move of the message move tasks due by ``now``, each at its own time and
-        in time order (as ``FakeQueue.advance`` applies timers)."""
-        if self._moving or not self._active_moves:
-            return
-        self._moving = True
-        try:
-            while True:
-                due = [t for t in self._active_moves if t.next_at <= now]
-                if not due:
-                    return
-                task = min(due, key=lambda t: t.next_at)
-                self._move_one(task)
-                if not task.active:
-                    self._active_moves.remove(task)
-        finally:
-            self._moving = False
-
-    def _move_one(self, task: _MoveTask) -> None:
-        at = task.next_at
-        if task.status == CANCELLING:
-            task.status = CANCELLED
-            return
-        source = self.queue_by_arn(task.source_arn)
-        if source is None:
-            task.status, task.failure = FAILED, NON_EXISTENT_QUEUE
-            return
-        source.advance(at)
-        message = source.oldest_visible()
-        if message is None:
-            task.status = COMPLETED
-            return
-        target_arn = task.destination_arn or message.system.get("DeadLetterQueueSourceArn")
-        if target_arn is None:
-            task.status, task.failure = FAILED, "CouldNotDetermineMessageSource"
-            return
-        target = self.queue_by_arn(target_arn)
-        if target is None:
-            task.status, task.failure = FAILED, NON_EXISTENT_QUEUE
-            return
-        source.move_out(message, at)
-        target.move_in(
-            message,
-            at,
-            str(uuid.uuid4()),
-            str(next(self._sequence_numbers)) if target.fifo else None,
-        )
-        task.moved += 1
-        if task.moved >= task.to_move:
-            task.status = COMPLETED
-        else:
-            task.next_at = task.move_time(task.moved + 1)
