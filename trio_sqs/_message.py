@@ -195,21 +195,33 @@ _length = struct.Struct(">I").pack
 
 def md5_of_message_attributes(attributes: Mapping[str, MessageAttributeValue]) -> str:
     """The digest SQS computes over message attributes (names sorted, length-prefixed fields)."""
-    buf = bytearray()
+    fields = []
     for name in sorted(attributes):
         value = attributes[name]
-        for part in (name.encode(), value.data_type.encode()):
-            buf += _length(len(part))
-            buf += part
         if value.binary_value is not None:
-            buf += b"\x02"
-            raw = value.binary_value
+            fields.append(_digested(name, value.data_type, True, value.binary_value))
         else:
-            buf += b"\x01"
             raw = (value.string_value or "").encode()
-        buf += _length(len(raw))
-        buf += raw
-    return _md5_hex(bytes(buf))
+            fields.append(_digested(name, value.data_type, False, raw))
+    return _md5_hex(b"".join(fields))
+
+
+def _digested(name: str, data_type: str, binary: bool, raw: bytes) -> bytes:
+    """One attribute as SQS's attribute digest reads it: the name, the type and the value, each
+    length-prefixed, the value after a byte saying String (1) or Binary (2)."""
+    name_bytes = name.encode()
+    type_bytes = data_type.encode()
+    return b"".join(
+        (
+            _length(len(name_bytes)),
+            name_bytes,
+            _length(len(type_bytes)),
+            type_bytes,
+            b"\x02" if binary else b"\x01",
+            _length(len(raw)),
+            raw,
+        )
+    )
 
 
 def _corrupt(message_id: str, receipt_handle: str, reason: str) -> CorruptMessage:
@@ -452,7 +464,7 @@ def _plain_message(raw: Any, queue_url: str) -> Message | None:
         if type(wire) is not dict or md5_attrs is None:
             return None
         attributes: dict[str, MessageAttributeValue] = {}
-        parts: list[bytes] = []
+        fields: list[bytes] = []
         for name in sorted(wire):
             value = wire[name]
             # DataType and exactly one of StringValue and BinaryValue, nothing else
@@ -466,26 +478,15 @@ def _plain_message(raw: Any, queue_url: str) -> Message | None:
             if string_value is not None:
                 if type(string_value) is not str:
                     return None
-                kind, raw_value = b"\x01", string_value.encode()
+                fields.append(_digested(name, data_type, False, string_value.encode()))
             else:
                 encoded = value.get("BinaryValue")
                 if type(encoded) is not str:
                     return None
-                kind, raw_value = b"\x02", base64.b64decode(encoded)
-                binary_value = raw_value
-            name_bytes = name.encode()
-            type_bytes = data_type.encode()
-            parts += (
-                _length(len(name_bytes)),
-                name_bytes,
-                _length(len(type_bytes)),
-                type_bytes,
-                kind,
-                _length(len(raw_value)),
-                raw_value,
-            )
+                binary_value = base64.b64decode(encoded)
+                fields.append(_digested(name, data_type, True, binary_value))
             attributes[name] = MessageAttributeValue(data_type, string_value, binary_value)
-        if _md5_hex(b"".join(parts)) != md5_attrs:
+        if _md5_hex(b"".join(fields)) != md5_attrs:
             return None
         message_attributes: Mapping[str, MessageAttributeValue] = MappingProxyType(attributes)
     elif wire is None or type(wire) is dict:
