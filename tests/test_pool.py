@@ -209,13 +209,22 @@ async def assert_full_capacity(client: SQSClient, barrier: Barrier) -> None:
                 nursery.start_soon(sqs_call, client, index)
 
 
-async def run_storm(*, gated: bool = True, httpcore: bool = False, rounds: int = ROUNDS) -> None:
-    rng = random.Random(SEED)
-    barrier = Barrier()
-    fake = JitteryFake(rng, barrier)
+@asynccontextmanager
+async def pool_client(fake: JitteryFake, *, httpcore: bool) -> AsyncIterator[SQSClient]:
+    """A client of a pool of 3 (1 long poll, 2 others) on ``fake`` served over HTTP, its queues
+    ("pool" and "barrier") made: on trio_sqs's own transport, or with ``httpcore`` on httpx's
+    (httpcore's pool, as large as the budgets) as a user passes it. One attempt per call."""
     limits = Limits(max_receive_connections=1, max_other_connections=2)
-    # trio_sqs's own transport by default; httpx's (httpcore's pool) when a user passes it.
-    transport = httpx_transport(limits) if httpcore else None
+    transport = (
+        httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_connections,
+            )
+        )
+        if httpcore
+        else None
+    )
     async with (
         serve(fake) as endpoint,
         trio_sqs.open_client(
@@ -228,6 +237,15 @@ async def run_storm(*, gated: bool = True, httpcore: bool = False, rounds: int =
     ):
         for name in ("pool", "barrier"):
             await fake.call("CreateQueue", {"QueueName": name})
+        yield client
+
+
+async def run_storm(*, gated: bool = True, httpcore: bool = False, rounds: int = ROUNDS) -> None:
+    rng = random.Random(SEED)
+    barrier = Barrier()
+    fake = JitteryFake(rng, barrier)
+    async with pool_client(fake, httpcore=httpcore) as client:
+        limits = client.limits
         if not gated:
             # Only for the demonstration below: budgets wider than the pool, so that requests
             # queue inside httpcore's pool as they would without trio_sqs's gate.
@@ -263,19 +281,8 @@ async def test_cancelled_while_every_slot_is_taken_leaks_no_slot(transport: str)
     a waiting request, which only the seeded storms below reach (opt-in, ``-m slow``)."""
     barrier = Barrier()
     fake = JitteryFake(random.Random(SEED), barrier)
-    limits = Limits(max_receive_connections=1, max_other_connections=2)
-    async with (
-        serve(fake) as endpoint,
-        trio_sqs.open_client(
-            region="us-east-1",
-            endpoint_url=endpoint,
-            limits=limits,
-            retry=RetryPolicy(max_attempts=1),
-            transport=httpx_transport(limits) if transport == "httpx" else None,
-        ) as client,
-    ):
-        for name in ("pool", "barrier"):
-            await fake.call("CreateQueue", {"QueueName": name})
+    async with pool_client(fake, httpcore=transport == "httpx") as client:
+        limits = client.limits
         barrier.reset(0, hold=limits.max_connections)
         with trio.fail_after(HEALTHY_DEADLINE):
             async with trio.open_nursery() as nursery:
@@ -291,16 +298,6 @@ async def test_cancelled_while_every_slot_is_taken_leaks_no_slot(transport: str)
                 nursery.cancel_scope.cancel()
         assert barrier.arrived == limits.max_connections
         await assert_full_capacity(client, barrier)
-
-
-def httpx_transport(limits: Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's transport (httpcore's pool), as a user passes it, as large as the budgets."""
-    return httpx.AsyncHTTPTransport(
-        limits=httpx.Limits(
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_connections,
-        )
-    )
 
 
 @pytest.mark.slow
