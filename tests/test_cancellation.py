@@ -75,7 +75,9 @@ def assert_budgets_free(client: SQSClient) -> None:
     assert client.receive_budget == (fixed if fixed is not None else 4)
     assert client._receive_gate.in_use == 0
     assert client._receive_gate.value == client.receive_budget
-    assert client._other_gate.value == client.limits.max_other_connections
+    spare = client._visibility_gate
+    free = client._other_gate.value + (spare.value if spare is not None else 0)
+    assert free == client.limits.max_other_connections
 
 
 async def assert_still_works(client: SQSClient, url: str) -> None:
@@ -143,6 +145,69 @@ async def test_cancel_while_waiting_for_a_budget_slot(
             "ReceiveMessage" if budget == "receive" else "SendMessage"
         ]
         assert fake_sqs.call_counts[operation] == (1 if budget == "receive" else 0)
+        await assert_still_works(client, url)
+
+
+@pytest.mark.parametrize("other", [1, 3])
+async def test_a_visibility_change_does_not_wait_behind_other_calls(
+    autojump_clock: trio.testing.MockClock, fake_sqs: FakeSQS, other: int
+) -> None:
+    """Of two slots or more in the other budget, one is kept for visibility changes (a release
+    at the end of a stop's grace period must not wait behind slow deletes): deletes the server
+    answers 25 s late take every other slot and one more waits, yet a ChangeMessageVisibility
+    goes at once. With one slot there is none to keep: it waits for the first delete."""
+    limits = Limits(max_receive_connections=1, max_other_connections=other)
+    async with open_wired_client(fake_sqs, limits=limits) as (client, _):
+        url = await client.create_queue(f"kept-slot-{other}")
+        for i in range(other + 1):
+            await client.send_message(url, str(i))
+        received = await client.receive_messages(url, max_messages=10, wait_time=0)
+        assert len(received) == other + 1
+        release, *deleted = received.messages
+        fake_sqs.faults.delay("DeleteMessage", 25, times=other)
+        t0 = trio.current_time()
+        answered: list[float] = []
+        async with trio.open_nursery() as nursery:
+            for message in deleted:  # other - 1 take the slots, one more waits for one
+                nursery.start_soon(client.delete_message, url, message.receipt_handle)
+            await trio.testing.wait_all_tasks_blocked()
+            await client.change_message_visibility(url, release.receipt_handle, 0)
+            answered.append(trio.current_time())
+        assert answered == [t0 if other > 1 else t0 + 25]
+        assert trio.current_time() == t0 + (50 if other > 1 else 25)
+        assert_budgets_free(client)
+
+
+async def test_cancel_while_waiting_for_the_kept_slot(
+    autojump_clock: trio.testing.MockClock, fake_sqs: FakeSQS
+) -> None:
+    """A visibility change that finds the other budget full and the kept slot taken waits for
+    the kept slot; cancelled there, it takes nothing and sends nothing."""
+    limits = Limits(max_receive_connections=1, max_other_connections=2)
+    async with open_wired_client(fake_sqs, limits=limits) as (client, _):
+        url = await client.create_queue("kept-slot-cancel")
+        await client.send_message(url, "m")
+        [message] = await client.receive_messages(url, wait_time=0)
+        fake_sqs.faults.delay("GetQueueAttributes", 25)
+        fake_sqs.faults.delay("ChangeMessageVisibility", 25)
+        mark = len(fake_sqs.calls)
+        t0 = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.get_queue_attributes, url)  # the other slot
+            nursery.start_soon(client.change_message_visibility, url, message.receipt_handle, 60)
+            await trio.testing.wait_all_tasks_blocked()
+            assert client._other_gate.value == 0
+            assert client._visibility_gate is not None and client._visibility_gate.value == 0
+            with trio.move_on_after(CANCEL_AFTER) as scope:
+                await client.change_message_visibility(url, message.receipt_handle, 0)
+            assert scope.cancelled_caught and trio.current_time() == t0 + CANCEL_AFTER
+        assert trio.current_time() == t0 + 25
+        # (the two held calls in either order: Trio starts tasks in no fixed order)
+        assert sorted(op for _, op in ops(fake_sqs, mark)) == [
+            "ChangeMessageVisibility",
+            "GetQueueAttributes",
+        ]
+        assert_budgets_free(client)
         await assert_still_works(client, url)
 
 

@@ -79,6 +79,8 @@ DEFAULT_CALL_TIMEOUT = 60.0
 CLOSE_TIMEOUT = 2.0
 # Traced by their PRODUCER span: no CLIENT span of their own (open_client's trace_calls).
 _SEND_OPERATIONS = frozenset({"SendMessage", "SendMessageBatch"})
+# Calls that may take the slot of the other budget kept for them (see SQSClient.__init__).
+_VISIBILITY_CHANGES = frozenset({"ChangeMessageVisibility", "ChangeMessageVisibilityBatch"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -446,7 +448,12 @@ class SQSClient:
         self._warned_consumers = False
         self.limits = limits
         self._receive_gate = ResizableGate(self._receive_budget())
-        self._other_gate = trio.Semaphore(limits.max_other_connections)
+        # Every other call. With two slots or more, one of them is kept for visibility changes
+        # (releases and heartbeats): slow deletes filling the budget at a stop must not hold up
+        # the release of a message whose handler was cancelled.
+        other = limits.max_other_connections
+        self._other_gate = trio.Semaphore(other - 1 if other > 1 else 1)
+        self._visibility_gate = trio.Semaphore(1) if other > 1 else None
         self._closed = False
         # OpenTelemetry (None without opentelemetry-api: then no tracing work at all).
         from ._tracing import client_tracing
@@ -722,7 +729,10 @@ class SQSClient:
         failures: _Failures,
     ) -> T:
         receive = operation == "ReceiveMessage"
-        gate = self._receive_gate if receive else self._other_gate
+        gate: ResizableGate | trio.Semaphore = self._receive_gate if receive else self._other_gate
+        # A visibility change takes the slot kept for them when it is free (leaving the others
+        # to the other calls), else a free one of the others, else waits for the kept one.
+        spare = self._visibility_gate if operation in _VISIBILITY_CHANGES else None
         if read_timeout is None:
             read_timeout = DEFAULT_TIMEOUT
         direct = self._direct
@@ -749,11 +759,16 @@ class SQSClient:
             try:
                 with map_foreign_exceptions(operation, progress):
                     # A free slot is taken without a schedule point; else wait for one.
+                    held: ResizableGate | trio.Semaphore = gate
                     try:
-                        gate.acquire_nowait()
+                        if spare is not None and spare.value:
+                            held = spare
+                        held.acquire_nowait()
                     except trio.WouldBlock:
+                        if spare is not None:
+                            held = spare
                         with trio.move_on_at(failures.deadline) as waited:
-                            await gate.acquire()
+                            await held.acquire()
                         if waited.cancelled_caught:
                             raise _CallExpired from None
                     try:
@@ -780,7 +795,7 @@ class SQSClient:
                             if progress.response is None:
                                 raise _CallExpired
                     finally:
-                        gate.release()
+                        held.release()
                     answer = progress.response
                     assert answer is not None
                     return read(answer)

@@ -85,7 +85,9 @@ class Limits:
     Attributes:
         max_receive_connections: ReceiveMessage calls in flight at once; ``None`` sizes it from
             the consumers sharing the client (see above).
-        max_other_connections: every other call in flight at once.
+        max_other_connections: every other call in flight at once. From 2 on, one of these
+            slots is kept for visibility changes (releases and heartbeats), so slow deletes
+            never hold up a release.
         keepalive_expiry: seconds an idle connection is kept open.
     """
 
