@@ -325,6 +325,9 @@ async def test_expect_continue_connection_close_and_http_1_0() -> None:
         (b"POST / HTTP/1.1\r\n folded: header\r\n\r\n", 400),
         (b"POST / HTTP/2.0\r\nContent-Length: 0\r\n\r\n", 505),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+        # more digits than int() reads (4,300): it raised and the connection got no answer
+        (b"POST / HTTP/1.1\r\nContent-Length: 1" + b"0" * 5000 + b"\r\n\r\n", 413),
+        (b"POST / HTTP/1.1\r\nContent-Length: " + b"0" * 4999 + b"9000000\r\n\r\n", 413),
     ],
 )
 async def test_requests_it_cannot_read_are_refused_and_closed(

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import itertools
 import json
+import re
 import string
 import time
 import uuid
@@ -299,6 +300,29 @@ async def test_set_and_get_queue_attributes(autojump_clock: Any, fake_sqs: FakeS
         ({"QueueName": "no-suffix", "Attributes": {"FifoQueue": "true"}}, "InvalidParameterValue"),
         ({"QueueName": "q", "Attributes": {"VisibilityTimeout": "43201"}}, "InvalidAttributeValue"),
         ({"QueueName": "q", "Attributes": {"DelaySeconds": "abc"}}, "InvalidAttributeValue"),
+        # int() takes these; SQS wants digits
+        ({"QueueName": "q", "Attributes": {"DelaySeconds": "1_0"}}, "InvalidAttributeValue"),
+        ({"QueueName": "q", "Attributes": {"DelaySeconds": " 5 "}}, "InvalidAttributeValue"),
+        ({"QueueName": "q", "Attributes": {"DelaySeconds": "\u0665"}}, "InvalidAttributeValue"),
+        ({"QueueName": "q", "Attributes": {"Policy": "not json"}}, "InvalidAttributeValue"),
+        ({"QueueName": "q", "Attributes": {"RedriveAllowPolicy": "[]"}}, "InvalidAttributeValue"),
+        (
+            {"QueueName": "q", "Attributes": {"RedrivePolicy": "[" * 100_000 + "]" * 100_000}},
+            "InvalidAttributeValue",
+        ),
+        *[
+            (
+                {"QueueName": "q.fifo", "Attributes": {"FifoQueue": "true", **attributes}},
+                "InvalidAttributeValue",
+            )
+            for attributes in (
+                {"DeduplicationScope": "banana"},
+                {"FifoThroughputLimit": "kiwi"},
+                # a limit per message group needs deduplication per message group
+                {"FifoThroughputLimit": "perMessageGroupId"},
+                {"DeduplicationScope": "queue", "FifoThroughputLimit": "perMessageGroupId"},
+            )
+        ],
         ({"QueueName": "q", "Attributes": {"Colour": "blue"}}, "InvalidAttributeName"),
         (
             {"QueueName": "q", "Attributes": {"ContentBasedDeduplication": "true"}},
@@ -325,6 +349,54 @@ async def test_invalid_queue_names_and_attributes(
 ):
     assert await error_of(client, "CreateQueue", **params) == code
     assert fake_sqs.queues == {}
+
+
+@pytest.mark.parametrize("count", [True, 5.9, "5.9", "five", None, 0, 1001])
+async def test_redrive_policy_max_receive_count_is_an_integer(
+    autojump_clock: Any, fake_sqs: FakeSQS, client, count: Any
+):
+    """maxReceiveCount: an integer from 1 to 1000, or its digits in a string (as AWS's examples
+    write it); a boolean or a fraction was taken (as 1 and 5)."""
+    dlq = await client.create_queue(unique("dlq"))
+    policy = {"deadLetterTargetArn": fake_sqs.queue(dlq).arn, "maxReceiveCount": count}
+    attributes = {"RedrivePolicy": json.dumps(policy)}
+    assert await error_of(client, "CreateQueue", QueueName=unique(), Attributes=attributes) == (
+        "InvalidAttributeValue"
+    )
+    policy["maxReceiveCount"] = "7"
+    url = await client.create_queue(unique(), attributes={"RedrivePolicy": json.dumps(policy)})
+    assert fake_sqs.redrive_policy(fake_sqs.queue(url)) == (policy["deadLetterTargetArn"], 7)
+
+
+async def test_deduplication_per_message_group(autojump_clock: Any, fake_sqs: FakeSQS, client):
+    """High-throughput FIFO (DeduplicationScope messageGroup): one deduplication id in two
+    groups is two messages; in one group, one. The fake deduplicated across groups."""
+    url = await fifo_queue(
+        client, DeduplicationScope="messageGroup", FifoThroughputLimit="perMessageGroupId"
+    )
+    sent = [
+        await client.send_message(url, body, message_group_id=group, message_deduplication_id="d")
+        for body, group in (("a", "g1"), ("b", "g2"), ("c", "g1"))
+    ]
+    assert sent[0].message_id != sent[1].message_id
+    assert sent[2].message_id == sent[0].message_id
+    assert sorted(m.body for m in fake_sqs.queue(url).messages()) == ["a", "b"]
+    # Switching the queue back to per-queue deduplication needs the per-queue limit too.
+    assert (
+        await error_of(
+            client, "SetQueueAttributes", QueueUrl=url, Attributes={"DeduplicationScope": "queue"}
+        )
+        == "InvalidAttributeValue"
+    )
+    await raw(
+        client,
+        "SetQueueAttributes",
+        QueueUrl=url,
+        Attributes={"DeduplicationScope": "queue", "FifoThroughputLimit": "perQueue"},
+    )
+    again = await client.send_message(url, "x", message_group_id="g3", message_deduplication_id="n")
+    other = await client.send_message(url, "y", message_group_id="g4", message_deduplication_id="n")
+    assert again.message_id == other.message_id
 
 
 async def test_invalid_queue_attribute_names_on_get_and_set(autojump_clock: Any, client):
@@ -1310,6 +1382,24 @@ NOWHERE = "http://sqs.fake.invalid/123456789012/nowhere"
             "not valid JSON",
             id="not-utf8",
         ),
+        *[
+            pytest.param(
+                {"body": body},
+                400,
+                CORAL + "SerializationException",
+                "SerializationException;Sender",
+                "not valid JSON",
+                id=name,
+            )
+            for name, body in (
+                ("nan", b'{"QueueNamePrefix": "q", "x": NaN}'),
+                ("infinity", b'{"x": -Infinity}'),
+                ("utf8-bom", b"\xef\xbb\xbf{}"),
+                ("utf16", "{}".encode("utf-16")),
+                ("utf32", '{"QueueNamePrefix": "q"}'.encode("utf-32-le")),
+                ("nested-too-deep", b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+            )
+        ],
         pytest.param(
             {"target": "AmazonSQS.ListQueueTags"},
             400,
@@ -1454,6 +1544,28 @@ async def test_body_altered_after_signing_is_refused(autojump_clock: Any):
     assert response.json()["__type"] == "com.amazon.coral.service#InvalidSignatureException"
     assert "does not match" in response.json()["message"]
     assert fake.call_counts == {"ListQueues": 1}
+
+
+@pytest.mark.parametrize("signature", ["\u00e9" * 64, "\u00e9", "0" * 63 + "\u00ff"])
+async def test_a_signature_with_non_ascii_characters_is_refused(
+    autojump_clock: Any, signature: str
+):
+    """hmac.compare_digest raised TypeError on a non-ASCII str: the request got no answer in
+    process (a 500 over HTTP)."""
+    fake = FakeSQS(verify_signatures=True)
+    _, headers, body = signed_request(b"{}")
+    headers["authorization"] = re.sub(
+        r"Signature=[0-9a-f]+", "Signature=" + signature, headers["authorization"]
+    )
+    async with httpx.AsyncClient(transport=fake.transport(), base_url=fake.endpoint) as http:
+        response = await http.post(
+            "/",
+            content=body,
+            headers={k: v.encode("latin-1") for k, v in headers.items()},
+        )
+    assert response.status_code == 400
+    assert response.json()["__type"] == "com.amazon.coral.service#InvalidSignatureException"
+    assert fake.call_counts == {}
 
 
 async def test_clock_ten_minutes_off_is_clock_skew(autojump_clock: Any, monkeypatch: Any):

@@ -190,7 +190,7 @@ class FakeQueue:
         self._ready: list[tuple[int, str]] = []
         self._handing_out = False
         self._polls: collections.deque[_Poll] = collections.deque()
-        self._dedup: dict[str, tuple[float, str, str | None]] = {}
+        self._dedup: dict[tuple[str | None, str], tuple[float, str, str | None]] = {}
         self._tick = itertools.count()
         self._receipts = itertools.count(1)
         self.last_purge: float | None = None
@@ -509,9 +509,18 @@ class FakeQueue:
             self._make_visible(message)
         self.advance(at)
 
-    def deduplicated(self, dedup_id: str, now: float) -> tuple[str, str | None] | None:
-        """(message id, sequence number) of a message sent with this id in the last 5 minutes."""
-        seen = self._dedup.get(dedup_id)
+    def _dedup_key(self, dedup_id: str, group: str | None) -> tuple[str | None, str]:
+        """Deduplication is per queue, or per message group with ``DeduplicationScope``
+        ``messageGroup`` (high-throughput FIFO)."""
+        per_group = self.attributes.get("DeduplicationScope") == "messageGroup"
+        return (group if per_group else None, dedup_id)
+
+    def deduplicated(
+        self, dedup_id: str, group: str | None, now: float
+    ) -> tuple[str, str | None] | None:
+        """(message id, sequence number) of a message sent with this id (in this group, with
+        ``DeduplicationScope`` ``messageGroup``) in the last 5 minutes."""
+        seen = self._dedup.get(self._dedup_key(dedup_id, group))
         if seen is None or seen[0] + DEDUP_WINDOW <= now:
             return None
         return seen[1], seen[2]
@@ -533,7 +542,7 @@ class FakeQueue:
         now = trio.current_time()
         self.advance(now)
         if dedup_id is not None:
-            self._dedup[dedup_id] = (now, message_id, sequence_number)
+            self._dedup[self._dedup_key(dedup_id, group)] = (now, message_id, sequence_number)
         message = _Message(
             message_id=message_id,
             body=body,

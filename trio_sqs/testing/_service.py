@@ -100,6 +100,34 @@ _FIFO_DEFAULTS = {
 }
 
 
+_CHOICES = {
+    "DeduplicationScope": ("messageGroup", "queue"),
+    "FifoThroughputLimit": ("perQueue", "perMessageGroupId"),
+}
+_DIGITS = re.compile(r"[0-9]{1,12}")
+
+
+def _json_or_none(text: str) -> Any:
+    """``text`` parsed as JSON, or None where it is not JSON (or nested too deeply to read)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _check_throughput(attributes: Mapping[str, str]) -> None:
+    """High-throughput FIFO: a limit per message group needs deduplication per message group."""
+    if (
+        attributes.get("FifoThroughputLimit") == "perMessageGroupId"
+        and attributes.get("DeduplicationScope") != "messageGroup"
+    ):
+        raise FakeError(
+            "InvalidAttributeValue",
+            "Invalid value for the parameter FifoThroughputLimit. Reason: perMessageGroupId is "
+            "only available when DeduplicationScope is messageGroup.",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedCall:
     """One request that reached the fake, in arrival order: ``time`` is its arrival on Trio's
@@ -345,10 +373,8 @@ class FakeSQS:
                 )
             bounds = _SETTABLE[name]
             if bounds is not None:
-                try:
-                    number = int(value)
-                except ValueError:
-                    number = bounds[0] - 1
+                # ASCII digits only (int() also takes "1_0", " 5 " and other scripts' digits)
+                number = int(value) if _DIGITS.fullmatch(value) else bounds[0] - 1
                 if not bounds[0] <= number <= bounds[1]:
                     raise FakeError(
                         "InvalidAttributeValue", f"Invalid value for the parameter {name}."
@@ -356,6 +382,17 @@ class FakeSQS:
                 value = str(number)
             elif name == "RedrivePolicy":
                 value = self._check_redrive(value, fifo=fifo)
+            elif name in ("Policy", "RedriveAllowPolicy"):
+                if value and not isinstance(_json_or_none(value), dict):
+                    raise FakeError(
+                        "InvalidAttributeValue",
+                        f"Invalid value for the parameter {name}. Reason: not a JSON object.",
+                    )
+            elif name in _CHOICES:
+                if value not in _CHOICES[name]:
+                    raise FakeError(
+                        "InvalidAttributeValue", f"Invalid value for the parameter {name}."
+                    )
             elif name in ("SqsManagedSseEnabled", "ContentBasedDeduplication", "FifoQueue"):
                 if value.lower() not in ("true", "false"):
                     raise FakeError(
@@ -369,10 +406,17 @@ class FakeSQS:
         if raw == "":
             return ""
         try:
-            policy = json.loads(raw)
+            policy = _json_or_none(raw)
+            if not isinstance(policy, dict):
+                raise TypeError(policy)
             arn = policy["deadLetterTargetArn"]
-            count = int(policy["maxReceiveCount"])
-        except (ValueError, KeyError, TypeError, OverflowError):
+            count = policy["maxReceiveCount"]
+            # an integer, or its digits in a string (as AWS's own examples write it)
+            if isinstance(count, str) and _DIGITS.fullmatch(count):
+                count = int(count)
+            if type(count) is not int:
+                raise TypeError(count)
+        except (KeyError, TypeError):
             raise FakeError(
                 "InvalidAttributeValue",
                 "Invalid value for the parameter RedrivePolicy. Reason: Redrive policy is not "
@@ -436,6 +480,7 @@ class FakeSQS:
         if fifo:
             full.update(_FIFO_DEFAULTS)
         full.update(attributes)
+        _check_throughput(full)
         url = f"{self.endpoint}/{self.account_id}/{name}"
         queue = FakeQueue(self, name, url, full, self.epoch())
         queue.call_counts["CreateQueue"] += 1  # the call that created it
@@ -485,6 +530,7 @@ class FakeSQS:
         changes = self._check_attributes(
             read_map(params, "Attributes"), fifo=queue.fifo, creating=False
         )
+        _check_throughput({**queue.attributes, **changes})
         queue.attributes.update(changes)
         queue.modified_ms = int(self.epoch() * 1000)
         return {}
@@ -595,7 +641,7 @@ class FakeSQS:
         if system_attributes:
             result["MD5OfMessageSystemAttributes"] = md5_of_attributes(system_attributes)
         if queue.fifo and dedup is not None:
-            seen = queue.deduplicated(dedup, now)
+            seen = queue.deduplicated(dedup, group, now)
             if seen is not None:
                 result["MessageId"] = seen[0]
                 if seen[1] is not None:

@@ -151,7 +151,9 @@ def verify_signature(
     for part in (region, service, "aws4_request"):
         signing_key = _hmac(signing_key, part)
     expected = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, fields["Signature"]):
+    # (compare_digest refuses str with non-ASCII characters: compare bytes)
+    given = fields["Signature"].encode("utf-8", "surrogatepass")
+    if not hmac.compare_digest(expected.encode(), given):
         raise coral_error(
             "InvalidSignatureException",
             "The request signature we calculated does not match the signature you provided. "

@@ -70,6 +70,10 @@ class WireAnswer:
     action: str = "answer"  # "answer", "stall" or "drop"
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def _is_query_protocol(raw_path: str, content_type: str, body: bytes) -> bool:
     """Whether a request names its action as SQS's query protocol does (``Action=...`` in the
     query string or a form-encoded body)."""
@@ -105,8 +109,10 @@ def _decode(
             "is served.",
         )
     try:
-        params = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+        # Strict UTF-8 (json.loads on bytes also takes UTF-16, UTF-32 and a byte order mark),
+        # no NaN or Infinity, and nothing nested too deeply to read.
+        params = json.loads(body.decode() if body else "{}", parse_constant=_not_json)
+    except (ValueError, RecursionError):
         raise coral_error("SerializationException", "The request body is not valid JSON.") from None
     if not isinstance(params, dict):
         raise coral_error("SerializationException", "The request body is not a JSON object.")
