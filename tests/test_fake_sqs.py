@@ -11,11 +11,12 @@ import base64
 import hashlib
 import itertools
 import json
+import math
 import re
 import string
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -991,6 +992,36 @@ async def test_fifo_group_reopens_when_visibility_ends_in_order(autojump_clock: 
     assert again.message_id == a1.message_id and again.receive_count == 2
 
 
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda h: h[:-8],
+        lambda h: h[:120],
+        lambda h: h + "AAAA",
+        lambda h: h[:-4] + ("A" if h[-4] != "A" else "B") + h[-3:],
+    ],
+    ids=["cut-short", "cut-to-120", "lengthened", "one-character-changed"],
+)
+async def test_a_mangled_receipt_handle_is_invalid(
+    autojump_clock: Any, fake_sqs, client, mangle: Callable[[str], str]
+):
+    """A handle cut short or altered (URL-mangled, say) still named its queue and message, and
+    the fake took it for an older receipt: DeleteMessage answered success and deleted nothing.
+    SQS's handles are opaque: it is ReceiptHandleIsInvalid, single and in a batch."""
+    url = await client.create_queue(unique())
+    await client.send_message(url, "m")
+    message = await receive_one(client, url)
+    bad = mangle(message.receipt_handle)
+    assert await error_of(client, "DeleteMessage", QueueUrl=url, ReceiptHandle=bad) == (
+        "ReceiptHandleIsInvalid"
+    )
+    deleted = await client.delete_message_batch(url, {"bad": bad})
+    assert [e.code for e in deleted.failed] == ["ReceiptHandleIsInvalid"]
+    assert fake_sqs.queue(url).counts().in_flight == 1
+    await client.delete_message(url, message.receipt_handle)
+    assert fake_sqs.queue(url).messages() == []
+
+
 async def test_fifo_delete_with_an_expired_receipt_handle_is_refused(
     autojump_clock: Any, fake_sqs, client
 ):
@@ -1157,6 +1188,33 @@ async def test_abandoned_poll_takes_a_released_message(autojump_clock: Any, fake
     assert message.receive_count == 3
 
 
+async def test_a_poll_cancelled_in_the_instant_it_is_handed_a_message_counts_it_orphaned(
+    autojump_clock: Any, fake_sqs
+):
+    """The message reaches the poll and the poll's client goes away at the same moment (t=5):
+    the message is taken for nobody. It was in flight but counted neither delivered to a client
+    nor orphaned."""
+    url = (await fake_sqs.call("CreateQueue", {"QueueName": unique()}))["QueueUrl"]
+    got: list[object] = []
+
+    async def poll() -> None:
+        with trio.move_on_after(5):
+            got.append(
+                await fake_sqs.call("ReceiveMessage", {"QueueUrl": url, "WaitTimeSeconds": 20})
+            )
+
+    async def send() -> None:
+        await trio.sleep(5)
+        await fake_sqs.call("SendMessage", {"QueueUrl": url, "MessageBody": "m"})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(poll)
+        nursery.start_soon(send)
+    queue = fake_sqs.queue(url)
+    assert got == [] and queue.counts().in_flight == 1
+    assert (queue.deliveries, queue.orphaned_deliveries) == (1, 1)
+
+
 async def test_abandoned_poll_takes_a_message_whose_visibility_ends(
     autojump_clock: Any, fake_sqs, client
 ):
@@ -1284,6 +1342,37 @@ async def test_largest_body_is_accepted(autojump_clock: Any, client):
         ("DeleteMessageBatch", {"QueueUrl": "URL", "Entries": "x"}),
         ("DeleteMessageBatch", {"QueueUrl": "URL", "Entries": ["x"]}),
         ("SendMessage", {"QueueUrl": "URL", "MessageBody": "x", "MessageAttributes": []}),
+        # inside a batch entry: the whole call fails, nothing is sent (one entry's failure, with
+        # the entries before it already sent, it was)
+        (
+            "SendMessageBatch",
+            {
+                "QueueUrl": "URL",
+                "Entries": [
+                    {"Id": "a", "MessageBody": "sent?"},
+                    {"Id": "b", "MessageBody": "x", "DelaySeconds": "5"},
+                ],
+            },
+        ),
+        ("DeleteMessageBatch", {"QueueUrl": "URL", "Entries": [{"Id": "a", "ReceiptHandle": 1}]}),
+        (
+            "ChangeMessageVisibilityBatch",
+            {
+                "QueueUrl": "URL",
+                "Entries": [{"Id": "a", "ReceiptHandle": "h", "VisibilityTimeout": 1.5}],
+            },
+        ),
+        (
+            "SendMessage",
+            {
+                "QueueUrl": "URL",
+                "MessageBody": "x",
+                "MessageAttributes": {"a": {"DataType": "String", "StringValue": 1}},
+            },
+        ),
+        ("CreateQueue", {"QueueName": "q2", "tags": {"k": 1}}),
+        ("ListQueues", {"MaxResults": "10"}),
+        ("GetQueueAttributes", {"QueueUrl": "URL", "AttributeNames": [1]}),
     ],
 )
 async def test_wrong_json_types(
@@ -1294,6 +1383,8 @@ async def test_wrong_json_types(
     response = await wire(fake_sqs, payload, target=f"AmazonSQS.{target}")
     assert response.status_code == 400
     assert response.json()["__type"] == "com.amazon.coral.service#SerializationException"
+    assert fake_sqs.queue(url).messages() == []
+    assert list(fake_sqs.queues) == [url.rpartition("/")[2]]
 
 
 # -- bad requests on the wire ----------------------------------------------------------------
@@ -2466,6 +2557,34 @@ def test_scripted_errors_must_be_ones_a_server_could_send() -> None:
     for code in ("Bad\r\nInjected: 1", "Euro€", ""):
         with pytest.raises(ValueError, match="code"):
             fake.faults.fail("SendMessage", code=code)
+    with pytest.raises(ValueError, match="status"):
+        fake.faults.fail("SendMessage", status=450.5)  # type: ignore[arg-type]
+    assert fake.faults.pending == []
+
+
+@pytest.mark.parametrize(
+    ("script", "says"),
+    [
+        # a typo matched nothing, and a test built on it passed without its fault
+        (lambda f: f.fail("SendMesage"), "did you mean 'SendMessage'"),
+        (lambda f: f.delay(123, 1), "operation must be one of SQS's"),
+        # these were taken, then raised in the request that met them, after it took effect
+        (lambda f: f.delay("SendMessage", -1), "seconds must be a finite number"),
+        (lambda f: f.delay("SendMessage", math.nan), "seconds must be a finite number"),
+        (lambda f: f.delay("SendMessage", math.inf), "seconds must be a finite number"),
+        (lambda f: f.delay("SendMessage", "5"), "seconds must be a finite number"),
+        (lambda f: f.delay("SendMessage", True), "seconds must be a finite number"),
+        (lambda f: f.stall("SendMessage", times=1.5), "times must be an integer"),
+        (lambda f: f.drop("SendMessage", times=0), "times must be an integer"),
+        (lambda f: f.drop("SendMessage", after="no"), "after must be True or False"),
+    ],
+)
+def test_faults_refuse_what_would_pass_vacuously_or_fail_later(
+    script: Callable[[Any], object], says: str
+) -> None:
+    fake = FakeSQS()
+    with pytest.raises(ValueError, match=re.escape(says)):
+        script(fake.faults)
     assert fake.faults.pending == []
 
 

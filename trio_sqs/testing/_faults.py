@@ -4,14 +4,22 @@ answers, stalled bodies, dropped connections and corrupt digests."""
 from __future__ import annotations
 
 import collections
+import difflib
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._wire import SQS_OPERATIONS
+
 __all__ = ["Fault", "Faults"]
 
 _CODE = re.compile(r"^[A-Za-z0-9._:-]{1,256}$")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(eq=False)
@@ -57,8 +65,30 @@ class Faults:
     applied: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
 
     def _add(self, fault: Fault) -> Fault:
-        if fault.times < 1:
-            raise ValueError(f"times must be at least 1, got {fault.times}")
+        """Script ``fault``, after checking what a typo would make pass vacuously or fail
+        later, in the request that meets it.
+
+        Raises:
+            ValueError: for an operation SQS does not have (a typo would never match), a
+                ``times`` that is not a positive integer, or a delay that is not a finite
+                number of seconds >= 0 (or an ``after`` that is not a bool).
+        """
+        operation = fault.operation
+        if operation is not None and operation not in SQS_OPERATIONS:
+            close = difflib.get_close_matches(str(operation), sorted(SQS_OPERATIONS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"operation must be one of SQS's or None, got {operation!r}{hint}")
+        if not _is_int(fault.times) or fault.times < 1:
+            raise ValueError(f"times must be an integer of at least 1, got {fault.times!r}")
+        if not isinstance(fault.after, bool):
+            raise ValueError(f"after must be True or False, got {fault.after!r}")
+        seconds = fault.seconds
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, (int, float))
+            or not 0 <= seconds < math.inf
+        ):
+            raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
         self.pending.append(fault)
         return fault
 
@@ -77,7 +107,7 @@ class Faults:
         Raises:
             ValueError: for a status outside 400-599 or a code that cannot travel in a header.
         """
-        if not 400 <= status <= 599:
+        if not _is_int(status) or not 400 <= status <= 599:
             raise ValueError(f"status must be an HTTP error status (400-599), got {status}")
         if not _CODE.match(code):
             raise ValueError(

@@ -135,8 +135,16 @@ class _Poll:
     wake: trio.CancelScope | None = None
 
 
+def encode_receipt(queue_name: str, message_id: str, number: int) -> str:
+    """The receipt handle of the ``number``-th receive of a message (opaque to clients, as
+    SQS's are; about as long as theirs)."""
+    raw = f"{queue_name}\x1f{message_id}\x1f{number}\x1f".encode() + _HANDLE_FILLER
+    return _HANDLE_PREFIX + base64.b64encode(raw[:300]).decode()
+
+
 def decode_receipt(handle: object) -> tuple[str, str, int] | None:
-    """(queue name, message id, receive number) of one of our receipt handles, or None."""
+    """(queue name, message id, receive number) of one of our receipt handles, or None (for
+    anything we did not issue: a truncated or altered handle too)."""
     if not isinstance(handle, str) or not handle.startswith(_HANDLE_PREFIX):
         return None
     try:
@@ -147,9 +155,10 @@ def decode_receipt(handle: object) -> tuple[str, str, int] | None:
     if len(parts) != 4 or not parts[2].isdigit():
         return None
     try:
-        return parts[0].decode(), parts[1].decode(), int(parts[2])
+        decoded = parts[0].decode(), parts[1].decode(), int(parts[2])
     except UnicodeDecodeError:
         return None
+    return decoded if encode_receipt(*decoded) == handle else None
 
 
 def _not_available(handle: str) -> FakeError:
@@ -424,9 +433,7 @@ class FakeQueue:
         message.receive_count += 1
         if message.first_receive_ms is None:
             message.first_receive_ms = self._service.epoch_ms(at)
-        number = next(self._receipts)
-        raw = f"{self.name}\x1f{message.message_id}\x1f{number}\x1f".encode() + _HANDLE_FILLER
-        message.receipt = _HANDLE_PREFIX + base64.b64encode(raw[:300]).decode()
+        message.receipt = encode_receipt(self.name, message.message_id, next(self._receipts))
         message.received_at = at
         self._schedule(message, IN_FLIGHT, at + visibility)
         return message.receipt
@@ -494,6 +501,10 @@ class FakeQueue:
         except trio.Cancelled:
             poll.wake = None
             poll.abandoned = True
+            if poll.result is not None:
+                # Handed messages in the instant its client went away: they are taken for
+                # nobody, like those an abandoned poll takes later.
+                self.orphaned_deliveries += len(poll.result)
             raise
 
     # -- sending -------------------------------------------------------------------------------

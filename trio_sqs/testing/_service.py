@@ -33,6 +33,7 @@ from ._validate import (
     GROUP_ID,
     INVALID_BODY_CHAR,
     check_message_attributes,
+    check_types,
     entry_size,
     md5_hex,
     md5_of_attributes,
@@ -100,6 +101,8 @@ _FIFO_DEFAULTS = {
 }
 
 
+# Operation -> its input shape in SQS's model (botocore's, loaded once per process).
+_INPUT_SHAPES: dict[str, Any] = {}
 _CHOICES = {
     "DeduplicationScope": ("messageGroup", "queue"),
     "FifoThroughputLimit": ("perQueue", "perMessageGroupId"),
@@ -322,6 +325,11 @@ class FakeSQS:
                 f"{operation} is not supported by trio_sqs.testing.FakeSQS.",
                 query_code="AWS.SimpleQueueService.UnsupportedOperation",
             )
+        shape = _INPUT_SHAPES.get(operation)
+        if shape is None:
+            shape = load_service_data().model.operation_model(operation).input_shape
+            _INPUT_SHAPES[operation] = shape
+        check_types(shape, params)
         # Moves of message move tasks due by now happen before this operation sees the queues.
         self.run_moves(trio.current_time())
         result = handler(params)

@@ -79,6 +79,42 @@ def serialization_error(name: str, expected: str) -> FakeError:
     )
 
 
+_EXPECTED = {
+    "structure": (dict, "a structure"),
+    "map": (dict, "a map"),
+    "list": (list, "a list"),
+    "string": (str, "a string"),
+    "blob": (str, "a string"),
+    "integer": (int, "an integer"),
+    "long": (int, "an integer"),
+    "boolean": (bool, "a boolean"),
+}
+
+
+def check_types(shape: Any, value: Any, path: str = "") -> None:
+    """Check a request's parameters against the types of the operation's input shape in SQS's
+    model, as AWS's JSON protocol reads the whole request before anything runs: a value of the
+    wrong type anywhere (a batch entry's included) fails the whole call. ``null`` is absent."""
+    if value is None:
+        return
+    kind = shape.type_name
+    expected = _EXPECTED.get(kind)
+    if expected is not None:
+        python_type, words = expected
+        if not isinstance(value, python_type) or (python_type is int and isinstance(value, bool)):
+            raise serialization_error(path, words)
+    if kind == "structure":
+        for name, member in shape.members.items():
+            if name in value:
+                check_types(member, value[name], f"{path}.{name}" if path else name)
+    elif kind == "list":
+        for index, item in enumerate(value, 1):
+            check_types(shape.member, item, f"{path}.{index}")
+    elif kind == "map":
+        for key, item in value.items():
+            check_types(shape.value, item, f"{path}.{key}")
+
+
 def read_str(params: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
     value = params.get(name)
     if value is None:
