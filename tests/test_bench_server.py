@@ -28,6 +28,7 @@ import pytest
 import trio
 import trio.testing
 
+import trio_sqs
 from trio_sqs.testing import FakeSQS, serve_fake_sqs
 from trio_sqs.testing._server import main
 
@@ -541,6 +542,7 @@ def test_cli_start_failures_are_one_line_and_exit_non_zero(
             (["--port", str(port)], 1, f"cannot listen on 127.0.0.1:{port}: [Errno 98]"),
             (["--queue", "ok", "--queue", "bad name!"], 1, "--queue 'bad name!': Can only"),
             (["--port", "70000"], 2, "argument --port: 70000 is not a TCP port"),
+            (["--no-such-flag"], 2, "unrecognized arguments: --no-such-flag"),
         ]
         for argv, code, message in cases:
             with pytest.raises(SystemExit) as exited:
@@ -548,9 +550,32 @@ def test_cli_start_failures_are_one_line_and_exit_non_zero(
             assert exited.value.code == code, argv
             out, err = capsys.readouterr()
             assert out == ""
-            assert message in err.splitlines()[-1]
-            if code == 1:
-                assert err.count("\n") == 1, err
+            assert message in err
+            assert err.count("\n") == 1, err  # one line: no usage block
+
+
+async def test_cli_queue_named_fifo_is_a_fifo_queue() -> None:
+    """``--queue jobs.fifo`` failed: the name must end in .fifo, it said, of a name that
+    did (the queue was created without FifoQueue)."""
+    with trio.fail_after(20):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "trio_sqs.testing", "--queue", "jobs.fifo", "--queue", "std"],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+        )
+        try:
+            assert process.stdout is not None
+            line = b""
+            while not line.endswith(b"\n"):
+                line += await process.stdout.receive_some(4096)
+            endpoint = line.decode().strip()
+            async with trio_sqs.open_client(region="us-east-1", endpoint_url=endpoint) as client:
+                fifo = await client.get_queue_attributes(await client.get_queue_url("jobs.fifo"))
+                std = await client.get_queue_attributes(await client.get_queue_url("std"))
+            assert fifo["FifoQueue"] == "true" and "FifoQueue" not in std
+        finally:
+            process.terminate()
+            await process.wait()
 
 
 def test_cli_sigterm_just_after_the_endpoint_exits_cleanly() -> None:

@@ -400,6 +400,74 @@ async def test_deduplication_per_message_group(autojump_clock: Any, fake_sqs: Fa
     assert again.message_id == other.message_id
 
 
+async def test_queues_of_another_account_do_not_exist_here(autojump_clock: Any, fake_sqs, client):
+    """Only the last segment of a QueueUrl was read: another account's URL, or a bare name,
+    reached this account's queue, and GetQueueUrl ignored QueueOwnerAWSAccountId."""
+    url = await client.create_queue(unique())
+    name = url.rpartition("/")[2]
+    for other in (url.replace("/123456789012/", "/999999999999/"), name, f"/{name}"):
+        code = await error_of(client, "SendMessage", QueueUrl=other, MessageBody="x")
+        assert code == "AWS.SimpleQueueService.NonExistentQueue", other
+    assert await error_of(
+        client, "GetQueueUrl", QueueName=name, QueueOwnerAWSAccountId="999999999999"
+    ) == ("AWS.SimpleQueueService.NonExistentQueue")
+    assert (
+        await raw(client, "GetQueueUrl", QueueName=name, QueueOwnerAWSAccountId="123456789012")
+    )["QueueUrl"] == url
+    # Any host: the queue is named by its account and name.
+    await raw(
+        client, "SendMessage", QueueUrl=f"https://elsewhere/123456789012/{name}", MessageBody="x"
+    )
+    assert fake_sqs.queue(url).counts().visible == 1
+
+
+async def test_set_queue_attributes_needs_attributes(autojump_clock: Any, client):
+    url = await client.create_queue(unique())
+    assert await error_of(client, "SetQueueAttributes", QueueUrl=url) == "MissingParameter"
+
+
+def test_clock_skew_must_be_a_number_of_seconds() -> None:
+    """FakeSQS(clock_skew=nan) was taken, then every request failed."""
+    for skew in (math.nan, math.inf, 1e20, "5", True):
+        with pytest.raises(ValueError, match="clock_skew"):
+            FakeSQS(clock_skew=skew)  # type: ignore[arg-type]
+    assert FakeSQS(clock_skew=-600).clock_skew == -600
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1" * 39, "1e127", "-1e127", "1e-129", "9.99e126"],
+)
+async def test_number_attributes_sqs_cannot_hold_are_refused(
+    autojump_clock: Any, client, value: str
+):
+    """SQS's Number: up to 38 significant digits, a magnitude from 1e-128 to 1e126."""
+    url = await client.create_queue(unique())
+    attributes = {"n": {"DataType": "Number", "StringValue": value}}
+    assert (
+        await error_of(
+            client, "SendMessage", QueueUrl=url, MessageBody="x", MessageAttributes=attributes
+        )
+        == "InvalidParameterValue"
+    )
+    for fine in ("1" * 38, "1" + "0" * 100, "1e126", "-1e-128", "0.000", "12.3400000000"):
+        attributes = {"n": {"DataType": "Number", "StringValue": fine}}
+        await raw(
+            client, "SendMessage", QueueUrl=url, MessageBody="x", MessageAttributes=attributes
+        )
+
+
+async def test_aws_trace_header_must_be_a_string(autojump_clock: Any, client):
+    url = await client.create_queue(unique())
+    system = {"AWSTraceHeader": {"DataType": "Binary", "BinaryValue": b"Root=1"}}
+    assert (
+        await error_of(
+            client, "SendMessage", QueueUrl=url, MessageBody="x", MessageSystemAttributes=system
+        )
+        == "InvalidParameterValue"
+    )
+
+
 async def test_invalid_queue_attribute_names_on_get_and_set(autojump_clock: Any, client):
     url = await client.create_queue(unique())
     assert await error_of(

@@ -469,6 +469,13 @@ def test_make_message_with_every_argument() -> None:
         ({"body": "lone surrogate \ud800"}, "characters SQS refuses"),
         ({"message_id": ""}, "must not be empty"),
         ({"receipt_handle": ""}, "must not be empty"),
+        ({"body": ""}, "must not be empty"),
+        ({"body": "x" * (1_048_576 - 6), "message_attributes": {"a": "b"}}, "SQS takes 1 MiB"),
+        ({"message_attributes": {"n": 1e300}}, "to a number"),
+        ({"message_attributes": {"n": 10**38 + 1}}, "to a number"),  # 39 significant digits
+        ({"receive_count": 3, "attributes": {"ApproximateReceiveCount": "1"}}, "receive_count"),
+        ({"message_group_id": ""}, "message_group_id must be"),
+        ({"message_group_id": "g" * 129}, "message_group_id must be"),
     ],
     ids=[
         "nan",
@@ -481,6 +488,13 @@ def test_make_message_with_every_argument() -> None:
         "surrogate-in-body",
         "empty-id",
         "empty-handle",
+        "empty-body",
+        "over-1-MiB-with-attributes",
+        "number-out-of-range",
+        "number-of-39-digits",
+        "receive-counts-disagree",
+        "empty-group",
+        "group-of-129",
     ],
 )
 def test_make_message_refuses_what_sqs_would_never_deliver(
@@ -491,6 +505,26 @@ def test_make_message_refuses_what_sqs_would_never_deliver(
     arguments: dict[str, Any] = {"body": "x", **kwargs}
     with pytest.raises(ValueError, match=re.escape(message)):
         make_message(**arguments)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"body": None},
+        {"body": b"x"},
+        {"message_id": 5},
+        {"queue_url": None},
+        {"receive_count": 1.5},
+        {"receive_count": "2"},
+        {"attributes": {"ApproximateReceiveCount": 5}},
+        {"message_attributes": {1: "v"}},
+    ],
+    ids=lambda kwargs: repr(kwargs)[:40],
+)
+def test_make_message_refuses_arguments_of_the_wrong_type(kwargs: dict[str, Any]) -> None:
+    """These built messages whose fields had the wrong types (receive_count 1.5 became "1.5")."""
+    with pytest.raises(TypeError):
+        make_message(**{"body": "x", **kwargs})
 
 
 # -- the plugin's fixtures in a project of their own -----------------------------------------------

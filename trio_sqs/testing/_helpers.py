@@ -17,8 +17,8 @@ from .._config import Limits, RetryPolicy
 from .._connect import open_client
 from .._message import Message, MessageAttributeValue, md5_of_message_attributes
 from ._errors import FakeError
-from ._service import FakeSQS
-from ._validate import INVALID_BODY_CHAR, check_message_attributes
+from ._service import MAX_MESSAGE_SIZE, FakeSQS
+from ._validate import GROUP_ID, INVALID_BODY_CHAR, check_message_attributes
 
 __all__ = ["make_message", "open_fake_client"]
 
@@ -65,7 +65,7 @@ async def open_fake_client(
 
 
 def make_message(
-    body: str = "",
+    body: str,
     *,
     message_id: str | None = None,
     receipt_handle: str | None = None,
@@ -83,14 +83,20 @@ def make_message(
     (Binary). ``attributes`` adds or overrides system attributes.
 
     Raises:
-        TypeError: for an attribute value of a type SQS has no attribute type for.
-        ValueError: for what SQS would never deliver, as the in-memory SQS judges it: a body
-            with characters SQS refuses, attributes SQS refuses (an invalid name, an empty value,
-            a Number that is NaN or infinite, more than 10), an empty ``message_id`` or
-            ``receipt_handle``, a ``receive_count`` below 1.
+        TypeError: for an argument of the wrong type (a body, id or handle that is not a
+            ``str``, a ``receive_count`` that is not an ``int``, a system attribute that is not
+            a ``str``), or an attribute value of a type SQS has no attribute type for.
+        ValueError: for what SQS would never deliver, as the in-memory SQS judges it: an empty
+            body, one with characters SQS refuses, or over 1 MiB with its attributes;
+            attributes SQS refuses (an invalid name, an empty value, a Number SQS cannot hold,
+            more than 10); an empty ``message_id`` or ``receipt_handle``; a ``receive_count``
+            below 1, or ``attributes`` saying another; a ``message_group_id`` that is not 1 to
+            128 letters, digits or punctuation.
     """
     typed: dict[str, MessageAttributeValue] = {}
     for name, value in (message_attributes or {}).items():
+        if not isinstance(name, str):
+            raise TypeError(f"message attribute names must be str, got {name!r}")
         if isinstance(value, MessageAttributeValue):
             typed[name] = value
         elif isinstance(value, bytes):
@@ -106,13 +112,40 @@ def make_message(
                 f"message attribute {name!r}: expected str, int, float, bytes or "
                 f"MessageAttributeValue, got {type(value).__name__}"
             )
+    if not isinstance(body, str):
+        raise TypeError(f"body must be a str, got {type(body).__name__}")
+    for label, text in (
+        ("queue_url", queue_url),
+        ("message_id", message_id),
+        ("receipt_handle", receipt_handle),
+        ("message_group_id", message_group_id),
+        *((f"attributes[{name!r}]", value) for name, value in (attributes or {}).items()),
+    ):
+        if (text is not None or label == "queue_url") and not isinstance(text, str):
+            raise TypeError(f"{label} must be a str, got {type(text).__name__}")
+    if isinstance(receive_count, bool) or not isinstance(receive_count, int):
+        raise TypeError(f"receive_count must be an int, got {type(receive_count).__name__}")
     if receive_count < 1:
         raise ValueError(f"receive_count must be at least 1, got {receive_count}")
+    said = (attributes or {}).get("ApproximateReceiveCount")
+    if said is not None and said != str(receive_count):
+        raise ValueError(
+            f"attributes say ApproximateReceiveCount {said!r}, receive_count says {receive_count}"
+        )
+    if not body:
+        raise ValueError("the body must not be empty (SQS refuses an empty message)")
     if INVALID_BODY_CHAR.search(body):
         raise ValueError("the body has characters SQS refuses in a message")
-    _check_attributes(typed)
+    size = len(body.encode()) + _check_attributes(typed)
+    if size > MAX_MESSAGE_SIZE:
+        raise ValueError(f"the message is {size} bytes with its attributes; SQS takes 1 MiB")
     if message_id == "" or receipt_handle == "":
         raise ValueError("message_id and receipt_handle must not be empty")
+    if message_group_id is not None and not GROUP_ID.match(message_group_id):
+        raise ValueError(
+            "message_group_id must be 1 to 128 letters, digits or punctuation, got "
+            f"{message_group_id!r}"
+        )
     message_id = message_id if message_id is not None else str(uuid.uuid4())
     system: dict[str, Any] = {
         "SenderId": "AIDAIENQZJOLO23YVJ4VO",
@@ -137,8 +170,9 @@ def make_message(
     )
 
 
-def _check_attributes(attributes: Mapping[str, MessageAttributeValue]) -> None:
-    """Refuse attributes SQS would refuse on send (so never delivers), by the fake's rules."""
+def _check_attributes(attributes: Mapping[str, MessageAttributeValue]) -> int:
+    """Refuse attributes SQS would refuse on send (so never delivers), by the fake's rules;
+    return their size as SQS counts it."""
     wire: dict[str, Any] = {}
     for name, value in attributes.items():
         entry: dict[str, Any] = {"DataType": value.data_type}
@@ -148,6 +182,6 @@ def _check_attributes(attributes: Mapping[str, MessageAttributeValue]) -> None:
             entry["StringValue"] = value.string_value
         wire[name] = entry
     try:
-        check_message_attributes(wire)
+        return check_message_attributes(wire)
     except FakeError as exc:
         raise ValueError(f"SQS would refuse these message attributes: {exc.message}") from None

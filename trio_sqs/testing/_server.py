@@ -33,7 +33,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
 import trio
@@ -367,7 +367,8 @@ async def _run(args: argparse.Namespace) -> None:
             # The queues exist before the endpoint is printed: a parent may use them at once.
             for name in args.queue:
                 try:
-                    await fake.call("CreateQueue", {"QueueName": name})
+                    fifo = {"Attributes": {"FifoQueue": "true"}} if name.endswith(".fifo") else {}
+                    await fake.call("CreateQueue", {"QueueName": name, **fifo})
                 except FakeError as exc:
                     nursery.cancel_scope.cancel()
                     raise _StartupError(f"--queue {name!r}: {exc.message}") from None
@@ -389,6 +390,13 @@ async def _wait_for_eof(scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _port(text: str) -> int:
     port = int(text)
     if not 0 <= port <= 65535:
@@ -406,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     Exit status: 0 after SIGINT/SIGTERM (or the end of stdin with ``--exit-on-stdin-eof``); 1
     with a one-line error when it cannot listen or create a ``--queue``; 2 for bad arguments.
     """
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="python -m trio_sqs.testing",
         description="Serve trio_sqs's in-memory SQS over HTTP (for tests and benchmarks).",
     )
@@ -414,7 +422,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=_port, default=0, help="0 picks a free port (default)")
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument(
-        "--queue", action="append", default=[], help="create this queue at start (repeatable)"
+        "--queue",
+        action="append",
+        default=[],
+        help="create this queue at start (repeatable; a name ending in .fifo is a FIFO queue)",
     )
     parser.add_argument(
         "--verify-signatures",

@@ -118,6 +118,14 @@ def _json_or_none(text: str) -> Any:
         return None
 
 
+def _no_such_queue() -> FakeError:
+    return FakeError(
+        "QueueDoesNotExist",
+        "The specified queue does not exist.",
+        query_code="AWS.SimpleQueueService.NonExistentQueue",
+    )
+
+
 def _check_throughput(attributes: Mapping[str, str]) -> None:
     """High-throughput FIFO: a limit per message group needs deduplication per message group."""
     if (
@@ -162,6 +170,9 @@ class FakeSQS:
             Trio's clock instead (see :meth:`epoch`).
 
     Every operation must run inside ``trio.run``: times are ``trio.current_time()``.
+
+    Raises:
+        ValueError: for a ``clock_skew`` that is not a number of seconds under ten years.
     """
 
     def __init__(
@@ -175,6 +186,14 @@ class FakeSQS:
         record: bool = True,
         clock_skew: float = 0.0,
     ) -> None:
+        if (
+            isinstance(clock_skew, bool)
+            or not isinstance(clock_skew, (int, float))
+            or not abs(clock_skew) < 10 * 365 * 86400
+        ):
+            raise ValueError(
+                f"clock_skew must be a number of seconds (under ten years), got {clock_skew!r}"
+            )
         self.region = region
         self.account_id = account_id
         self.endpoint = endpoint.rstrip("/")
@@ -353,14 +372,13 @@ class FakeSQS:
             queue.orphaned_deliveries += len(messages)
 
     def _queue(self, params: Mapping[str, Any]) -> FakeQueue:
+        """The queue a QueueUrl names: ``.../{account}/{name}`` (any host) with this fake's
+        account; a queue of another account does not exist here."""
         url = read_required_str(params, "QueueUrl")
-        queue = self._queues.get(url.rstrip("/").rpartition("/")[2])
-        if queue is None:
-            raise FakeError(
-                "QueueDoesNotExist",
-                "The specified queue does not exist.",
-                query_code="AWS.SimpleQueueService.NonExistentQueue",
-            )
+        account, _, name = url.rstrip("/").rpartition("/")
+        queue = self._queues.get(name)
+        if queue is None or account.rpartition("/")[2] != self.account_id:
+            raise _no_such_queue()
         return queue
 
     # -- queues --------------------------------------------------------------------------------
@@ -497,14 +515,10 @@ class FakeSQS:
 
     def _get_queue_url(self, params: dict[str, Any]) -> dict[str, Any]:
         name = read_required_str(params, "QueueName")
-        read_str(params, "QueueOwnerAWSAccountId", required=False)
+        owner = read_str(params, "QueueOwnerAWSAccountId", required=False)
         queue = self._queues.get(name)
-        if queue is None:
-            raise FakeError(
-                "QueueDoesNotExist",
-                "The specified queue does not exist.",
-                query_code="AWS.SimpleQueueService.NonExistentQueue",
-            )
+        if queue is None or owner not in (None, self.account_id):
+            raise _no_such_queue()
         return {"QueueUrl": queue.url}
 
     def _get_queue_attributes(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -535,6 +549,8 @@ class FakeSQS:
 
     def _set_queue_attributes(self, params: dict[str, Any]) -> dict[str, Any]:
         queue = self._queue(params)
+        if params.get("Attributes") is None:
+            raise missing_parameter("Attributes")
         changes = self._check_attributes(
             read_map(params, "Attributes"), fifo=queue.fifo, creating=False
         )

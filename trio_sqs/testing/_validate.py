@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import decimal
 import hashlib
 import re
 import struct
@@ -209,6 +210,19 @@ def read_entries(params: Mapping[str, Any], what: str) -> list[dict[str, Any]]:
     return entries
 
 
+def _is_sqs_number(text: str) -> bool:
+    """A Number attribute SQS takes: up to 38 significant digits, 0 or a magnitude from 1e-128
+    to 1e+126 (SQS's documented range)."""
+    if not NUMBER.match(text) or len(text) > 1000:
+        return False
+    value = decimal.Decimal(text)
+    if value.is_zero():
+        return True
+    # significant digits: trailing zeros trimmed (normalize() would round to 28 digits)
+    digits = "".join(map(str, value.as_tuple().digits)).rstrip("0")
+    return len(digits) <= 38 and decimal.Decimal("1e-128") <= abs(value) <= decimal.Decimal("1e126")
+
+
 def check_message_attributes(attributes: dict[str, Any], *, system: bool = False) -> int:
     """Validate message attributes in wire form; return their size in bytes."""
     if len(attributes) > 10:
@@ -222,6 +236,10 @@ def check_message_attributes(attributes: dict[str, Any], *, system: bool = False
                 raise invalid_parameter(
                     f"Message system attribute name '{name}' is invalid. Reason: only "
                     "AWSTraceHeader is supported."
+                )
+            if isinstance(value, dict) and value.get("DataType") != "String":
+                raise invalid_parameter(
+                    "Message system attribute 'AWSTraceHeader' must be of type String."
                 )
         elif (
             not ATTR_NAME.match(name)
@@ -275,7 +293,7 @@ def check_message_attributes(attributes: dict[str, Any], *, system: bool = False
                     f"Message (user) attribute '{name}' must contain a non-empty value of type "
                     f"'{base}'."
                 )
-            if base == "Number" and not NUMBER.match(text):
+            if base == "Number" and not _is_sqs_number(text):
                 raise invalid_parameter(
                     f"Can't cast the value of message (user) attribute '{name}' to a number."
                 )
