@@ -437,8 +437,8 @@ async def measure(supply: Supply, rounds: int, iterations: int) -> Bench:
 
 async def _gate(sqs: trio_sqs.SQSClient) -> None:
     await sqs._credentials.get()
-    async with sqs._other_gate:
-        pass
+    lane = await sqs._other_gate.acquire()
+    sqs._other_gate.release(lane)
 
 
 def both(bench: Bench, stage: str) -> float:

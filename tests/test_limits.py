@@ -25,7 +25,7 @@ import trio.testing
 import trio_sqs
 import trio_sqs._open
 from trio_sqs import ConfigurationError, ConsumerOptions, Limits, Message, RetryPolicy, SQSClient
-from trio_sqs._gate import ResizableGate
+from trio_sqs._gate import KeptSlotGate, ResizableGate
 from trio_sqs.testing import FakeSQS, open_fake_client
 
 CONSUMERS = 10
@@ -92,6 +92,104 @@ async def test_a_waiter_cancelled_while_waiting_takes_nothing(
     assert got == ["first cancelled", "second"]
     gate.release()
     assert (gate.in_use, gate.value) == (0, 1)
+
+
+# -- the other budget's gate, a slot kept for visibility changes ------------------------------------
+
+
+async def test_kept_slot_gate_keeps_one_slot_for_kept_callers() -> None:
+    gate = KeptSlotGate(3)
+    lanes = [gate.acquire_nowait(), gate.acquire_nowait()]
+    assert lanes == [KeptSlotGate.OTHER] * 2
+    with pytest.raises(trio.WouldBlock):
+        gate.acquire_nowait()  # one slot free, but kept
+    assert gate.value == 1
+    assert gate.acquire_nowait(kept=True) == KeptSlotGate.KEPT
+    with pytest.raises(trio.WouldBlock):
+        gate.acquire_nowait(kept=True)
+    for lane in (*lanes, KeptSlotGate.KEPT):
+        gate.release(lane)
+    assert gate.value == 3
+    # A kept caller takes the kept slot first, leaving the others to the others...
+    assert gate.acquire_nowait(kept=True) == KeptSlotGate.KEPT
+    assert [gate.acquire_nowait(), gate.acquire_nowait()] == [KeptSlotGate.OTHER] * 2
+    gate.release(KeptSlotGate.OTHER)
+    # ...and one of the others when the kept one is taken.
+    assert gate.acquire_nowait(kept=True) == KeptSlotGate.OTHER
+    with pytest.raises(RuntimeError):
+        KeptSlotGate(1).release(KeptSlotGate.OTHER)
+    with pytest.raises(RuntimeError):
+        KeptSlotGate(2).release(KeptSlotGate.KEPT)
+    for size in (0, -1, 1.5, True):
+        with pytest.raises(ValueError):
+            KeptSlotGate(size)  # type: ignore[arg-type]
+
+
+async def test_kept_slot_gate_of_one_slot_keeps_none() -> None:
+    gate = KeptSlotGate(1)
+    assert gate.acquire_nowait(kept=True) == KeptSlotGate.OTHER
+    with pytest.raises(trio.WouldBlock):
+        gate.acquire_nowait(kept=True)
+    gate.release(KeptSlotGate.OTHER)
+    assert gate.acquire_nowait() == KeptSlotGate.OTHER
+
+
+async def test_kept_slot_gate_hands_freed_slots_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A freed slot of the others goes to a waiting ordinary caller first, else to a waiting
+    kept caller (which then holds a slot of the others); a freed kept slot goes to a kept
+    caller only. Each waiter wakes holding its slot."""
+    gate = KeptSlotGate(2)
+    held = [gate.acquire_nowait(), gate.acquire_nowait(kept=True)]
+    assert held == [KeptSlotGate.OTHER, KeptSlotGate.KEPT]
+    got: list[tuple[str, bool]] = []
+
+    async def take(name: str, kept: bool) -> None:
+        got.append((name, await gate.acquire(kept=kept)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, "ordinary", False)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(take, "kept-1", True)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(take, "kept-2", True)
+        await trio.testing.wait_all_tasks_blocked()
+        assert gate.waiting == 3
+        gate.release(KeptSlotGate.OTHER)  # to the ordinary caller, though kept ones wait too
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [("ordinary", KeptSlotGate.OTHER)]
+        gate.release(KeptSlotGate.OTHER)  # no ordinary caller waits: to the first kept one
+        await trio.testing.wait_all_tasks_blocked()
+        gate.release(KeptSlotGate.KEPT)  # the kept slot: to the next kept caller
+    assert got == [
+        ("ordinary", KeptSlotGate.OTHER),
+        ("kept-1", KeptSlotGate.OTHER),
+        ("kept-2", KeptSlotGate.KEPT),
+    ]
+    assert gate.value == 0 and gate.waiting == 0
+    gate.release(KeptSlotGate.OTHER)
+    gate.release(KeptSlotGate.KEPT)
+    assert gate.value == 2
+
+
+@pytest.mark.parametrize("kept", [False, True])
+async def test_kept_slot_gate_waiter_cancelled_takes_nothing(
+    autojump_clock: trio.testing.MockClock, kept: bool
+) -> None:
+    gate = KeptSlotGate(2)
+    lanes = [gate.acquire_nowait(), gate.acquire_nowait(kept=True)]
+    with trio.move_on_after(5) as scope:
+        await gate.acquire(kept=kept)
+    assert scope.cancelled_caught
+    assert (gate.value, gate.waiting) == (0, 0)
+    for lane in lanes:
+        gate.release(lane)
+    assert gate.value == 2
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await gate.acquire(kept=kept)  # free, but cancelled: takes nothing
+    assert gate.value == 2
 
 
 async def test_a_cancelled_acquire_on_a_free_gate_takes_nothing() -> None:

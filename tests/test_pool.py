@@ -33,6 +33,7 @@ import trio
 
 import trio_sqs
 from trio_sqs import Limits, RetryPolicy, SQSClient
+from trio_sqs._gate import KeptSlotGate
 from trio_sqs._util import raise_unwrapped
 from trio_sqs.testing import FakeSQS
 from trio_sqs.testing._server import _serve_connection
@@ -250,7 +251,7 @@ async def run_storm(*, gated: bool = True, httpcore: bool = False, rounds: int =
             # Only for the demonstration below: budgets wider than the pool, so that requests
             # queue inside httpcore's pool as they would without trio_sqs's gate.
             client._receive_gate = trio.Semaphore(100)
-            client._other_gate = trio.Semaphore(100)
+            client._other_gate = KeptSlotGate(100)
         await assert_full_capacity(client, barrier)
         outcome = await storm(
             lambda i: sqs_call(client, i),

@@ -38,7 +38,7 @@ from ._exceptions import (
     SQSError,
     TransportError,
 )
-from ._gate import ResizableGate
+from ._gate import KeptSlotGate, ResizableGate
 from ._message import (
     BatchResult,
     CorruptMessage,
@@ -451,9 +451,7 @@ class SQSClient:
         # Every other call. With two slots or more, one of them is kept for visibility changes
         # (releases and heartbeats): slow deletes filling the budget at a stop must not hold up
         # the release of a message whose handler was cancelled.
-        other = limits.max_other_connections
-        self._other_gate = trio.Semaphore(other - 1 if other > 1 else 1)
-        self._visibility_gate = trio.Semaphore(1) if other > 1 else None
+        self._other_gate = KeptSlotGate(limits.max_other_connections)
         self._closed = False
         # OpenTelemetry (None without opentelemetry-api: then no tracing work at all).
         from ._tracing import client_tracing
@@ -729,10 +727,9 @@ class SQSClient:
         failures: _Failures,
     ) -> T:
         receive = operation == "ReceiveMessage"
-        gate: ResizableGate | trio.Semaphore = self._receive_gate if receive else self._other_gate
-        # A visibility change takes the slot kept for them when it is free (leaving the others
-        # to the other calls), else a free one of the others, else waits for the kept one.
-        spare = self._visibility_gate if operation in _VISIBILITY_CHANGES else None
+        # Visibility changes may take the slot of the other budget kept for them.
+        kept = operation in _VISIBILITY_CHANGES
+        receive_gate, other_gate = self._receive_gate, self._other_gate
         if read_timeout is None:
             read_timeout = DEFAULT_TIMEOUT
         direct = self._direct
@@ -759,16 +756,18 @@ class SQSClient:
             try:
                 with map_foreign_exceptions(operation, progress):
                     # A free slot is taken without a schedule point; else wait for one.
-                    held: ResizableGate | trio.Semaphore = gate
+                    lane = False
                     try:
-                        if spare is not None and spare.value:
-                            held = spare
-                        held.acquire_nowait()
+                        if receive:
+                            receive_gate.acquire_nowait()
+                        else:
+                            lane = other_gate.acquire_nowait(kept=kept)
                     except trio.WouldBlock:
-                        if spare is not None:
-                            held = spare
                         with trio.move_on_at(failures.deadline) as waited:
-                            await held.acquire()
+                            if receive:
+                                await receive_gate.acquire()
+                            else:
+                                lane = await other_gate.acquire(kept=kept)
                         if waited.cancelled_caught:
                             raise _CallExpired from None
                     try:
@@ -795,7 +794,10 @@ class SQSClient:
                             if progress.response is None:
                                 raise _CallExpired
                     finally:
-                        held.release()
+                        if receive:
+                            receive_gate.release()
+                        else:
+                            other_gate.release(lane)
                     answer = progress.response
                     assert answer is not None
                     return read(answer)

@@ -1,5 +1,6 @@
-"""A semaphore whose size can change while it is in use: the client's long-poll budget, sized
-from the consumers sharing the client."""
+"""The client's budgets: a semaphore whose size can change while it is in use (the long-poll
+budget, sized from the consumers sharing the client), and one with a slot kept for some callers
+(the other calls' budget, a slot kept for visibility changes)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from types import TracebackType
 import trio
 import trio.lowlevel
 
-__all__ = ["ResizableGate"]
+__all__ = ["KeptSlotGate", "ResizableGate"]
 
 
 class ResizableGate:
@@ -103,3 +104,97 @@ class ResizableGate:
 
     def __repr__(self) -> str:
         return f"<ResizableGate size={self._size} in_use={self._in_use} waiting={len(self._lot)}>"
+
+
+class KeptSlotGate:
+    """A semaphore of ``size`` slots, one of which (from 2 slots on) is kept for the callers
+    that pass ``kept=True``: the others use ``size - 1`` at most.
+
+    A ``kept=True`` caller takes the kept slot when it is free (leaving the others to the other
+    callers), else a free one of the others, else waits for whichever frees first. Waiters of
+    each kind are served in FIFO order; a freed slot of the others goes to a waiting ordinary
+    caller first. Cancel-safe like ``trio.Semaphore``: a task cancelled while it waits takes
+    nothing; a slot is handed to a waiter when it is woken, so a woken waiter always holds it.
+    :meth:`acquire` returns the lane taken, to give to :meth:`release`.
+    """
+
+    __slots__ = ("_granted", "_in_use", "_kept", "_kept_in_use", "_kept_lot", "_lot", "_others")
+
+    KEPT = True
+    OTHER = False
+
+    def __init__(self, size: int) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"a gate's size must be an integer >= 1, got {size!r}")
+        self._kept = 1 if size > 1 else 0
+        self._others = size - self._kept
+        self._in_use = 0  # of the others
+        self._kept_in_use = 0
+        self._lot = trio.lowlevel.ParkingLot()  # ordinary callers
+        self._kept_lot = trio.lowlevel.ParkingLot()  # callers that may use the kept slot
+        # A woken kept=True waiter: the lane it was handed.
+        self._granted: dict[trio.lowlevel.Task, bool] = {}
+
+    @property
+    def size(self) -> int:
+        return self._others + self._kept
+
+    @property
+    def value(self) -> int:
+        """Free slots now, the kept one included."""
+        return (self._others - self._in_use) + (self._kept - self._kept_in_use)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._lot) + len(self._kept_lot)
+
+    def acquire_nowait(self, *, kept: bool = False) -> bool:
+        """Take a slot (the lane taken), or raise ``trio.WouldBlock``."""
+        if kept and self._kept_in_use < self._kept and not self._kept_lot:
+            self._kept_in_use += 1
+            return self.KEPT
+        if self._in_use < self._others and not self._lot and not (kept and self._kept_lot):
+            self._in_use += 1
+            return self.OTHER
+        raise trio.WouldBlock
+
+    async def acquire(self, *, kept: bool = False) -> bool:
+        """Take a slot, waiting until one is free; return the lane taken."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            lane = self.acquire_nowait(kept=kept)
+        except trio.WouldBlock:
+            if not kept:
+                await self._lot.park()
+                return self.OTHER
+            await self._kept_lot.park()
+            return self._granted.pop(trio.lowlevel.current_task())
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return lane
+
+    def release(self, lane: bool) -> None:
+        """Give back a slot of ``lane`` (to the longest waiter that may have it)."""
+        if lane == self.KEPT:
+            if self._kept_in_use <= 0:
+                raise RuntimeError("release() without a matching acquire()")
+            if self._kept_lot:
+                [task] = self._kept_lot.unpark(count=1)
+                self._granted[task] = self.KEPT
+            else:
+                self._kept_in_use -= 1
+            return
+        if self._in_use <= 0:
+            raise RuntimeError("release() without a matching acquire()")
+        if self._lot:
+            self._lot.unpark(count=1)
+        elif self._kept_lot:
+            [task] = self._kept_lot.unpark(count=1)
+            self._granted[task] = self.OTHER
+        else:
+            self._in_use -= 1
+
+    def __repr__(self) -> str:
+        return (
+            f"<KeptSlotGate size={self.size} in_use={self._in_use}+{self._kept_in_use} "
+            f"waiting={self.waiting}>"
+        )
