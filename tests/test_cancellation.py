@@ -181,7 +181,7 @@ async def test_cancel_while_waiting_for_the_kept_slot(
     autojump_clock: trio.testing.MockClock, fake_sqs: FakeSQS
 ) -> None:
     """A visibility change that finds the other budget full and the kept slot taken waits for
-    whichever frees first; cancelled there, it takes nothing and sends nothing."""
+    the kept slot or its turn at the others; cancelled there, it takes nothing and sends nothing."""
     limits = Limits(max_receive_connections=1, max_other_connections=2)
     async with open_wired_client(fake_sqs, limits=limits) as (client, _):
         url = await client.create_queue("kept-slot-cancel")

@@ -137,9 +137,9 @@ async def test_kept_slot_gate_of_one_slot_keeps_none() -> None:
 async def test_kept_slot_gate_hands_freed_slots_in_order(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A freed slot of the others goes to a waiting ordinary caller first, else to a waiting
-    kept caller (which then holds a slot of the others); a freed kept slot goes to a kept
-    caller only. Each waiter wakes holding its slot."""
+    """Both kinds wait in one line: a freed slot of the others goes to the first in line,
+    whatever its kind (a kept caller then holds a slot of the others); a freed kept slot goes
+    to the first kept caller in line. Each waiter wakes holding its slot."""
     gate = KeptSlotGate(2)
     held = [gate.acquire_nowait(), gate.acquire_nowait(kept=True)]
     assert held == [KeptSlotGate.OTHER, KeptSlotGate.KEPT]
@@ -156,10 +156,10 @@ async def test_kept_slot_gate_hands_freed_slots_in_order(
         nursery.start_soon(take, "kept-2", True)
         await trio.testing.wait_all_tasks_blocked()
         assert gate.waiting == 3
-        gate.release(KeptSlotGate.OTHER)  # to the ordinary caller, though kept ones wait too
+        gate.release(KeptSlotGate.OTHER)  # to the first in line, the ordinary caller
         await trio.testing.wait_all_tasks_blocked()
         assert got == [("ordinary", KeptSlotGate.OTHER)]
-        gate.release(KeptSlotGate.OTHER)  # no ordinary caller waits: to the first kept one
+        gate.release(KeptSlotGate.OTHER)  # to the next in line, the first kept caller
         await trio.testing.wait_all_tasks_blocked()
         gate.release(KeptSlotGate.KEPT)  # the kept slot: to the next kept caller
     assert got == [
@@ -171,6 +171,37 @@ async def test_kept_slot_gate_hands_freed_slots_in_order(
     gate.release(KeptSlotGate.OTHER)
     gate.release(KeptSlotGate.KEPT)
     assert gate.value == 2
+
+
+@pytest.mark.parametrize("size", [1, 2])
+async def test_kept_slot_gate_serves_a_kept_caller_before_later_ordinary_ones(
+    autojump_clock: trio.testing.MockClock, size: int
+) -> None:
+    """A kept caller waiting for a slot of the others is not passed by ordinary callers that
+    came after it. With one slot (no kept slot) an endless stream of ordinary callers starved
+    a heartbeat: freed slots went to ordinary callers first."""
+    gate = KeptSlotGate(size)
+    held = [gate.acquire_nowait(kept=True) for _ in range(size)]
+    got: list[str] = []
+
+    async def take(name: str, kept: bool) -> None:
+        lane = await gate.acquire(kept=kept)
+        got.append(name)
+        gate.release(lane)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, "ordinary-1", False)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(take, "kept", True)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(take, "ordinary-2", False)
+        await trio.testing.wait_all_tasks_blocked()
+        # Freeing the slot of the others only: the line moves in arrival order.
+        gate.release(held[-1] if size == 1 else KeptSlotGate.OTHER)
+    assert got == ["ordinary-1", "kept", "ordinary-2"]
+    if size == 2:
+        gate.release(KeptSlotGate.KEPT)
+    assert (gate.value, gate.waiting) == (size, 0)
 
 
 @pytest.mark.parametrize("kept", [False, True])

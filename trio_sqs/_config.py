@@ -87,7 +87,7 @@ class Limits:
             the consumers sharing the client (see above).
         max_other_connections: every other call in flight at once. From 2 on, one of these
             slots is kept for visibility changes (releases and heartbeats), so slow deletes
-            never hold up a release.
+            never hold up a release: the other calls use the rest.
         keepalive_expiry: seconds an idle connection is kept open.
     """
 

@@ -110,15 +110,19 @@ class KeptSlotGate:
     """A semaphore of ``size`` slots, one of which (from 2 slots on) is kept for the callers
     that pass ``kept=True``: the others use ``size - 1`` at most.
 
-    A ``kept=True`` caller takes the kept slot when it is free (leaving the others to the other
-    callers), else a free one of the others, else waits for whichever frees first. Waiters of
-    each kind are served in FIFO order; a freed slot of the others goes to a waiting ordinary
-    caller first. Cancel-safe like ``trio.Semaphore``: a task cancelled while it waits takes
-    nothing; a slot is handed to a waiter when it is woken, so a woken waiter always holds it.
-    :meth:`acquire` returns the lane taken, to give to :meth:`release`.
+    Waiters of both kinds queue in one line, in arrival order. A freed slot of the others goes
+    to the first in line, whatever its kind; the freed kept slot goes to the first ``kept=True``
+    caller in line. So a ``kept=True`` caller takes the kept slot when it is free, else a free
+    one of the others, else waits for the kept slot or its turn at the others, whichever comes
+    first: never behind a caller that came after it. With one slot there is nothing to keep:
+    it is a FIFO semaphore for both kinds.
+
+    Cancel-safe like ``trio.Semaphore``: a task cancelled while it waits takes nothing; a slot
+    is handed to a waiter when it is woken, so a woken waiter always holds it. :meth:`acquire`
+    returns the lane taken, to give back to :meth:`release`.
     """
 
-    __slots__ = ("_granted", "_in_use", "_kept", "_kept_in_use", "_kept_lot", "_lot", "_others")
+    __slots__ = ("_granted", "_in_use", "_kept", "_kept_in_use", "_others", "_waiters")
 
     KEPT = True
     OTHER = False
@@ -130,9 +134,10 @@ class KeptSlotGate:
         self._others = size - self._kept
         self._in_use = 0  # of the others
         self._kept_in_use = 0
-        self._lot = trio.lowlevel.ParkingLot()  # ordinary callers
-        self._kept_lot = trio.lowlevel.ParkingLot()  # callers that may use the kept slot
-        # A woken kept=True waiter: the lane it was handed.
+        # Waiting tasks in arrival order (dicts keep it), each with whether it may take the
+        # kept slot.
+        self._waiters: dict[trio.lowlevel.Task, bool] = {}
+        # Woken waiters: the lane each was handed.
         self._granted: dict[trio.lowlevel.Task, bool] = {}
 
     @property
@@ -146,14 +151,15 @@ class KeptSlotGate:
 
     @property
     def waiting(self) -> int:
-        return len(self._lot) + len(self._kept_lot)
+        return len(self._waiters)
 
     def acquire_nowait(self, *, kept: bool = False) -> bool:
-        """Take a slot (the lane taken), or raise ``trio.WouldBlock``."""
-        if kept and self._kept_in_use < self._kept and not self._kept_lot:
+        """Take a slot (return the lane taken), or raise ``trio.WouldBlock``."""
+        # (A free slot means nobody waits for it: slots are handed over as they free up.)
+        if kept and self._kept_in_use < self._kept:
             self._kept_in_use += 1
             return self.KEPT
-        if self._in_use < self._others and not self._lot and not (kept and self._kept_lot):
+        if self._in_use < self._others:
             self._in_use += 1
             return self.OTHER
         raise trio.WouldBlock
@@ -164,34 +170,42 @@ class KeptSlotGate:
         try:
             lane = self.acquire_nowait(kept=kept)
         except trio.WouldBlock:
-            if not kept:
-                await self._lot.park()
-                return self.OTHER
-            await self._kept_lot.park()
-            return self._granted.pop(trio.lowlevel.current_task())
+            task = trio.lowlevel.current_task()
+            self._waiters[task] = kept
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                # Still in line (a woken waiter has left it and cannot be cancelled any more):
+                # leave, holding nothing.
+                del self._waiters[task]
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            return self._granted.pop(task)
         await trio.lowlevel.cancel_shielded_checkpoint()
         return lane
 
     def release(self, lane: bool) -> None:
-        """Give back a slot of ``lane`` (to the longest waiter that may have it)."""
+        """Give back a slot of ``lane``: to the first in line that may have it, if any."""
         if lane == self.KEPT:
             if self._kept_in_use <= 0:
                 raise RuntimeError("release() without a matching acquire()")
-            if self._kept_lot:
-                [task] = self._kept_lot.unpark(count=1)
-                self._granted[task] = self.KEPT
-            else:
-                self._kept_in_use -= 1
+            for task, kept in self._waiters.items():
+                if kept:
+                    self._hand(task, self.KEPT)
+                    return
+            self._kept_in_use -= 1
             return
         if self._in_use <= 0:
             raise RuntimeError("release() without a matching acquire()")
-        if self._lot:
-            self._lot.unpark(count=1)
-        elif self._kept_lot:
-            [task] = self._kept_lot.unpark(count=1)
-            self._granted[task] = self.OTHER
+        if self._waiters:
+            self._hand(next(iter(self._waiters)), self.OTHER)
         else:
             self._in_use -= 1
+
+    def _hand(self, task: trio.lowlevel.Task, lane: bool) -> None:
+        del self._waiters[task]
+        self._granted[task] = lane
+        trio.lowlevel.reschedule(task)
 
     def __repr__(self) -> str:
         return (
