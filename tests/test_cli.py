@@ -32,6 +32,9 @@ import pytest
 import trio
 
 import trio_sqs
+from trio_sqs._cli import main
+
+from .conftest import main_leaves_no_trace
 
 # Real processes against wall-clock bounds (marked PROCESSES): with pytest-xdist these run in one
 # worker, one after another, beside the rest of the suite (README's test command: -n 2 --dist
@@ -317,13 +320,47 @@ def test_bad_input_is_one_line_with_its_exit_code(
     env: dict[str, str],
     code: int,
     needle: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    result = _cli(workdir, "run", *args, "--queue", queue_name, "--endpoint-url", endpoint, env=env)
-    assert result.returncode == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    """``main`` in this process (a process each took 0.3-0.9 s): what the console script runs,
+    with its exit code and its stderr; test_bad_input_in_a_process_of_its_own checks the script
+    itself."""
+    argv = ["run", *args, "--queue", queue_name, "--endpoint-url", endpoint]
+    with main_leaves_no_trace(monkeypatch):
+        monkeypatch.chdir(workdir)
+        monkeypatch.syspath_prepend(str(workdir))
+        monkeypatch.delitem(sys.modules, "handlers", raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        try:
+            returned = main(argv)
+        except SystemExit as exc:  # argparse's usage errors
+            returned = exc.code if isinstance(exc.code, int) else -1
+        monkeypatch.delitem(sys.modules, "handlers", raising=False)
+    stderr = capsys.readouterr().err
+    assert returned == code, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
     assert lines[0].startswith("trio-sqs"), lines
     assert needle in lines[0]
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["handlers:not_async"], 2, "not an async function"),
+        (["handlers:handle", "--no-such-flag"], 2, "--no-such-flag"),
+    ],
+)
+def test_bad_input_in_a_process_of_its_own(
+    workdir: Path, queue_name: str, args: list[str], code: int, needle: str
+) -> None:
+    result = _cli(workdir, "run", *args, "--queue", queue_name)
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trio-sqs") and needle in lines[0], lines
     assert "Traceback" not in result.stderr
 
 
