@@ -883,8 +883,14 @@ async def test_over_real_sockets_stop_under_load_takes_nothing_again(poll_on_sto
             # The bound is a Trio deadline; the scheduler may only add a little to it.
             assert took <= 0.3 + 1.0 + 0.5 + 0.5
             stats = consumer.statistics()
-            await trio.sleep(2.5)  # our last poll (1 s + 1 s slack) and every cover are over
             queue = fake.queue(url)
+            # Until our last poll (1 s) is over on the server: then no poll of ours can take a
+            # message any more (the fake runs on this clock). First a moment for the server to
+            # read a request that was on the wire when the consumer hung up.
+            await trio.sleep(0.2)
+            with trio.fail_after(5):
+                while queue.waiting_polls:  # noqa: ASYNC110 (the fake has no event for it)
+                    await trio.sleep(0.05)
             # Every delivery went to a poll whose answer we read: none to an abandoned one.
             assert queue.deliveries == stats.received
             assert stats.unflushed == 0

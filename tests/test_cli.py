@@ -144,6 +144,33 @@ def _cli(
     )
 
 
+@pytest.fixture
+def in_process(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``trio-sqs ARGS`` as ``main`` in this process (a process of its own takes 0.3-0.9 s):
+    the same exit code, stdout and stderr, in ``workdir`` with its ``handlers`` module;
+    ``env`` adds variables. The tests that check the installed script itself use ``_cli``."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()
+        with pytest.MonkeyPatch.context() as patch, main_leaves_no_trace(patch):
+            patch.chdir(workdir)
+            patch.syspath_prepend(str(workdir))
+            patch.delitem(sys.modules, "handlers", raising=False)
+            for name, value in (env or {}).items():
+                patch.setenv(name, value)
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse: --help, --version, usage errors
+                code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else -1
+            patch.delitem(sys.modules, "handlers", raising=False)
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(["trio-sqs", *args], code, captured.out, captured.err)
+
+    return run
+
+
 def cli_without_credentials(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``trio-sqs ARGS`` with no AWS credentials in its environment."""
     env = _env(workdir)
@@ -279,12 +306,14 @@ def receivable(endpoint: str, url: str) -> int:
 # -- help and errors ---------------------------------------------------------------------------------
 
 
-def test_help_documents_exit_codes_env_prefix_and_every_option(workdir: Path) -> None:
-    top = _cli(workdir, "--help")
+def test_help_documents_exit_codes_env_prefix_and_every_option(
+    in_process: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    top = in_process("--help")
     assert top.returncode == 0
     for text in ("exit codes:", "  3 ", "  4 ", "130", "TRIO_SQS_"):
         assert text in top.stdout
-    run = _cli(workdir, "run", "--help")
+    run = in_process("run", "--help")
     assert run.returncode == 0
     help_text = " ".join(run.stdout.split())
     for field in dataclasses.fields(trio_sqs.ConsumerOptions):
@@ -313,38 +342,21 @@ def test_help_documents_exit_codes_env_prefix_and_every_option(workdir: Path) ->
     ],
 )
 def test_bad_input_is_one_line_with_its_exit_code(
-    workdir: Path,
+    in_process: Callable[..., subprocess.CompletedProcess[str]],
     endpoint: str,
     queue_name: str,
     args: list[str],
     env: dict[str, str],
     code: int,
     needle: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """``main`` in this process (a process each took 0.3-0.9 s): what the console script runs,
-    with its exit code and its stderr; test_bad_input_in_a_process_of_its_own checks the script
-    itself."""
-    argv = ["run", *args, "--queue", queue_name, "--endpoint-url", endpoint]
-    with main_leaves_no_trace(monkeypatch):
-        monkeypatch.chdir(workdir)
-        monkeypatch.syspath_prepend(str(workdir))
-        monkeypatch.delitem(sys.modules, "handlers", raising=False)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        try:
-            returned = main(argv)
-        except SystemExit as exc:  # argparse's usage errors
-            returned = exc.code if isinstance(exc.code, int) else -1
-        monkeypatch.delitem(sys.modules, "handlers", raising=False)
-    stderr = capsys.readouterr().err
-    assert returned == code, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
+    result = in_process("run", *args, "--queue", queue_name, "--endpoint-url", endpoint, env=env)
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
     assert lines[0].startswith("trio-sqs"), lines
     assert needle in lines[0]
-    assert "Traceback" not in stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -520,23 +532,25 @@ def test_sys_exit_in_a_handler_stops_gracefully_and_exits_with_its_code(
     wait_for(lambda: held(endpoint, queue_name) == (1, 0, 0), 5, "the message to be visible")
 
 
-def test_an_unknown_trio_sqs_variable_is_an_error_naming_the_closest(workdir: Path) -> None:
+def test_an_unknown_trio_sqs_variable_is_an_error_naming_the_closest(
+    in_process: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
     """A misspelt variable used to be ignored: TRIO_SQS_CONCURENCY=3 started with the default."""
-    result = _cli(
-        workdir, "run", "handlers:handle", "--queue", "q", env={"TRIO_SQS_CONCURENCY": "3"}
-    )
+    result = in_process("run", "handlers:handle", "--queue", "q", env={"TRIO_SQS_CONCURENCY": "3"})
     assert result.returncode == 2, result
     assert result.stderr.splitlines() == [
         "trio-sqs: error: unknown variable TRIO_SQS_CONCURENCY (did you mean TRIO_SQS_CONCURRENCY?)"
     ]
-    result = _cli(workdir, "demo", env={"TRIO_SQS_NOTHING_LIKE_IT": "1"})
+    result = in_process("demo", env={"TRIO_SQS_NOTHING_LIKE_IT": "1"})
     assert result.returncode == 2, result
     assert "unknown variable TRIO_SQS_NOTHING_LIKE_IT (see 'trio-sqs run --help')" in result.stderr
 
 
-def test_help_says_each_default_once(workdir: Path) -> None:
+def test_help_says_each_default_once(
+    in_process: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
     """The help of --attribute-names read "(default all). (default: All)"."""
-    result = _cli(workdir, "run", "--help")
+    result = in_process("run", "--help")
     assert result.returncode == 0, result
     text = " ".join(result.stdout.split())
     assert "(default all). (default: All)" not in text
@@ -545,19 +559,20 @@ def test_help_says_each_default_once(workdir: Path) -> None:
         assert entry.lower().count("default") <= 2, entry  # its docstring's, or ours: not both
 
 
-def test_every_error_has_one_prefix_and_is_json_under_json_logs(workdir: Path) -> None:
+def test_every_error_has_one_prefix_and_is_json_under_json_logs(
+    in_process: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
     """Usage errors of a subcommand said "trio-sqs run: error:", others "trio-sqs: error:"; under
     --log-format json the last line was not JSON."""
-    usage = _cli(workdir, "run")
+    usage = in_process("run")
     assert usage.returncode == 2
     assert usage.stderr.startswith("trio-sqs: error: the following arguments are required")
-    bad = _cli(workdir, "run", "handlers:handle", "--queue", "q", "--batch-size", "11")
+    bad = in_process("run", "handlers:handle", "--queue", "q", "--batch-size", "11")
     assert bad.returncode == 2
     assert bad.stderr.splitlines() == [
         "trio-sqs: error: invalid option: batch_size=11 is out of range (allowed: 1 to 10)"
     ]
-    as_json = _cli(
-        workdir,
+    as_json = in_process(
         "run",
         "handlers:handle",
         "--queue",
@@ -779,12 +794,11 @@ def test_queues_from_repeated_flags_commas_or_the_variable() -> None:
 
 
 def test_run_on_queues_where_one_does_not_exist_is_exit_3_naming_it(
-    workdir: Path, endpoint: str, queue_name: str
+    in_process: Callable[..., subprocess.CompletedProcess[str]], endpoint: str, queue_name: str
 ) -> None:
     make_queue(endpoint, queue_name, [])
     missing = queue_name + "-missing"
-    result = _cli(
-        workdir,
+    result = in_process(
         "run",
         "handlers:handle",
         "--queue",
@@ -802,6 +816,6 @@ def test_run_on_queues_where_one_does_not_exist_is_exit_3_naming_it(
     # The same queue twice (by name, or by name and URL) is a usage error.
     url = f"{endpoint}/000000000000/{queue_name}"
     for twice in ([queue_name, queue_name], [url, queue_name]):
-        again = _cli(workdir, "run", "handlers:handle", "--queue", twice[0], "--queue", twice[1])
+        again = in_process("run", "handlers:handle", "--queue", twice[0], "--queue", twice[1])
         assert again.returncode == 2
         assert f"--queue {queue_name} is given more than once" in again.stderr
