@@ -414,11 +414,14 @@ async def test_queues_of_another_account_do_not_exist_here(autojump_clock: Any, 
     assert (
         await raw(client, "GetQueueUrl", QueueName=name, QueueOwnerAWSAccountId="123456789012")
     )["QueueUrl"] == url
+    # Nor were those requests counted as naming this queue (the GetQueueUrl of this account was).
+    assert fake_sqs.queue(url).call_counts == {"CreateQueue": 1, "GetQueueUrl": 1}
     # Any host: the queue is named by its account and name.
     await raw(
         client, "SendMessage", QueueUrl=f"https://elsewhere/123456789012/{name}", MessageBody="x"
     )
     assert fake_sqs.queue(url).counts().visible == 1
+    assert fake_sqs.queue(url).call_counts == {"CreateQueue": 1, "GetQueueUrl": 1, "SendMessage": 1}
 
 
 async def test_set_queue_attributes_needs_attributes(autojump_clock: Any, client):

@@ -316,12 +316,15 @@ class FakeSQS:
     def arrived(self, operation: str, params: dict[str, Any], fault: str | None = None) -> None:
         """Count and record one request (the wire layer does it before any fault applies)."""
         self.call_counts[operation] += 1
-        named = params.get("QueueUrl")
-        if not isinstance(named, str):
-            named = params.get("QueueName")
+        url, name = params.get("QueueUrl"), params.get("QueueName")
         queue = None
-        if isinstance(named, str):
-            queue = self._queues.get(named.rstrip("/").rpartition("/")[2])
+        if isinstance(url, str):
+            queue = self._queue_at(url)
+        elif isinstance(name, str) and params.get("QueueOwnerAWSAccountId") in (
+            None,
+            self.account_id,
+        ):
+            queue = self._queues.get(name)
         elif isinstance(params.get("SourceArn"), str):  # the message move tasks' operations
             queue = self.queue_by_arn(params["SourceArn"])
         if queue is not None:
@@ -367,17 +370,21 @@ class FakeSQS:
         url = params.get("QueueUrl")
         if not messages or not isinstance(url, str):
             return
-        queue = self._queues.get(url.rstrip("/").rpartition("/")[2])
+        queue = self._queue_at(url)
         if queue is not None:
             queue.orphaned_deliveries += len(messages)
 
-    def _queue(self, params: Mapping[str, Any]) -> FakeQueue:
+    def _queue_at(self, url: str) -> FakeQueue | None:
         """The queue a QueueUrl names: ``.../{account}/{name}`` (any host) with this fake's
         account; a queue of another account does not exist here."""
-        url = read_required_str(params, "QueueUrl")
         account, _, name = url.rstrip("/").rpartition("/")
-        queue = self._queues.get(name)
-        if queue is None or account.rpartition("/")[2] != self.account_id:
+        if account.rpartition("/")[2] != self.account_id:
+            return None
+        return self._queues.get(name)
+
+    def _queue(self, params: Mapping[str, Any]) -> FakeQueue:
+        queue = self._queue_at(read_required_str(params, "QueueUrl"))
+        if queue is None:
             raise _no_such_queue()
         return queue
 
