@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -122,17 +123,22 @@ def test_the_decoder_is_orjson_when_installed_and_can_be_forced(
     assert _json.default_loads() == ("json", _json._standard_loads)
 
 
+def local_client() -> AbstractAsyncContextManager[trio_sqs.SQSClient]:
+    """A client that needs nothing to open (no request is sent): opening reads the variable."""
+    return trio_sqs.open_client(
+        region="us-east-1",
+        endpoint_url="http://127.0.0.1:9324",
+        aws_access_key_id="a",
+        aws_secret_access_key="b",
+    )
+
+
 async def test_an_unknown_decoder_in_the_environment_is_a_configuration_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(_json.JSON_VARIABLE, "simplejson")
     with pytest.raises(ConfigurationError, match="TRIO_SQS_JSON must be json or orjson"):
-        async with trio_sqs.open_client(
-            region="us-east-1",
-            endpoint_url="http://127.0.0.1:9324",
-            aws_access_key_id="a",
-            aws_secret_access_key="b",
-        ):
+        async with local_client():
             pass  # pragma: no cover
 
 
@@ -141,20 +147,10 @@ async def test_opening_a_client_reads_the_variable_again(monkeypatch: pytest.Mon
     monkeypatch.setattr(_json, "loads", _json.loads)
     monkeypatch.setattr(_json, "LOADS_NAME", _json.LOADS_NAME)
     monkeypatch.setenv(_json.JSON_VARIABLE, "json")
-    async with trio_sqs.open_client(
-        region="us-east-1",
-        endpoint_url="http://127.0.0.1:9324",
-        aws_access_key_id="a",
-        aws_secret_access_key="b",
-    ):
+    async with local_client():
         assert (_json.LOADS_NAME, _json.loads) == ("json", _json._standard_loads)
     monkeypatch.setenv(_json.JSON_VARIABLE, "orjson")
-    async with trio_sqs.open_client(
-        region="us-east-1",
-        endpoint_url="http://127.0.0.1:9324",
-        aws_access_key_id="a",
-        aws_secret_access_key="b",
-    ):
+    async with local_client():
         assert (_json.LOADS_NAME, _json.loads) == ("orjson", orjson.loads)
 
 

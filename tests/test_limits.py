@@ -14,7 +14,7 @@ import functools
 import itertools
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -134,6 +134,18 @@ async def test_kept_slot_gate_of_one_slot_keeps_none() -> None:
     assert gate.acquire_nowait() == KeptSlotGate.OTHER
 
 
+async def line_up(
+    nursery: trio.Nursery,
+    take: Callable[[str, bool], Awaitable[None]],
+    *callers: tuple[str, bool],
+) -> None:
+    """Start ``take(name, kept)`` for each caller, each one blocked before the next starts: they
+    wait at the gate in this order."""
+    for name, kept in callers:
+        nursery.start_soon(take, name, kept)
+        await trio.testing.wait_all_tasks_blocked()
+
+
 async def test_kept_slot_gate_hands_freed_slots_in_order(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -149,12 +161,7 @@ async def test_kept_slot_gate_hands_freed_slots_in_order(
         got.append((name, await gate.acquire(kept=kept)))
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(take, "ordinary", False)
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(take, "kept-1", True)
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(take, "kept-2", True)
-        await trio.testing.wait_all_tasks_blocked()
+        await line_up(nursery, take, ("ordinary", False), ("kept-1", True), ("kept-2", True))
         assert gate.waiting == 3
         gate.release(KeptSlotGate.OTHER)  # to the first in line, the ordinary caller
         await trio.testing.wait_all_tasks_blocked()
@@ -182,6 +189,8 @@ async def test_kept_slot_gate_serves_a_kept_caller_before_later_ordinary_ones(
     a heartbeat: freed slots went to ordinary callers first."""
     gate = KeptSlotGate(size)
     held = [gate.acquire_nowait(kept=True) for _ in range(size)]
+    # (a kept caller takes the kept slot first, when there is one, then the other)
+    assert held[-1] == KeptSlotGate.OTHER and held[:-1] == [KeptSlotGate.KEPT] * (size - 1)
     got: list[str] = []
 
     async def take(name: str, kept: bool) -> None:
@@ -190,14 +199,9 @@ async def test_kept_slot_gate_serves_a_kept_caller_before_later_ordinary_ones(
         gate.release(lane)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(take, "ordinary-1", False)
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(take, "kept", True)
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(take, "ordinary-2", False)
-        await trio.testing.wait_all_tasks_blocked()
+        await line_up(nursery, take, ("ordinary-1", False), ("kept", True), ("ordinary-2", False))
         # Freeing the slot of the others only: the line moves in arrival order.
-        gate.release(held[-1] if size == 1 else KeptSlotGate.OTHER)
+        gate.release(KeptSlotGate.OTHER)
     assert got == ["ordinary-1", "kept", "ordinary-2"]
     if size == 2:
         gate.release(KeptSlotGate.KEPT)
